@@ -1,0 +1,8 @@
+"""Lambda layers and their building blocks. Layers know nothing of models or training."""
+
+from lambdanet.layers.algorithms import choose_algorithm
+from lambdanet.layers.lambda_layer import LambdaLayer
+from lambdanet.layers.lambda_ops import ALGORITHMS
+from lambdanet.layers.position import RelativePositionEmbedding
+
+__all__ = ["ALGORITHMS", "LambdaLayer", "RelativePositionEmbedding", "choose_algorithm"]
