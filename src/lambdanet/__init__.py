@@ -2,16 +2,19 @@
 
 __version__ = "0.1.0"
 
-from lambdanet.layers import LambdaLayer, RelativePositionEmbedding  # noqa: E402
-from lambdanet.models import ModelMeta, create_model, list_models, model_info, register_model  # noqa: E402
+from lambdanet.layers import LambdaLayer, RelativePositionEmbedding
+from lambdanet.models import ModelMeta, create_model, list_models, model_info, register_model
+from lambdanet.stats import ModelStats, model_stats
 
 __all__ = [
     "LambdaLayer",
     "ModelMeta",
+    "ModelStats",
     "RelativePositionEmbedding",
     "__version__",
     "create_model",
     "list_models",
     "model_info",
+    "model_stats",
     "register_model",
 ]

@@ -9,8 +9,11 @@ The rule is derived from measurements (``benchmarks/algorithm_sweep.py``, result
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+
+import torch
 
 from lambdanet.layers.lambda_ops import fft_size
 
@@ -52,6 +55,22 @@ def estimated_cost(
     raise ValueError(f"unknown algorithm={algorithm!r}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _choose(
+    batch: int,
+    spatial: tuple[int, ...],
+    kernel: tuple[int, ...],
+    dim_k: int,
+    dim_v: int,
+    dim_u: int,
+    heads: int,
+) -> str:
+    dims = {"batch": batch, "spatial": spatial, "kernel": kernel, "dim_k": dim_k, "dim_v": dim_v}
+    costs = {a: estimated_cost(a, **dims, dim_u=dim_u, heads=heads) for a in ("einsum", "logits", "conv", "fft")}
+    return min(costs, key=costs.__getitem__)
+
+
+@torch.compiler.assume_constant_result
 def choose_algorithm(
     *,
     batch: int,
@@ -64,7 +83,5 @@ def choose_algorithm(
 ) -> str:
     """Name of the algorithm expected to be fastest for this shape (see the module docstring)."""
     dims = {"batch": batch, "spatial": spatial, "kernel": kernel, "dim_k": dim_k, "dim_v": dim_v}
-    costs = {
-        a: estimated_cost(a, **dims, dim_u=dim_u, heads=heads) for a in ("einsum", "logits", "conv", "fft")
-    }
+    costs = {a: estimated_cost(a, **dims, dim_u=dim_u, heads=heads) for a in ("einsum", "logits", "conv", "fft")}
     return min(costs, key=costs.__getitem__)

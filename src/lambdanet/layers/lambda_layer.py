@@ -13,7 +13,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -24,6 +23,30 @@ from lambdanet.layers.position import RelativePositionEmbedding
 __all__ = ["LambdaLayer"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient.
+
+    Works around a PyTorch CPU bug (seen in 2.13): ``BatchNorm2d`` backward returns a wrong input gradient when the
+    incoming gradient has channels-last strides, the input is contiguous and the batch has one sample. The einsum
+    paths produce such gradients for the values; ``tests/test_layer.py::test_batchnorm_gradient_workaround`` pins
+    both the bug and the workaround.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.contiguous()
+
+
+def _contiguous_grad(x: Tensor) -> Tensor:
+    if not x.requires_grad or torch.compiler.is_compiling() or torch.jit.is_scripting():
+        return x
+    return _ContiguousGrad.apply(x)
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -141,7 +164,7 @@ class LambdaLayer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Fan-in normal initialisation of App. E.1 (queries scaled by an extra |k|^-1/2)."""
-        nq, nk, nv = self.splits
+        nq = self.splits[0]
         with torch.no_grad():
             w = self.qkv.weight
             nn.init.normal_(w[:nq], std=(self.dim_k * self.dim) ** -0.5)
@@ -184,31 +207,24 @@ class LambdaLayer(nn.Module):
         b, _, hh, ww = x.shape
         nq, nk, nv = self.splits
         q, k, v = torch.split(self.qkv(x), [nq, nk, nv], dim=1)
-        q = self.norm_q(q)
-        v = self.norm_v(v)
+        q = _contiguous_grad(self.norm_q(q))
+        v = _contiguous_grad(self.norm_v(v))
 
         out_dtype = q.dtype
         compute = torch.float32 if out_dtype in _LOW_PRECISION else out_dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             q = rearrange(q.to(compute), "b (h k) hh ww -> b h k (hh ww)", h=self.heads)
             v = rearrange(v.to(compute), "b (u v) hh ww -> b u v (hh ww)", u=self.dim_u)
-            lambda_c = None
+            y = None
             if self.content:
                 k = rearrange(k.to(compute), "b (u k) hh ww -> b u k (hh ww)", u=self.dim_u).softmax(dim=-1)
-                lambda_c = content_lambda(k, v)  # b k v
+                y = torch.einsum("bhkn,bkv->bhvn", q, content_lambda(k, v))  # one lambda for all n
             if self.pos is not None:
                 weight, bias = self.pos()
-                y = position_output(
-                    q,
-                    v,
-                    weight.to(compute),
-                    (hh, ww),
-                    self.resolve_algorithm(b, (hh, ww)),
-                    lambda_c=lambda_c,
-                    bias=None if bias is None else bias.to(compute),
-                )
-            else:
-                y = torch.einsum("bhkn,bkv->bhvn", q, lambda_c)
+                algorithm = self.resolve_algorithm(b, (hh, ww))
+                bias = None if bias is None else bias.to(compute)
+                y_p = position_output(q, v, weight.to(compute), (hh, ww), algorithm, bias=bias)
+                y = y_p if y is None else y + y_p
             y = rearrange(y, "b h v (hh ww) -> b (h v) hh ww", hh=hh)
         return self.pool(y.to(out_dtype))
 

@@ -129,7 +129,7 @@ def _lambda_p_conv(v: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
     ndim = len(spatial)
     x = v.transpose(1, 2).reshape(b * dv, u, *spatial)  # (b v) u *spatial
     out = _CONV[ndim](x, weight, padding=tuple(s // 2 for s in weight.shape[2:]))  # (b v) k *spatial
-    return out.reshape(b, dv, weight.shape[0], -1)  # b v k n
+    return out.reshape(b, dv, weight.shape[0], -1).transpose(1, 2)  # b k v n
 
 
 def _lambda_p_fft(v: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
@@ -140,32 +140,82 @@ def _lambda_p_fft(v: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
     half = [s // 2 for s in kernel]
     sizes = [fft_size(s, c) for s, c in zip(spatial, half)]
     dims = tuple(range(-ndim, 0))
-    # Kernel offset t = i - c goes to index t mod L: circular correlation equals the linear one for n, m < S.
-    r = F.pad(weight, [p for s, L in zip(reversed(kernel), reversed(sizes)) for p in (0, L - s)])
-    r = torch.roll(r, shifts=[-c for c in half], dims=dims)
+    # lambda_p[n] = sum_m v[m] w[m - n + c] is a convolution of v with the flipped kernel g[t] = w[c - t]; g's tap
+    # t in [-c, c] sits at index t mod L, and L >= S + c keeps the circular convolution exact for n, m < S.
+    g = F.pad(weight.flip(dims), [p for s, L in zip(reversed(kernel), reversed(sizes)) for p in (0, L - s)])
+    g_f = torch.fft.rfftn(torch.roll(g, shifts=[-c for c in half], dims=dims), dim=dims).flatten(2)  # k u f
     v_f = torch.fft.rfftn(v.reshape(b, u, dv, *spatial), s=sizes, dim=dims).flatten(3)  # b u v f
-    r_f = torch.fft.rfftn(r, s=sizes, dim=dims).conj().flatten(2)  # k u f
-    if u == 1:
-        prod = v_f[:, 0, None] * r_f[None, :, 0, None]  # b k v f
-    else:
-        prod = torch.einsum("buvf,kuf->bkvf", v_f, r_f)
-    spectrum = prod.reshape(b, k, dv, *sizes[:-1], sizes[-1] // 2 + 1)
-    out = torch.fft.irfftn(spectrum, s=sizes, dim=dims)
+    # b k v f; for u = 1 a broadcast product is cheaper than einsum's batched matmul
+    prod = v_f[:, 0, None] * g_f[None, :, 0, None] if u == 1 else torch.einsum("buvf,kuf->bkvf", v_f, g_f)
+    out = torch.fft.irfftn(prod.unflatten(3, (*sizes[:-1], sizes[-1] // 2 + 1)), s=sizes, dim=dims)
     out = out[(..., *[slice(0, s) for s in spatial])]  # b k v *spatial
-    return out.reshape(b, k, dv, -1).transpose(1, 2)  # b v k n
+    return out.reshape(b, k, dv, -1)  # b k v n
+
+
+class _ApplyLambdas(torch.autograd.Function):
+    """``y[b, h, v, n] = sum_k q[b, h, k, n] lambda[b, k, v, n]``: a tiny matrix product at every position.
+
+    Batched matmul over b * n positions of (h x k) @ (k x v) matrices is slow on CPU; fused multiply-adds over
+    whole slices (vectorised along n) are several times faster, forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, lam: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(q, lam)
+        b, h, k, n = q.shape
+        y = q.new_zeros(b, h, lam.shape[2], n)
+        for i in range(k):
+            y.addcmul_(q[:, :, i, None, :], lam[:, None, i])
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        q, lam = ctx.saved_tensors
+        h = q.shape[1]
+        grad_q = grad_lam = None
+        if ctx.needs_input_grad[0]:
+            grad_q = torch.stack([(lam * grad[:, j, None]).sum(2) for j in range(h)], dim=1)
+        if ctx.needs_input_grad[1]:
+            grad_lam = torch.zeros_like(lam)
+            for j in range(h):
+                grad_lam.addcmul_(q[:, j, :, None, :], grad[:, j, None])
+        return grad_q, grad_lam
+
+
+def apply_lambdas(q: Tensor, lam: Tensor) -> Tensor:
+    """Apply per-position lambdas (b, k, v, n) to queries (b, h, k, n): (b, h, v, n)."""
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return torch.einsum("bhkn,bkvn->bhvn", q, lam)
+    return _ApplyLambdas.apply(q, lam)
 
 
 def position_lambdas(v: Tensor, weight: Tensor, spatial: Sequence[int], algorithm: str = "conv") -> Tensor:
-    """Position lambdas ``lambda_p`` as (b, n, k, v) (paper layout) for ``algorithm`` in einsum/conv/fft."""
+    """Position lambdas as (b, k, v, n) for ``algorithm`` in einsum/conv/fft (``logits`` never forms them)."""
     weight = crop_kernel(weight, spatial)
     if algorithm == "einsum":
-        e = relative_embeddings(weight, spatial)
-        return torch.einsum("kunm,buvm->bnkv", e, v)
+        return torch.einsum("kunm,buvm->bkvn", relative_embeddings(weight, spatial), v)
     if algorithm == "conv":
-        return _lambda_p_conv(v, weight, spatial).permute(0, 3, 2, 1)
+        return _lambda_p_conv(v, weight, spatial)
     if algorithm == "fft":
-        return _lambda_p_fft(v, weight, spatial).permute(0, 3, 2, 1)
+        return _lambda_p_fft(v, weight, spatial)
     raise ValueError(f"algorithm={algorithm!r} does not build position lambdas; expected 'einsum', 'conv' or 'fft'")
+
+
+def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
+    """Position logits ``a[b, h, n, m, u] = sum_k q[b, h, k, n] E[k, u, n, m]`` without materialising ``E``.
+
+    One matrix product gives the logits of every query against every kernel offset, ``q^T R`` (b, h, n, u, t);
+    a gather then places offset ``m - n`` at context position m (zero outside the scope).
+    """
+    weight = crop_kernel(weight, spatial)
+    k, u = weight.shape[:2]
+    b, h, _, n = q.shape
+    taps = math.prod(weight.shape[2:])
+    rel = torch.matmul(q.transpose(2, 3), weight.reshape(k, u * taps))  # b h n (u t)
+    rel = F.pad(rel.reshape(b, h, n, u, taps).transpose(3, 4), (0, 0, 0, 1))  # b h n (t+1) u; row t = zeros
+    idx, valid = _relative_index(spatial, weight.shape[2:], q.device)
+    flat = torch.where(valid, idx, taps) + torch.arange(n, device=q.device)[:, None] * (taps + 1)  # n m
+    return rel.reshape(b, h, n * (taps + 1), u)[:, :, flat]  # b h n m u
 
 
 def position_output(
@@ -174,10 +224,9 @@ def position_output(
     weight: Tensor,
     spatial: Sequence[int],
     algorithm: str,
-    lambda_c: Tensor | None = None,
     bias: Tensor | None = None,
 ) -> Tensor:
-    """Apply position lambdas (and optionally the content lambda) to the queries.
+    """Position output ``y_p[n] = lambda_p[n]^T q_n`` for every query position.
 
     Args:
         q: (b, h, k, n) queries.
@@ -185,35 +234,23 @@ def position_output(
         weight: (k, u, *kernel) relative position kernel.
         spatial: the map's size, e.g. (H, W).
         algorithm: one of :data:`ALGORITHMS`.
-        lambda_c: optional (b, k, v) content lambda, added to every position lambda before it meets the queries.
         bias: optional (k,) constant added to every position lambda entry (compatibility with biased Conv3d
             implementations; not in the paper).
 
     Returns:
         (b, h, v, n) output.
     """
-    weight = crop_kernel(weight, spatial)
     if algorithm == "logits":
-        e = relative_embeddings(weight, spatial)
-        logits = torch.einsum("bhkn,kunm->bhunm", q, e)
-        y = torch.einsum("bhunm,buvm->bhvn", logits, v)
-        if lambda_c is not None:
-            y = y + torch.einsum("bhkn,bkv->bhvn", q, lambda_c)
+        logits = position_logits(q, weight, spatial)  # b h n m u
+        b, h, n, m, u = logits.shape
+        # (b, h n, u m) @ (b, u m, v): one large matrix product per sample.
+        a = logits.reshape(b, h * n, m * u) if u == 1 else logits.transpose(3, 4).reshape(b, h * n, u * m)
+        y = torch.matmul(a, v.transpose(2, 3).reshape(b, u * m, -1))  # b (h n) v
+        y = y.reshape(b, h, n, -1).transpose(2, 3)
+    elif algorithm in ("einsum", "conv", "fft"):
+        y = apply_lambdas(q, position_lambdas(v, weight, spatial, algorithm))
     else:
-        if algorithm == "einsum":
-            lam = torch.einsum("kunm,buvm->bnkv", relative_embeddings(weight, spatial), v)
-            pattern = "bhkn,bnkv->bhvn"
-        elif algorithm == "conv":
-            lam = _lambda_p_conv(v, weight, spatial)  # b v k n
-            pattern = "bhkn,bvkn->bhvn"
-        elif algorithm == "fft":
-            lam = _lambda_p_fft(v, weight, spatial)  # b v k n
-            pattern = "bhkn,bvkn->bhvn"
-        else:
-            raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
-        if lambda_c is not None:
-            lam = lam + (lambda_c[:, None] if algorithm == "einsum" else lambda_c.transpose(1, 2)[..., None])
-        y = torch.einsum(pattern, q, lam)
+        raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
     if bias is not None:
         y = y + torch.einsum("bhkn,k->bhn", q, bias)[:, :, None]
     return y

@@ -46,9 +46,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _META: dict[str, ModelMeta] = {}
 
 
-def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, meta: ModelMeta | None = None
-) -> Callable[..., Any]:
+def register_model(fn: Callable[..., nn.Module] | None = None, *, meta: ModelMeta | None = None) -> Callable[..., Any]:
     """Register a builder under its function name. Usable as ``@register_model`` or ``@register_model(meta=...)``."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -107,9 +105,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(overrides) - set(params))
         if unknown:
-            raise ValueError(
-                f"unknown override(s) {unknown} for model {name!r}; expected some of {sorted(params)}"
-            )
+            raise ValueError(f"unknown override(s) {unknown} for model {name!r}; expected some of {sorted(params)}")
     model = builder(**overrides)
     model.model_name = name  # type: ignore[assignment]
     model.model_overrides = dict(overrides)  # type: ignore[assignment]

@@ -1,0 +1,153 @@
+"""Parameter and multiply-accumulate counts in the convention of Bello, "LambdaNetworks", ICLR 2021,
+arXiv:2102.08602 (App. E.2: "We do not count zeroed out flops when computing positional lambdas").
+
+Convention:
+
+- Everything except lambda layers is counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions,
+  matrix products, linear layers, SE blocks), which counts 2 FLOPs per multiply-accumulate; we report
+  ``macs = flops / 2``. Normalisation, activations, pooling, softmax and additions are not counted.
+- Each :class:`~lambdanet.layers.LambdaLayer` contributes ``layer.macs(hh, ww)`` at the input size it actually
+  receives: its Q/K/V projection, the content lambda and its application, and the position lambdas plus their
+  application. What the layer's chosen algorithm runs (padding zeros, FFTs, masked einsums) is not counted, as the
+  paper does not count zeroed-out work.
+- Position lambdas, ``position_count="scope"`` (default, the paper's): every query is charged its scope size
+  ``|m| = min(r_h * r_w, n)`` context positions (``n * |m| * k * v * u`` MACs; global scope: ``|m| = n``), the
+  ``Theta(bnmkv)`` of Sec. 3.2 with m the scope. This reproduces Tables 10 and 11 (docs/reproduction.md).
+  ``position_count="pairs"`` charges only the (n, m) pairs inside the image (``layer.macs``: queries near a border
+  see fewer context positions), the exact count of useful work. ``position_count="taps"`` charges every query the
+  full kernel ``r_h * r_w`` (what a lambda convolution computes, padding zeros included), the convention of
+  seed 003's 6.576 "GFLOPs" (a Conv3d MAC count).
+- ``flops = 2 * macs``. The paper's "FLOPS" columns are 2 x MACs (docs/reproduction.md shows the check against
+  Tables 10, 11 and 17).
+
+Axis legend: b batch | c channels | hh ww spatial
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lambdanet.layers import LambdaLayer
+
+__all__ = ["ModelStats", "model_stats"]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Counts of one forward pass of one sample.
+
+    Attributes:
+        params: trainable and frozen parameters (buffers excluded).
+        macs: multiply-accumulates per sample (paper convention, see the module docstring).
+        lambda_macs: the part of ``macs`` spent in lambda layers.
+        input_size: the (channels, height, width) counted.
+        lambda_parts: lambda-layer MACs by part ("projection", "content", "position").
+    """
+
+    params: int
+    macs: int
+    lambda_macs: int
+    input_size: tuple[int, ...]
+    lambda_parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def flops(self) -> int:
+        """Floating-point operations, 2 x ``macs``."""
+        return 2 * self.macs
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+    @property
+    def params_m(self) -> float:
+        return self.params / 1e6
+
+
+@contextmanager
+def _stub_lambda_layers(model: nn.Module, record: list[tuple[LambdaLayer, int, int]]) -> Iterator[None]:
+    """Replace every lambda layer's forward by a shape-only stand-in that records its input size."""
+    layers = [m for m in model.modules() if isinstance(m, LambdaLayer)]
+
+    def stub(layer: LambdaLayer) -> Callable[[Tensor], Tensor]:
+        def forward(x: Tensor) -> Tensor:
+            layer._check_input(x)
+            b, _, hh, ww = x.shape
+            record.append((layer, hh, ww))
+            s = layer.stride
+            return x.new_zeros(b, layer.dim_out, -(-hh // s), -(-ww // s))
+
+        return forward
+
+    try:
+        for layer in layers:
+            layer.forward = stub(layer)  # type: ignore[method-assign]
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def _position_scope_macs(layer: LambdaLayer, hh: int, ww: int, *, taps: bool = False) -> int:
+    """Position MACs charging every query ``min(scope area, n)`` context positions (the paper's convention)."""
+    if layer.pos is None:
+        return 0
+    n = hh * ww
+    m = math.prod(layer.pos.kernel) if taps else min(math.prod(layer.pos.kernel), n)
+    k, v, u, h = layer.dim_k, layer.dim_v, layer.dim_u, layer.heads
+    return n * m * k * v * u + n * h * k * v
+
+
+def model_stats(model: nn.Module, input_size: Sequence[int], *, position_count: str = "scope") -> ModelStats:
+    """Parameters and multiply-accumulates of ``model`` for one input of ``input_size`` = (channels, H, W).
+
+    The model runs once in eval mode with batch 1 on the device of its parameters; build large models on the meta
+    device (``with torch.device("meta"): model = create_model(...)``) to count them without computing anything.
+
+    Args:
+        model: any module; lambda layers are counted analytically (module docstring).
+        input_size: (channels, height, width) of one sample.
+        position_count: ``"scope"`` (the paper's convention), ``"pairs"`` (in-image pairs only) or ``"taps"`` (full
+            kernel); see the module docstring.
+
+    Returns:
+        A :class:`ModelStats`.
+
+    Raises:
+        ValueError: if ``input_size`` is not three positive integers or ``position_count`` is unknown.
+    """
+    if position_count not in ("scope", "pairs", "taps"):
+        raise ValueError(f"position_count={position_count!r} must be 'scope', 'pairs' or 'taps'")
+    size = tuple(int(s) for s in input_size)
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"input_size={tuple(input_size)!r} must be (channels, height, width) with positive entries")
+    params = sum(p.numel() for p in model.parameters())
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    x = torch.zeros(1, *size, device=device, dtype=dtype)
+    record: list[tuple[LambdaLayer, int, int]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with _stub_lambda_layers(model, record), FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+    parts = {"projection": 0, "content": 0, "position": 0}
+    for layer, hh, ww in record:
+        layer_parts = layer.macs(hh, ww)
+        if position_count != "pairs":
+            layer_parts["position"] = _position_scope_macs(layer, hh, ww, taps=position_count == "taps")
+        for key, value in layer_parts.items():
+            parts[key] += value
+    lambda_macs = sum(parts.values())
+    macs = counter.get_total_flops() // 2 + lambda_macs
+    return ModelStats(params=params, macs=macs, lambda_macs=lambda_macs, input_size=size, lambda_parts=parts)

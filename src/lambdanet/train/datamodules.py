@@ -1,0 +1,70 @@
+"""``LambdaDataModule``: one LightningDataModule for every dataset of :mod:`lambdanet.data`.
+
+Training batches come from :class:`~lambdanet.data.loader.EpochSampler` (seeded by run seed and epoch, sharded
+by rank), so data order survives resuming and matches between 1 and n processes at the same global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from lambdanet.data.loader import DataConfig, DataSplits, EpochSampler, build_splits, prepare
+
+__all__ = ["LambdaDataModule"]
+
+
+class LambdaDataModule(pl.LightningDataModule):
+    """Datasets and loaders of a :class:`DataConfig`.
+
+    Args:
+        cfg: data configuration.
+        seed: run seed (data order and augmentation).
+    """
+
+    def __init__(self, cfg: DataConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.seed = seed
+        self.splits: DataSplits | None = None
+
+    def prepare_data(self) -> None:
+        prepare(self.cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            self.splits = build_splits(self.cfg, self.seed)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(self, dataset: Any, train: bool) -> DataLoader:
+        rank, world = self._rank()
+        sampler = EpochSampler(len(dataset), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size),
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=train and len(sampler) >= self.cfg.batch_size,
+            persistent_workers=False,
+            pin_memory=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.splits is not None
+        return self._loader(self.splits.train, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.splits is not None
+        return self._loader(self.splits.val, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        assert self.splits is not None
+        return self._loader(self.splits.test, train=False)

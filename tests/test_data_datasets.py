@@ -1,0 +1,236 @@
+"""Datasets: digits split, CIFAR archives written in the official format, image folders, synthetic data."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lambdanet.data import datasets as D
+from lambdanet.data.datasets import DataError, ImageFolderDataset, load_cifar, load_digits, make_synthetic
+from lambdanet.data.loader import DataConfig, EpochSampler, build_splits, data_info
+
+
+def _cifar_images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 3072), dtype=np.uint8)
+
+
+def write_cifar(root: Path, name: str = "cifar10", per_batch: int = 4, extract: bool = False) -> Path:
+    """Write a small archive in the official python format (pickled dicts of bytes keys) and return its path."""
+    spec = D.CIFAR_ARCHIVES[name]
+    members: dict[str, bytes] = {}
+    k = spec.num_classes
+    for i, member in enumerate((*spec.train, spec.test)):
+        data = _cifar_images(per_batch, i)
+        labels = [(i + j) % k for j in range(per_batch)]
+        batch = {b"data": data, spec.label_key: labels, b"batch_label": member.encode()}
+        members[member] = pickle.dumps(batch)
+    members[spec.meta] = pickle.dumps({spec.names_key: [f"c{j}".encode() for j in range(k)]})
+    root.mkdir(parents=True, exist_ok=True)
+    if extract:
+        folder = root / spec.folder
+        folder.mkdir()
+        for member, blob in members.items():
+            (folder / member).write_bytes(blob)
+        return folder
+    path = root / spec.filename
+    with tarfile.open(path, "w:gz") as tar:
+        for member, blob in members.items():
+            info = tarfile.TarInfo(f"{spec.folder}/{member}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint() -> None:
+    train, val, test = load_digits(0.2, 0.1)
+    assert (len(train), len(val), len(test)) == (1293, 144, 360)
+    assert train.images.shape[1:] == (1, 8, 8)
+    assert train.images.dtype == torch.uint8
+    assert int(train.images.max()) == 255
+    # stratified: every class is represented in each split in proportion (within one image)
+    for split in (train, val, test):
+        counts = torch.bincount(split.labels, minlength=10).float()
+        assert (counts / counts.sum() - 0.1).abs().max() < 0.02
+    # the three splits partition the 1797 images
+    from sklearn.datasets import load_digits as sk_digits
+
+    def rows(*splits: D.ArrayDataset) -> list[tuple[int, ...]]:
+        return sorted(
+            (*tuple(x.flatten().tolist()), int(y)) for s in splits for x, y in zip(s.images, s.labels, strict=False)
+        )
+
+    full = sk_digits()
+    everything = D.ArrayDataset(
+        torch.from_numpy((full.images * (255.0 / 16.0)).round()).to(torch.uint8).unsqueeze(1),
+        torch.from_numpy(full.target).long(),
+        [],
+    )
+    assert rows(train, val, test) == rows(everything)
+    again = load_digits(0.2, 0.1)[2]
+    assert torch.equal(again.images, test.images)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+@pytest.mark.parametrize("extract", [False, True])
+def test_cifar_archive_round_trip(tmp_path: Path, name: str, extract: bool) -> None:
+    path = write_cifar(tmp_path, name, per_batch=4, extract=extract)
+    spec = D.CIFAR_ARCHIVES[name]
+    train = load_cifar(name, tmp_path, "train")
+    test = load_cifar(name, path if not extract else tmp_path, "test")
+    assert len(train) == 4 * len(spec.train)
+    assert len(test) == 4
+    assert train.images.shape[1:] == (3, 32, 32)
+    assert len(train.classes) == spec.num_classes
+    # the official layout: 1024 red values, then green, then blue, each row-major
+    raw = _cifar_images(4, len(spec.train))
+    assert torch.equal(test.images[2, 1], torch.from_numpy(raw[2, 1024:2048].reshape(32, 32)))
+    assert test.labels.tolist() == [(len(spec.train) + j) % spec.num_classes for j in range(4)]
+
+
+def test_cifar_wrong_archive_names_the_path(tmp_path: Path) -> None:
+    path = write_cifar(tmp_path, "cifar100")
+    with pytest.raises(DataError, match=r"not the cifar10 archive.*cifar100") as err:
+        load_cifar("cifar10", path, "train")
+    assert str(path) in str(err.value)
+
+
+def test_cifar_corrupt_and_missing(tmp_path: Path) -> None:
+    bad = tmp_path / "cifar-10-python.tar.gz"
+    bad.write_bytes(b"definitely not a tar archive")
+    with pytest.raises(DataError, match="not a readable tar archive") as err:
+        load_cifar("cifar10", tmp_path, "test")
+    assert str(bad) in str(err.value)
+    with pytest.raises(DataError, match=r"no cifar10 data at .*--data.download"):
+        load_cifar("cifar10", tmp_path / "nowhere", "test")
+
+
+def test_cifar_truncated_member_is_a_clear_error(tmp_path: Path) -> None:
+    folder = write_cifar(tmp_path, "cifar10", extract=True)
+    (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_cifar("cifar10", tmp_path, "train")
+
+
+def test_download_checks_the_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = b"pretend archive"
+
+    def fake_retrieve(url: str, target: Path) -> None:
+        assert url == D.CIFAR_ARCHIVES["cifar10"].url
+        Path(target).write_bytes(payload)
+
+    monkeypatch.setattr(D.urllib.request, "urlretrieve", fake_retrieve)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        D.download_cifar("cifar10", tmp_path)
+    assert not list(tmp_path.iterdir())  # the partial download is removed
+    good = dataclasses.replace(D.CIFAR_ARCHIVES["cifar10"], md5=hashlib.md5(payload).hexdigest())
+    monkeypatch.setitem(D.CIFAR_ARCHIVES, "cifar10", good)
+    path = D.download_cifar("cifar10", tmp_path)
+    assert path.read_bytes() == payload
+    assert path.name == "cifar-10-python.tar.gz"
+
+
+def _write_folder(root: Path, classes: dict[str, int], split: str = "train", size: int = 20) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, count in classes.items():
+        d = root / split / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            arr = rng.integers(0, 256, size=(size, size + 6, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(d / f"img{i}.png")
+
+
+def test_image_folder_pipeline(tmp_path: Path) -> None:
+    _write_folder(tmp_path, {"cat": 3, "dog": 2}, "train")
+    _write_folder(tmp_path, {"cat": 1, "dog": 1}, "val")
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), image_size=16, hflip=True, randaugment_layers=2)
+    assert data_info(cfg).num_classes == 2
+    splits = build_splits(cfg, seed=3)
+    assert splits.classes == ["cat", "dog"]
+    assert len(splits.train) == 5
+    assert len(splits.val) == 2
+    x, y = splits.train[(1, 4)]
+    assert x.shape == (3, 16, 16)
+    assert x.dtype == torch.float32
+    assert y == 1
+    assert torch.equal(splits.train[(1, 4)][0], x)  # keyed augmentation is reproducible
+    assert not torch.equal(splits.train[(2, 4)][0], x)
+    xv, _ = splits.val[0]
+    assert xv.shape == (3, 16, 16)
+
+
+def test_image_folder_errors_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "missing", "train")
+    _write_folder(tmp_path, {"cat": 2}, "train")
+    (tmp_path / "train" / "dog").mkdir()
+    with pytest.raises(DataError, match=r"empty class folder.*train/dog"):
+        ImageFolderDataset(tmp_path, "train")
+    _write_folder(tmp_path, {"dog": 1}, "train")
+    _write_folder(tmp_path, {"cat": 1, "bird": 1}, "val")
+    with pytest.raises(DataError, match=r"missing \['dog'\], unexpected \['bird'\]"):
+        ImageFolderDataset(tmp_path, "val", classes=["cat", "dog"])
+
+
+def test_unreadable_images_error_or_skip(tmp_path: Path) -> None:
+    _write_folder(tmp_path, {"a": 30, "b": 30}, "train", size=8)
+    bad = tmp_path / "train" / "b" / "img7.png"
+    bad.write_bytes(b"not a png")
+    ds = ImageFolderDataset(tmp_path, "train")
+    index = [str(p) for p, _ in ds.samples].index(str(bad))
+    with pytest.raises(DataError, match=r"cannot decode image .*img7\.png.*bad_images skip"):
+        ds.load(index)
+    with pytest.warns(UserWarning, match=r"(?s)skipping 1 unreadable image.*img7\.png"):
+        skipping = ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.05)
+    assert len(skipping) == 59
+    assert skipping.skipped[0][0] == bad
+    with pytest.raises(DataError, match=r"1 of 60 images .* unreadable"):
+        ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.001)
+
+
+def test_synthetic_is_deterministic_and_learnable() -> None:
+    a = make_synthetic(64, 4, 8, 3, seed=1)
+    b = make_synthetic(64, 4, 8, 3, seed=1)
+    assert torch.equal(a.images, b.images)
+    assert torch.equal(a.labels, b.labels)
+    # class means differ far more than the noise allows: nearest-class-mean classification works
+    means = torch.stack([a.images[a.labels == k].float().mean(0) for k in range(4)])
+    test = make_synthetic(32, 4, 8, 3, seed=2)
+    dist = ((test.images.float()[:, None] - means[None]) ** 2).flatten(2).sum(-1)
+    assert (dist.argmin(1) == test.labels).float().mean() > 0.9
+
+
+def test_epoch_sampler_shards_union_to_the_single_process_batches() -> None:
+    single = list(EpochSampler(20, shuffle=True, seed=5))
+    ranks = [list(EpochSampler(20, shuffle=True, seed=5, rank=r, world_size=2)) for r in range(2)]
+    b = 3
+    for i in range(len(ranks[0]) // b):
+        union = sorted(ranks[0][i * b : (i + 1) * b] + ranks[1][i * b : (i + 1) * b])
+        assert union == sorted(single[2 * i * b : 2 * (i + 1) * b])
+    sampler = EpochSampler(20, shuffle=True, seed=5)
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch1 != single
+    assert all(e == 1 for e, _ in epoch1)
+    assert sorted(i for _, i in epoch1) == list(range(20))
+    assert len(EpochSampler(5, shuffle=False, rank=1, world_size=2, pad=False)) == 2
+
+
+def test_build_splits_digits_and_validation() -> None:
+    splits = build_splits(DataConfig(name="digits", crop_padding=1, val_fraction=0.1), seed=0)
+    x, _y = splits.train[(0, 0)]
+    assert x.shape == (1, 8, 8)
+    assert x.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"data.name='mnist'"):
+        DataConfig(name="mnist").validate()
+    with pytest.raises(ValueError, match=r"data\.root is required"):
+        DataConfig(name="cifar10").validate()

@@ -1,0 +1,272 @@
+"""The model zoo (ResNet-50 family, ResNet-RS LambdaResNets, CIFAR ResNets, MobileNets): every registered model of
+these families runs forward/backward, is deterministic and batch-independent in eval mode, compiles (eager backend)
+and exports. Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602.
+
+Cost control (stated): models whose ``ModelMeta.extra`` has ``smoke_overrides`` (the ResNet-RS family and seed 001's
+ResNet-152/200) run these checks at reduced depth ``layers=(1, 1, 2, 1)`` with the same blocks (SE, ResNet-D, lambda
+and conv blocks in the c4 hybrid); their full-size parameter counts are checked on the meta device in
+``test_full_size_params`` and against the published numbers in ``test_reproduction.py``. ``torch.compile`` and
+``torch.export`` run on one model per distinct block structure (``COMPILE_SUBSET``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import lambdanet
+from lambdanet.layers import LambdaLayer
+from lambdanet.models import _registry
+from lambdanet.stats import model_stats
+
+ZOO_MODULES = {
+    "lambdanet.models.resnet",
+    "lambdanet.models.resnet_rs",
+    "lambdanet.models.cifar",
+    "lambdanet.models.mobilenet",
+}
+ZOO = [n for n in lambdanet.list_models() if _registry._MODELS[n].__module__ in ZOO_MODULES]
+PARAMS_JSON = Path(__file__).parent / "reference" / "zoo_params.json"
+# One model per distinct block structure for torch.compile / torch.export, at reduced depth where it has one.
+# Lambda models compile with a fixed algorithm: the layer's "auto" selection graph-breaks under fullgraph=True
+# (reported to the layer's owner); export works with "auto".
+ONE_BLOCK = {"layers": (1, 1, 1, 1)}
+COMPILE_SUBSET: dict[str, dict[str, Any]] = {
+    "resnet50_se": ONE_BLOCK,
+    "lambda_resnet50": ONE_BLOCK,
+    "lambda_resnet_rs101": {"layers": (1, 1, 2, 1), "c4_lambda_blocks": (2,)},
+    "resnet18_cifar": ONE_BLOCK,
+    "lambda_mobilenet_v1_cifar_5": {},
+    "lambda_mobilenet_v2": {},
+}
+
+
+def _smoke(name: str, **extra: Any) -> tuple[nn.Module, tuple[int, ...]]:
+    info = lambdanet.model_info(name)
+    overrides = dict(info.extra.get("smoke_overrides", {}))
+    overrides.update(extra)
+    return lambdanet.create_model(name, **overrides), info.smoke_input_size
+
+
+def test_zoo_is_complete() -> None:
+    expected = {"resnet50", "resnet50_se", "lambda_resnet50", "mobilenet_v1_cifar", "mobilenet_v2"}
+    expected |= {"lambda_mobilenet_v2", "resnet18_cifar", "lambda_resnet18_cifar", "resnet50_cifar"}
+    expected |= {"lambda_resnet50_cifar", *(f"lambda_mobilenet_v1_cifar_{i}" for i in range(2, 7))}
+    for d in (50, 101, 152, 200, 270, 350, 420):
+        expected |= {f"resnet_rs{d}", f"resnet_rs{d}_se", f"lambda_resnet_rs{d}", f"lambda_resnet_rs{d}_c4"}
+    assert expected <= set(ZOO), sorted(expected - set(ZOO))
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_forward_backward(name: str) -> None:
+    model, size = _smoke(name, num_classes=7)
+    model.train()
+    x = torch.randn(2, *size)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert out.isfinite().all()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without grad: {missing[:5]}"
+    assert all(p.grad.isfinite().all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_eval_deterministic_and_batch_independent(name: str) -> None:
+    model, size = _smoke(name, num_classes=5)
+    model.eval()
+    x = torch.randn(3, *size, requires_grad=True)
+    out = model(x)
+    with torch.no_grad():
+        again = model(x)
+    torch.testing.assert_close(out, again, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(out[0].sum(), x)
+    assert grad[0].abs().sum() > 0
+    assert grad[1:].abs().max() == 0, "sample 0's output depends on other samples in eval mode"
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_full_size_params(name: str) -> None:
+    """Full-size parameter counts (meta device) are pinned; change tests/reference/zoo_params.json deliberately."""
+    pinned = json.loads(PARAMS_JSON.read_text())
+    with torch.device("meta"):
+        model = lambdanet.create_model(name)
+    count = sum(p.numel() for p in model.parameters())
+    assert name in pinned, f"{name} has no pinned count in {PARAMS_JSON.name}: {count}"
+    assert count == pinned[name]
+    published = lambdanet.model_info(name).extra.get("published_params_m")
+    if published is not None:
+        assert abs(count / 1e6 / published - 1) < 0.25  # the exact comparison lives in test_reproduction.py
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("name", COMPILE_SUBSET)
+def test_compile_eager(name: str) -> None:
+    torch._dynamo.reset()
+    extra = {"algorithm": "conv"} if "lambda" in name else {}
+    model, size = _smoke(name, num_classes=3, **COMPILE_SUBSET[name], **extra)
+    model.eval()
+    x = torch.randn(2, *size)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("name", COMPILE_SUBSET)
+def test_export(name: str) -> None:
+    model, size = _smoke(name, num_classes=3, **COMPILE_SUBSET[name])
+    model.eval()
+    x = torch.randn(2, *size)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["lambda_resnet50", "resnet_rs50", "lambda_resnet18_cifar"])
+def test_pyramid(name: str) -> None:
+    model, size = _smoke(name, num_classes=3)
+    model.eval()
+    x = torch.randn(1, *size)
+    with torch.no_grad():
+        feats = model.forward_pyramid(x)
+        final = model.forward_features(x)
+    assert list(feats) == ["c2", "c3", "c4", "c5"]
+    for info in model.feature_info:
+        f = feats[info["name"]]
+        assert f.shape[1] == info["num_chs"]
+        assert f.shape[-1] == -(-size[-1] // info["reduction"])
+    torch.testing.assert_close(feats["c5"], final)
+
+
+def test_mobilenet_pyramids() -> None:
+    model = lambdanet.create_model("mobilenet_v2").eval()
+    with torch.no_grad():
+        feats = model.forward_pyramid(torch.randn(1, 3, 64, 64))
+    assert {k: v.shape[-1] for k, v in feats.items()} == {"c2": 16, "c3": 8, "c4": 4, "c5": 2}
+
+
+def test_placement_and_hybrid_layout() -> None:
+    model = lambdanet.create_model("lambda_resnet50", placement="CCLL")
+    kinds = [
+        "L" if isinstance(b.conv2, LambdaLayer) else "C"
+        for s in (model.layer1, model.layer2, model.layer3, model.layer4)
+        for b in s
+    ]
+    assert "".join(kinds) == "C" * 7 + "L" * 9
+    with torch.device("meta"):
+        hybrid = lambdanet.create_model("lambda_resnet_rs101")
+    c4 = [i + 1 for i, b in enumerate(hybrid.layer3) if isinstance(b.conv2, LambdaLayer)]
+    assert c4 == [6, 12, 18]
+    assert all(isinstance(b.conv2, LambdaLayer) and b.se is None for b in hybrid.layer4)
+    assert all(b.se is not None for b in hybrid.layer2)  # SE stays in the conv-only stages (se_skip="stage")
+    assert lambdanet.model_info("lambda_resnet_rs101").input_size == (3, 224, 224)
+
+
+def test_seed003_layout_names() -> None:
+    """Module names follow the d-li14 checkpoint (tensors.json) wherever the layer internals are not involved."""
+    with torch.device("meta"):
+        model = lambdanet.create_model("lambda_resnet50", position_bias=True)
+    names = {n for n, _ in model.named_parameters()}
+    for expected in (
+        "conv1.weight",
+        "bn1.weight",
+        "layer1.0.conv1.weight",
+        "layer1.0.bn2.bias",
+        "layer1.0.conv3.weight",
+        "layer1.0.downsample.0.weight",
+        "layer4.2.bn3.weight",
+        "fc.weight",
+        "layer1.0.conv2.pos.bias",
+    ):
+        assert expected in names, expected
+    assert sum(p.numel() for p in model.parameters()) == 14_995_848
+
+
+def test_mobilenet_v1_downsampling_fix() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    faithful = lambdanet.create_model("lambda_mobilenet_v1_cifar_5").eval()
+    fixed = lambdanet.create_model("lambda_mobilenet_v1_cifar_5", fix_downsampling=True).eval()
+    with torch.no_grad():
+        assert faithful.forward_features(x).shape[-1] == 4  # seed 000: the lambda layer dropped a stride
+        assert fixed.forward_features(x).shape[-1] == 2
+    assert sum(p.numel() for p in faithful.parameters()) == sum(p.numel() for p in fixed.parameters())
+
+
+def test_global_scope_fixed_input() -> None:
+    model = lambdanet.create_model("lambda_resnet50", scope=None, img_size=64, placement="CCLL", num_classes=3).eval()
+    assert model.fixed_input_size
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    with pytest.raises(ValueError, match="img_size=64"):
+        model(torch.randn(1, 3, 96, 96))
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "match"),
+    [
+        ("lambda_resnet50", {"bogus": 1}, "unknown override bogus"),
+        ("resnet50", {"dim_k": 8}, "no lambda layers"),
+        ("lambda_resnet50", {"placement": "LLXL"}, "placement='LLXL'"),
+        ("lambda_resnet_rs101", {"c4_lambda_blocks": (30,)}, r"outside 1\.\.23"),
+        ("lambda_mobilenet_v2", {"lambda_blocks": (18,)}, "outside 1..17"),
+        ("mobilenet_v1_cifar", {"layers": "LCCCCCCCCCCCCC"}, "starting with C"),
+    ],
+)
+def test_bad_overrides(name: str, overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        lambdanet.create_model(name, **overrides)
+
+
+def test_model_stats_matches_flop_counter_without_lambda() -> None:
+    model = lambdanet.create_model("resnet18_cifar").eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    stats = model_stats(model, (3, 32, 32))
+    assert stats.macs * 2 == counter.get_total_flops() == stats.flops
+    assert stats.lambda_macs == 0
+    assert stats.params == sum(p.numel() for p in model.parameters())
+
+
+def test_model_stats_lambda_conventions() -> None:
+    model = lambdanet.create_model("lambda_resnet18_cifar", dim_u=1, scope=23)
+    layers = [m for m in model.modules() if isinstance(m, LambdaLayer)]
+    pairs = model_stats(model, (3, 32, 32), position_count="pairs")
+    scope = model_stats(model, (3, 32, 32))
+    taps = model_stats(model, (3, 32, 32), position_count="taps")
+    # The first lambda layer sees the 32x32 map: pairs <= scope <= taps, and the non-lambda part is the same.
+    assert pairs.macs - pairs.lambda_macs == scope.macs - scope.lambda_macs == taps.macs - taps.lambda_macs
+    assert pairs.lambda_parts["position"] < scope.lambda_parts["position"] < taps.lambda_parts["position"]
+    sides = [32, 32, 32, 16, 16, 8, 8, 4]  # input side of each lambda layer (strided blocks see the larger map)
+    assert len(layers) == len(sides)
+    assert pairs.lambda_parts["projection"] == sum(
+        m.macs(s, s)["projection"] for m, s in zip(layers, sides, strict=True)
+    )
+    assert pairs.lambda_parts["position"] == sum(m.macs(s, s)["position"] for m, s in zip(layers, sides, strict=True))
+    assert all("forward" not in layer.__dict__ for layer in layers), "model_stats left a stub forward behind"
+    with pytest.raises(ValueError, match="position_count"):
+        model_stats(model, (3, 32, 32), position_count="all")
+    with pytest.raises(ValueError, match="input_size"):
+        model_stats(model, (32, 32))
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "json", "csv"])
+def test_cli_models(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from lambdanet.cli import main
+
+    assert main(["models", "--format", fmt, "resnet50*"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50_se" in out
+    assert "resnet50_cifar" in out
+    assert "lambda_resnet50" not in out
+    if fmt == "json":
+        rows = {r["name"]: r for r in json.loads(out)}
+        assert rows["resnet50"]["params_m"] == 25.557
+        assert rows["resnet50"]["input_size"] == "3x224x224"
+    assert main(["models", "no_such_model*"]) == 2

@@ -1,0 +1,193 @@
+"""Training runs in-process on tiny synthetic data: run directory, eval round trip, non-finite loss, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from lambdanet.cli import eval as cli_eval
+from lambdanet.cli import train as cli_train
+from lambdanet.train.callbacks import AtomicCheckpointIO, NonFiniteLossError
+from lambdanet.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from lambdanet.train.config import RunConfig, config_from_dict, load_config
+from lambdanet.train.run import fit
+
+TINY_MODEL = {"in_chans": 3, "widths": [8, 16], "lambda_stages": [1], "stem_chs": 8, "dim_k": 4, "heads": 2, "scope": 3}
+
+
+def tiny_config(tmp_path: Path, **train: Any) -> RunConfig:
+    """lambda_net_tiny shrunk to ~3k parameters on 128 synthetic 8x8 images in 4 classes: 8 steps per epoch."""
+    overrides = {
+        "model": {"name": "lambda_net_tiny", "overrides": dict(TINY_MODEL)},
+        "data": {"name": "synthetic", "num_classes": 4, "image_size": 8, "synthetic_samples": 128, "batch_size": 16},
+        "optim": {"name": "adamw", "lr": 0.02, "weight_decay": 0.0},
+        "train": {"epochs": 2, "log_every_steps": 1, **train},
+        "system": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "out_dir": str(tmp_path),
+            "run_name": "run",
+            "progress_bar": False,
+        },
+    }
+    return load_config("synthetic_smoke", overrides)
+
+
+def test_fit_writes_the_run_directory_and_eval_reproduces_the_test(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=3, ema_decay=0.5)
+    results = fit(cfg, argv=["--train.epochs", "3"])
+    run = tmp_path / "run"
+    for name in ("config.yaml", "argv.txt", "env.json", "metrics.csv", "curves.png", "results.json"):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "tb").glob("events.out.tfevents*"))
+    assert config_from_dict(yaml.safe_load((run / "config.yaml").read_text())) == cfg
+    assert json.loads((run / "results.json").read_text())["test/acc1"] == results["test/acc1"]
+    assert results["global_step"] == 24
+    assert results["test/acc1"] > 0.5  # 4 learnable classes: chance is 0.25
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    for column in ("train/loss_step", "val/acc1", "val/acc5", "lr", "train/img_s"):
+        assert column in header
+
+    ckpt = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    meta = ckpt["lambdanet"]
+    assert meta["model_name"] == "lambda_net_tiny"
+    assert meta["model_overrides"]["num_classes"] == 4
+    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
+    out = tmp_path / "eval.json"
+    assert cli_eval.main([str(run / "checkpoints" / "best.ckpt"), "--json", str(out)]) == 0
+    evaluated = json.loads(out.read_text())
+    assert evaluated["top1"] == pytest.approx(results["test/acc1"], abs=1e-6)
+    assert evaluated["loss"] == pytest.approx(results["test/loss"], rel=1e-4)
+    assert evaluated["images"] == 32
+    assert evaluated["images_per_second"] > 0
+
+
+def _poison(epoch: int, batch_idx: int) -> Any:
+    from lightning.pytorch.callbacks import Callback
+
+    class Poison(Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+            if trainer.current_epoch == epoch and idx == batch_idx:
+                batch[0].fill_(float("nan"))
+
+    return Poison()
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=3)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 9 \(epoch 1"):
+        fit(cfg, callbacks=[_poison(epoch=1, batch_idx=1)])
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 8
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_cli_reports_non_finite_loss_without_a_traceback(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    import lambdanet.train.run as run_module
+
+    def diverge(*args: Any, **kwargs: Any) -> None:
+        raise NonFiniteLossError("non-finite training loss (nan) at step 7")
+
+    monkeypatch.setattr(run_module, "fit", diverge)
+    assert cli_train.main(["--train.epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite training loss (nan) at step 7" in err
+    assert "last good checkpoint" in err
+    assert "Traceback" not in err
+
+
+def test_atomic_checkpoint_write_survives_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"w": torch.ones(3)}, path)
+
+    def crash(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["w"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path: Path, capsys: Any) -> None:
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x00\x01 this is not a checkpoint")
+    assert cli_eval.main([str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or not a PyTorch checkpoint" in err
+    assert str(garbage) in err
+    assert "Traceback" not in err
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}}, foreign)
+    assert cli_eval.main([str(foreign)]) == 2
+    assert "not a lambdanet training checkpoint" in capsys.readouterr().err
+    assert cli_eval.main([str(tmp_path / "missing.ckpt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=1, test_after_fit=False)
+    fit(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(last)
+    ckpt["lambdanet"]["model_overrides"]["widths"] = [8, 32]
+    with pytest.raises(CheckpointError, match=r"does not fit model 'lambda_net_tiny'"):
+        model_from_checkpoint(ckpt, last)
+    ckpt["lambdanet"]["model_name"] = "no_such_model"
+    with pytest.raises(CheckpointError, match="no_such_model"):
+        model_from_checkpoint(ckpt, last)
+    other = tiny_config(tmp_path / "other", epochs=2)
+    other.model.overrides["widths"] = [8, 32]
+    with pytest.raises(ValueError, match=r"checkpoint holds model 'lambda_net_tiny' with overrides"):
+        fit(other, resume=last)
+
+
+def test_precision_channels_last_accumulation_and_clipping(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        tmp_path,
+        epochs=1,
+        precision="bf16-mixed",
+        channels_last=True,
+        accumulate=2,
+        grad_clip=1.0,
+        deterministic=True,
+        test_after_fit=False,
+    )
+    cfg.sched.warmup_epochs = 0.5
+    results = fit(cfg)
+    assert results["global_step"] == 4  # 8 batches, 2 per optimizer step
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_cifar_recipe_trains_end_to_end_on_a_local_archive(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_cifar_writer", Path(__file__).with_name("test_data_datasets.py"))
+    assert spec is not None and spec.loader is not None
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    helpers.write_cifar(tmp_path / "cifar", "cifar10", per_batch=8)
+    over = {
+        "model": {"name": "lambda_net_tiny", "overrides": dict(TINY_MODEL)},
+        "data": {"root": str(tmp_path / "cifar"), "batch_size": 8, "num_workers": 0, "randaugment_layers": 2},
+        "train": {"epochs": 1},
+        "system": {"accelerator": "cpu", "out_dir": str(tmp_path), "run_name": "cifar", "progress_bar": False},
+    }
+    cfg = load_config("cifar10_lambda_resnet18", over)
+    results = fit(cfg)
+    assert results["global_step"] == 5  # 40 training images, batch 8
+    assert 0.0 <= results["test/acc1"] <= 1.0
+    assert load_checkpoint(tmp_path / "cifar" / "checkpoints" / "last.ckpt")["lambdanet"]["num_classes"] == 10
