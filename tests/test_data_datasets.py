@@ -164,6 +164,14 @@ def test_image_folder_pipeline(tmp_path: Path) -> None:
     assert y == 1
     assert torch.equal(splits.train[(1, 4)][0], x)  # keyed augmentation is reproducible
     assert not torch.equal(splits.train[(2, 4)][0], x)
+    # worker processes decode and augment exactly as the main process does
+    sampler = EpochSampler(len(splits.train), shuffle=True, seed=3)
+    sampler.set_epoch(1)
+    loader = torch.utils.data.DataLoader(splits.train, batch_size=5, sampler=sampler, num_workers=2)
+    (batch, labels), keys = next(iter(loader)), list(sampler)
+    expected = torch.stack([splits.train[k][0] for k in keys])
+    assert torch.equal(batch, expected)
+    assert labels.tolist() == [splits.train[k][1] for k in keys]
     xv, _ = splits.val[0]
     assert xv.shape == (3, 16, 16)
 

@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="lambdanet eval",
         description="Evaluate a lambdanet training checkpoint on a dataset split.",
         epilog="data overrides: --data.KEY VALUE (e.g. --data.name cifar10 --data.root ~/data)",
+        allow_abbrev=False,
     )
     p.add_argument("checkpoint", help="a .ckpt written by lambdanet train (best.ckpt or last.ckpt)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split to evaluate (test)")

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a lambda network (default: lambda_net_tiny on the bundled 8x8 digits).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("-c", "--config", default=None, help=f"recipe name or YAML path (default: {DEFAULT_RECIPE})")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")

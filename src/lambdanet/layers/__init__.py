@@ -2,7 +2,8 @@
 
 from lambdanet.layers.algorithms import choose_algorithm
 from lambdanet.layers.lambda_layer import LambdaLayer
+from lambdanet.layers.lambda_layer1d import LambdaLayer1d
 from lambdanet.layers.lambda_ops import ALGORITHMS
 from lambdanet.layers.position import RelativePositionEmbedding
 
-__all__ = ["ALGORITHMS", "LambdaLayer", "RelativePositionEmbedding", "choose_algorithm"]
+__all__ = ["ALGORITHMS", "LambdaLayer", "LambdaLayer1d", "RelativePositionEmbedding", "choose_algorithm"]

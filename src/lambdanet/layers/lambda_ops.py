@@ -42,7 +42,7 @@ __all__ = [
     "relative_embeddings",
 ]
 
-ALGORITHMS = ("einsum", "logits", "conv", "fft")
+ALGORITHMS = ("einsum", "logits", "blocked", "conv", "fft")
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -201,21 +201,135 @@ def position_lambdas(v: Tensor, weight: Tensor, spatial: Sequence[int], algorith
     raise ValueError(f"algorithm={algorithm!r} does not build position lambdas; expected 'einsum', 'conv' or 'fft'")
 
 
-def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
-    """Position logits ``a[b, h, n, m, u] = sum_k q[b, h, k, n] E[k, u, n, m]`` without materialising ``E``.
+def _skew_last(x: Tensor, size: int) -> Tensor:
+    """Relative to absolute along the last two axes: (..., n, 2S - 1) -> (..., n, m) with out[n, m] = x[n, m - n + S - 1].
 
-    One matrix product gives the logits of every query against every kernel offset, ``q^T R`` (b, h, n, u, t);
-    a gather then places offset ``m - n`` at context position m (zero outside the scope).
+    Row n of the result starts (S - 1) - n entries into row n of ``x``; in the flattened (n, t) block that is the
+    constant row stride 2S - 2, so the whole shift is one slice and two reshapes (no gather, no index tensors).
+    """
+    if size == 1:
+        return x
+    *lead, n, t = x.shape
+    flat = x.reshape(*lead, n * t)
+    return flat[..., size - 1 : size - 1 + n * (t - 1)].reshape(*lead, n, t - 1)[..., :size]
+
+
+def _full_kernel(weight: Tensor, spatial: Sequence[int]) -> Tensor:
+    """Zero-pad a (cropped) kernel to every offset a map can hold: side 2S - 1 per axis (exact: zeros = out of scope)."""
+    weight = crop_kernel(weight, spatial)
+    pads: list[int] = []
+    for size, side in zip(reversed(spatial), reversed(weight.shape[2:])):
+        p = size - 1 - side // 2
+        pads += [p, p]
+    return F.pad(weight, pads)
+
+
+def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
+    """Position logits ``a[b, h, n, u, m] = sum_k q[b, h, k, n] E[k, u, n, m]`` without materialising ``E``.
+
+    One matrix product gives the logits of every query against every relative offset, ``q^T R`` (b, h, n, u, t);
+    a skew per spatial axis then moves offset ``m - n`` to context position m. Memory Θ(b h n u prod(2S - 1)).
+    """
+    full = _full_kernel(weight, spatial)
+    k, u = full.shape[:2]
+    b, h, _, n = q.shape
+    offsets = full.shape[2:]
+    rel = torch.matmul(q.transpose(2, 3), full.reshape(k, -1))  # b h n (u t..)
+    x = rel.reshape(b * h, *spatial, u, *offsets)
+    ndim = len(spatial)
+    if not (torch.compiler.is_compiling() or torch.jit.is_scripting()):
+        # One strided view does every axis' skew at once: a[n.., u, m..] = x[n.., u, m - n + S - 1].
+        st = x.stride()
+        n_strides = [st[1 + d] - st[2 + ndim + d] for d in range(ndim)]
+        m_strides = list(st[2 + ndim :])
+        offset = x.storage_offset() + sum((size - 1) * st[2 + ndim + d] for d, size in enumerate(spatial))
+        view = x.as_strided((b * h, *spatial, u, *spatial), (st[0], *n_strides, st[1 + ndim], *m_strides), offset)
+        return view.reshape(b, h, n, u, n)  # b h n u m
+    # Export-friendly form of the same skew (slices and reshapes only), one axis at a time.
+    labels = ["B", *[f"n{d}" for d in range(ndim)], "u", *[f"t{d}" for d in range(ndim)]]
+    for d, size in enumerate(spatial):
+        last = (labels.index(f"n{d}"), labels.index(f"t{d}"))
+        order = [i for i in range(len(labels)) if i not in last] + list(last)
+        x = _skew_last(x.permute(order).contiguous(), size)
+        labels = [labels[i] for i in order]
+        labels[-1] = f"m{d}"
+    final = ["B", *[f"n{d}" for d in range(ndim)], "u", *[f"m{d}" for d in range(ndim)]]
+    x = x.permute([labels.index(name) for name in final])
+    return x.reshape(b, h, n, u, n)  # b h n u m
+
+
+def _block_size(half: int) -> int:
+    """Query block side for the blocked algorithm: about the scope's radius (measured in docs/algorithms.md)."""
+    return max(2, min(8, half + 1))
+
+
+def _blocked_position_output(q: Tensor, v: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
+    """Local position output computed block by block (the lambda analogue of blocked local attention).
+
+    Queries are cut into blocks of side B; a block's context is its halo of side L = B + 2c. Within a block, the
+    relative embeddings are one fixed (B^D, L^D) table, shared by every block and every sample, so the position
+    logits of all blocks come from one batched matmul and their application from another. Values outside the map
+    are zero padding, which is exact.
     """
     weight = crop_kernel(weight, spatial)
     k, u = weight.shape[:2]
     b, h, _, n = q.shape
-    taps = math.prod(weight.shape[2:])
-    rel = torch.matmul(q.transpose(2, 3), weight.reshape(k, u * taps))  # b h n (u t)
-    rel = F.pad(rel.reshape(b, h, n, u, taps).transpose(3, 4), (0, 0, 0, 1))  # b h n (t+1) u; row t = zeros
-    idx, valid = _relative_index(spatial, weight.shape[2:], q.device)
-    flat = torch.where(valid, idx, taps) + torch.arange(n, device=q.device)[:, None] * (taps + 1)  # n m
-    return rel.reshape(b, h, n * (taps + 1), u)[:, :, flat]  # b h n m u
+    dv = v.shape[2]
+    ndim = len(spatial)
+    kernel = weight.shape[2:]
+    half = [s // 2 for s in kernel]
+    blocks = [_block_size(c) for c in half]
+    counts = [-(-s // bs) for s, bs in zip(spatial, blocks)]  # blocks per axis
+    halos = [bs + 2 * c for bs, c in zip(blocks, half)]
+    nb, p, ell = math.prod(counts), math.prod(blocks), math.prod(halos)
+
+    # Table (B.., u, L..) -> (p, k, u * L^D): E[k, u, i, a] = weight[k, u, a - i] when 0 <= a - i < K, per axis.
+    table = weight.new_zeros(k, u, *blocks, *halos)
+    for idx in _block_offsets(blocks):
+        dst = (slice(None), slice(None), *idx, *[slice(i, i + ks) for i, ks in zip(idx, kernel)])
+        table[dst] = weight
+    table = table.reshape(k, u, p, ell).permute(2, 0, 1, 3).reshape(p, k, u * ell)
+
+    # Queries: (b, h, k, S..) -> pad to whole blocks -> (p, b nb h, k).
+    qs = q.reshape(b, h, k, *spatial)
+    qs = F.pad(qs, [x for s, bs, c in zip(reversed(spatial), reversed(blocks), reversed(counts)) for x in (0, bs * c - s)])
+    shape = [b, h, k]
+    for c, bs in zip(counts, blocks):
+        shape += [c, bs]
+    qs = qs.reshape(shape)
+    nb_dims = [3 + 2 * d for d in range(ndim)]
+    in_dims = [4 + 2 * d for d in range(ndim)]
+    qs = qs.permute(*in_dims, 0, *nb_dims, 1, 2).reshape(p, b * nb * h, k)
+
+    logits = torch.bmm(qs, table)  # p (b nb h) (u L..)
+    logits = logits.reshape(p, b * nb, h, u * ell).permute(1, 2, 0, 3).reshape(b * nb, h * p, u * ell)
+
+    # Values: (b, u, v, S..) -> zero pad by c (and to whole blocks) -> halos (b nb, u L.., v).
+    vs = v.reshape(b, u, dv, *spatial)
+    pads: list[int] = []
+    for s, bs, cnt, c in zip(reversed(spatial), reversed(blocks), reversed(counts), reversed(half)):
+        pads += [c, c + bs * cnt - s]
+    vs = F.pad(vs, pads)
+    for d, (bs, hl) in enumerate(zip(blocks, halos)):
+        vs = vs.unfold(3 + d, hl, bs)  # b u v nb.. L..
+    vs = vs.permute(0, *[3 + d for d in range(ndim)], 1, *[3 + ndim + d for d in range(ndim)], 2)
+    vs = vs.reshape(b * nb, u * ell, dv)
+
+    y = torch.bmm(logits, vs)  # (b nb) (h p) v
+    y = y.reshape(b, *counts, h, *blocks, dv)
+    order = [1 + ndim, 2 + 2 * ndim]
+    for d in range(ndim):
+        order += [1 + d, 2 + ndim + d]
+    y = y.permute(0, *order).reshape(b, h, dv, *[c * bs for c, bs in zip(counts, blocks)])
+    y = y[(..., *[slice(0, s) for s in spatial])]
+    return y.reshape(b, h, dv, n)
+
+
+def _block_offsets(blocks: Sequence[int]) -> list[tuple[int, ...]]:
+    grid: list[tuple[int, ...]] = [()]
+    for bs in blocks:
+        grid = [(*g, i) for g in grid for i in range(bs)]
+    return grid
 
 
 def position_output(
@@ -241,12 +355,13 @@ def position_output(
         (b, h, v, n) output.
     """
     if algorithm == "logits":
-        logits = position_logits(q, weight, spatial)  # b h n m u
-        b, h, n, m, u = logits.shape
+        logits = position_logits(q, weight, spatial)  # b h n u m
+        b, h, n, u, m = logits.shape
         # (b, h n, u m) @ (b, u m, v): one large matrix product per sample.
-        a = logits.reshape(b, h * n, m * u) if u == 1 else logits.transpose(3, 4).reshape(b, h * n, u * m)
-        y = torch.matmul(a, v.transpose(2, 3).reshape(b, u * m, -1))  # b (h n) v
+        y = torch.matmul(logits.reshape(b, h * n, u * m), v.transpose(2, 3).reshape(b, u * m, -1))  # b (h n) v
         y = y.reshape(b, h, n, -1).transpose(2, 3)
+    elif algorithm == "blocked":
+        y = _blocked_position_output(q, v, weight, spatial)
     elif algorithm in ("einsum", "conv", "fft"):
         y = apply_lambdas(q, position_lambdas(v, weight, spatial, algorithm))
     else:

@@ -8,3 +8,4 @@ import lambdanet.models.mobilenet  # registers the MobileNets
 import lambdanet.models.resnet  # registers the ResNet-50 family
 import lambdanet.models.resnet_rs  # noqa: F401  registers the ResNet-RS LambdaResNets
 from lambdanet.models import small  # noqa: F401  (registers lambda_net_tiny)
+from lambdanet.models import lm  # noqa: F401  (registers lambda_lm_tiny, transformer_lm_tiny)

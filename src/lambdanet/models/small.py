@@ -150,7 +150,7 @@ def lambda_net_tiny(
     scope: int = 5,
     drop_rate: float = 0.0,
 ) -> LambdaNetSmall:
-    """Tiny lambda ResNet (about 0.3 M parameters) for 8x8 to 32x32 images; stages 2 and 3 use lambda layers."""
+    """Tiny lambda ResNet (0.23 M parameters) for 8x8 to 32x32 images; stages 2 and 3 use lambda layers."""
     cfg = SmallNetCfg(
         widths=tuple(widths),
         lambda_stages=tuple(lambda_stages),

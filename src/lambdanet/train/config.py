@@ -134,7 +134,7 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     val_every_epochs: int = 1
-    limit_train_batches: float | int = 1.0
+    limit_train_batches: int | float = 1.0
     log_every_steps: int = 10
     test_after_fit: bool = True
 

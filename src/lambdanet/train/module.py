@@ -110,7 +110,8 @@ class LambdaModule(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
 
     def forward(self, x: Tensor) -> Tensor:
-        return (self._compiled or self.model)(self._inputs(x))
+        model = self._compiled if self._compiled is not None else self.model
+        return model(self._inputs(x))
 
     def eval_model(self) -> nn.Module:
         """The weights used for evaluation: the EMA copy when enabled, else the trained model."""
@@ -176,14 +177,24 @@ class LambdaModule(pl.LightningModule):
         trainer = self.trainer
         global_batch = self.cfg.data.batch_size * trainer.world_size * self.cfg.train.accumulate
         optimizer = build_optimizer(self.model, self.cfg.optim, global_batch)
-        total = int(trainer.estimated_stepping_batches)
-        if not math.isfinite(total) or total < 1:
-            total = 1
-        per_epoch = total / max(1, trainer.max_epochs or self.cfg.train.epochs)
-        if self.cfg.train.max_steps > 0:
-            per_epoch = max(per_epoch, total / self.cfg.train.epochs)
+        estimated = trainer.estimated_stepping_batches  # min(max_steps, epochs x steps per epoch)
+        total = max(1, int(estimated)) if math.isfinite(estimated) else 1
+        per_epoch = float(self._steps_per_epoch())
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.sched, total, per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (epoch-based schedule settings convert with it)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.cfg.train.epochs))
+        batches = len(datamodule.train_dataloader())
+        limit = self.cfg.train.limit_train_batches
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            batches = min(batches, limit)
+        else:
+            batches = int(batches * float(limit))
+        return max(1, math.ceil(batches / self.cfg.train.accumulate))
 
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

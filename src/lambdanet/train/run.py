@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,25 @@ def fit(
     Raises:
         NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint stays in place).
     """
+    ckpt_path: Path | None = None
+    if resume is not None:
+        ckpt_path, run_dir = resolve_resume(resume)
+    else:
+        run_dir = run_dir_for(cfg)
+    previous_env = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # for the processes Lightning's DDP launcher starts during fit
+    try:
+        return _fit(cfg, run_dir, ckpt_path, argv, callbacks)
+    finally:
+        if previous_env is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous_env
+
+
+def _fit(
+    cfg: RunConfig, run_dir: Path, ckpt_path: Path | None, argv: Sequence[str], callbacks: Sequence[Any]
+) -> dict[str, Any]:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -107,12 +127,8 @@ def fit(
     from lambdanet.train.datamodules import LambdaDataModule
     from lambdanet.train.module import LambdaModule
 
-    ckpt_path: Path | None = None
-    if resume is not None:
-        ckpt_path, run_dir = resolve_resume(resume)
-    else:
-        run_dir = run_dir_for(cfg)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
+    # The EMA copy is in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.system.matmul_precision)

@@ -1,0 +1,90 @@
+"""``lambdanet convert``: a published checkpoint -> a lambdanet checkpoint that ``lambdanet eval`` reads.
+
+Reads the published d-li14 Lambda-ResNet-50 ImageNet checkpoint (seed 003; Bello, "LambdaNetworks", ICLR 2021,
+arXiv:2102.08602) or any file :func:`lambdanet.interop.read_checkpoint` understands, builds the model with
+``create_model(MODEL, checkpoint=SRC)`` (every key and shape checked) and writes the layout of ``lambdanet train``
+checkpoints: ``state_dict`` with ``model.``-prefixed keys and a ``lambdanet`` entry holding ``model_name``,
+``model_overrides``, ``num_classes`` and the run ``config`` of a recipe (for ``lambdanet eval``: the ImageNet
+recipe's evaluation transform, resize to 256 and centre crop 224 with ImageNet mean and std). ``model_name`` and
+``model_overrides`` are also stored at the top level.
+
+Examples::
+
+    lambdanet convert model_best.pth.tar lambda_resnet50_dli.ckpt
+    lambdanet eval lambda_resnet50_dli.ckpt --data.root ~/data/imagenet --split val
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lambdanet convert",
+        description="Convert a published checkpoint (d-li14 Lambda-ResNet-50) into a lambdanet checkpoint.",
+    )
+    p.add_argument("src", help="the published checkpoint (torch.save'd dict with a state_dict; 'module.' prefix ok)")
+    p.add_argument("dst", help="the lambdanet checkpoint to write (.ckpt)")
+    p.add_argument("--model", default="lambda_resnet50", help="registered model the weights are for (lambda_resnet50)")
+    p.add_argument(
+        "--recipe",
+        default="imagenet_lambda_resnet50",
+        help="training recipe whose data settings lambdanet eval uses (imagenet_lambda_resnet50)",
+    )
+    p.add_argument("--data-root", default=None, help="image-folder root stored in the config (root/train, root/val)")
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    return p
+
+
+def _config(recipe: str, model: str, overrides: dict[str, Any], data_root: str | None) -> dict[str, Any]:
+    from lambdanet.train.config import load_config, to_dict
+
+    update: dict[str, Any] = {"model": {"name": model, "overrides": overrides}}
+    if data_root:
+        update["data"] = {"root": data_root}
+    return to_dict(load_config(recipe, update))
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    import torch
+
+    import lambdanet
+    from lambdanet.interop import read_checkpoint
+
+    dst = Path(args.dst)
+    try:
+        if dst.exists() and not args.force:
+            raise ValueError(f"dst={str(dst)!r} exists; pass --force to overwrite it")
+        if Path(args.src).resolve() == dst.resolve():
+            raise ValueError(f"dst={str(dst)!r} is the source file; choose another path")
+        ckpt = read_checkpoint(args.src)
+        model = lambdanet.create_model(args.model, checkpoint=ckpt.path)
+        overrides = dict(model.model_overrides)
+        config = _config(args.recipe, args.model, overrides, args.data_root)
+    except ValueError as e:
+        print(f"lambdanet convert: error: {e}", file=sys.stderr)
+        return 2
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    num_classes = int(getattr(model, "num_classes", config["model"]["overrides"].get("num_classes", 0)) or 0)
+    meta = {
+        "model_name": args.model,
+        "model_overrides": overrides,
+        "num_classes": num_classes,
+        "config": config,
+        "source": {"path": str(args.src), "kind": ckpt.kind, **ckpt.extra},
+    }
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"lambdanet": meta, "model_name": args.model, "model_overrides": overrides, "state_dict": state}, dst)
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        f"converted {args.src} ({ckpt.kind}, {len(ckpt.state_dict)} tensors) -> {dst}: {args.model} "
+        f"with {overrides}, {params:,} parameters, {num_classes} classes"
+    )
+    return 0

@@ -1,0 +1,48 @@
+"""Interoperability: published checkpoints, other implementations' weights, ONNX and ``torch.export``.
+
+Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602. See docs/interop.md.
+
+- :func:`read_checkpoint`, :func:`load_checkpoint_into`: the published d-li14 Lambda-ResNet-50 checkpoint (seed 003),
+  lambdanet checkpoints and plain state dicts, with every key and shape checked
+  (``create_model(name, checkpoint=PATH)`` uses them).
+- :func:`from_lucidrains`: a :class:`~lambdanet.layers.LambdaLayer` from a ``lambda_networks.LambdaLayer``.
+- :func:`export_onnx`, :func:`export_program`: ONNX files and ``torch.export`` programs.
+"""
+
+from lambdanet.interop.checkpoints import (
+    CheckpointMismatchError,
+    LoadedCheckpoint,
+    convert_dli_state_dict,
+    load_checkpoint_into,
+    load_state_dict_checked,
+    read_checkpoint,
+    strip_prefix,
+)
+from lambdanet.interop.export import (
+    export_onnx,
+    export_program,
+    fixed_spatial,
+    load_program,
+    onnx_forward,
+    save_program,
+    tracing_setup,
+)
+from lambdanet.interop.lucidrains import from_lucidrains
+
+__all__ = [
+    "CheckpointMismatchError",
+    "LoadedCheckpoint",
+    "convert_dli_state_dict",
+    "export_onnx",
+    "export_program",
+    "fixed_spatial",
+    "from_lucidrains",
+    "load_checkpoint_into",
+    "load_program",
+    "load_state_dict_checked",
+    "onnx_forward",
+    "read_checkpoint",
+    "save_program",
+    "strip_prefix",
+    "tracing_setup",
+]

@@ -1,0 +1,288 @@
+"""Masked and causal lambdas for sequences, and the state for incremental (token by token) decoding.
+
+Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, App. B.2 (Figure 6, masked contexts). The paper gives the
+masked formulation but no formula for the per-query key normalisation; this module supplies it.
+
+Axis legend: b batch | h heads (queries) | k query/key depth |k| | v value depth |v| | u intra-depth |u|
+             n query positions | m context positions | t kernel offsets | w decoding window
+
+Shape: q (b, h, k, n), key logits (b, u, k, m), v (b, u, v, m), mask (n, m), weight (k, u, t) -> y (b, h, v, n)
+
+Masked keys are normalised only inside each query's context (per key channel and intra-depth slice)::
+
+    kbar[n, m] = exp(k_m) mask[n, m] / sum_m' exp(k_m') mask[n, m']      lambda_c[n] = sum_m kbar[n, m] v_m^T
+
+so every query has its own content lambda. A query with an empty context gets a zero content lambda (not NaN).
+Position embeddings are masked: ``lambda_p[n] = sum_m E[n, m] mask[n, m] v_m``.
+
+The causal mask (``mask[n, m] = m <= n``) needs no (n, m) tensor: the content lambdas are prefix sums of
+``exp(k_m - M) v_m^T`` with a running maximum ``M`` per key channel that rescales the sums when it grows (online
+softmax), computed chunk by chunk so that memory is linear in the length; the position lambdas use the relative
+kernel with its future half (offsets ``m - n > 0``) set to zero, so every algorithm of
+:func:`lambdanet.layers.lambda_ops.position_output` applies unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lambdanet.layers.lambda_ops import apply_lambdas, relative_embeddings
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+__all__ = [
+    "CausalLambdaState",
+    "causal_content_lambdas",
+    "causal_content_output",
+    "causal_kernel",
+    "masked_content_lambdas",
+    "masked_key_weights",
+    "masked_lambda_output",
+    "masked_position_lambdas",
+]
+
+
+def _check_mask(mask: Tensor, n: int) -> None:
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a boolean tensor, got dtype {mask.dtype}")
+    if tuple(mask.shape) != (n, n):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected (n, m) = ({n}, {n}) for a length-{n} input")
+
+
+def masked_key_weights(logits: Tensor, mask: Tensor) -> Tensor:
+    """Keys softmax-normalised within each query's context: ``kbar`` (b, u, k, n, m); empty contexts give zeros.
+
+    Args:
+        logits: (b, u, k, m) key logits (before any softmax).
+        mask: (n, m) boolean, True where query n sees context position m.
+    """
+    x = logits[:, :, :, None, :].masked_fill(~mask, float("-inf"))  # b u k n m
+    top = x.amax(dim=-1, keepdim=True).detach()  # the softmax is shift invariant: no gradient through the shift
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # empty context: any finite shift
+    e = torch.exp(x - top)  # masked entries: exp(-inf) = 0
+    # A non-empty context holds its maximum, whose term is exp(0) = 1, so clamping at 1 only touches empty rows.
+    return e / e.sum(dim=-1, keepdim=True).clamp_min(1.0)
+
+
+def masked_content_lambdas(logits: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """Per-query content lambdas (b, k, v, n) under a shared (n, m) mask (paper App. B.2).
+
+    Memory Θ(b u k n m) for the normalised keys; for the causal mask use :func:`causal_content_lambdas`.
+    """
+    return torch.einsum("buknm,buvm->bkvn", masked_key_weights(logits, mask), v)
+
+
+def masked_position_lambdas(v: Tensor, weight: Tensor, mask: Tensor) -> Tensor:
+    """Position lambdas (b, k, v, n) with the relative embeddings masked: ``sum_m E[n, m] mask[n, m] v_m``."""
+    n = v.shape[-1]
+    e = relative_embeddings(weight, (n,)) * mask.to(v.dtype)  # k u n m
+    return torch.einsum("kunm,buvm->bkvn", e, v)
+
+
+def masked_lambda_output(
+    q: Tensor,
+    logits: Tensor | None,
+    v: Tensor,
+    mask: Tensor,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Output (b, h, v, n) of a masked lambda layer: content (if ``logits``) plus position (if ``weight``) terms.
+
+    Args:
+        q: (b, h, k, n) queries.
+        logits: (b, u, k, m) key logits, or None for no content term.
+        v: (b, u, v, m) values.
+        mask: (n, m) boolean mask shared across the batch (n = m).
+        weight: (k, u, t) relative position kernel, or None for no position term.
+
+    Raises:
+        ValueError: a mask of the wrong dtype or shape, or neither term requested.
+    """
+    _check_mask(mask, v.shape[-1])
+    if logits is None and weight is None:
+        raise ValueError("masked_lambda_output needs logits (content term) or weight (position term), got neither")
+    lam = masked_content_lambdas(logits, v, mask) if logits is not None else None
+    if weight is not None:
+        lam_p = masked_position_lambdas(v, weight, mask)
+        lam = lam_p if lam is None else lam + lam_p
+    return apply_lambdas(q, lam)
+
+
+def causal_kernel(weight: Tensor) -> Tensor:
+    """The relative kernel (k, u, t) with its future half (offsets ``m - n > 0``) set to zero; same shape."""
+    c = weight.shape[-1] // 2
+    return F.pad(weight[..., : c + 1], (0, c))
+
+
+def causal_content_lambdas(logits: Tensor, v: Tensor, chunk: int = 64) -> Tensor:
+    """Causal content lambdas ``lambda_c[n] = sum_{m <= n} softmax_{m' <= n}(k)_m v_m^T`` as (b, k, v, n).
+
+    Prefix sums with a running maximum per key channel (online softmax): inside a chunk of ``chunk`` positions the
+    (chunk x chunk) lower-triangular weights ``exp(k_m - M_n)`` are formed explicitly (each <= 1, so nothing
+    overflows); the sums carried from earlier chunks are rescaled by ``exp(M_old - M_n) <= 1``. Memory is
+    Θ(b u k (v + chunk) n): linear in the length. float16/bfloat16 inputs are accumulated in float32 and the
+    result is cast back.
+
+    Args:
+        logits: (b, u, k, n) key logits.
+        v: (b, u, v, n) values.
+        chunk: positions per block of the scan.
+
+    Raises:
+        ValueError: for a non-positive ``chunk`` or mismatched lengths.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be a positive integer")
+    if logits.shape[-1] != v.shape[-1]:
+        raise ValueError(f"logits have length {logits.shape[-1]} but values have length {v.shape[-1]}")
+    out_dtype = logits.dtype
+    if out_dtype in _LOW_PRECISION:
+        logits, v = logits.float(), v.float()
+    length = logits.shape[-1]
+    tri = torch.ones(chunk, chunk, dtype=torch.bool, device=logits.device).tril()  # n >= m
+    out: list[Tensor] = []
+    num_prev = den_prev = top_prev = None
+    for s in range(0, length, chunk):
+        kc, vc = logits[..., s : s + chunk], v[..., s : s + chunk]
+        size = kc.shape[-1]
+        # Running maximum up to each position; shift invariance lets it be a constant for autograd.
+        top = kc.detach().cummax(dim=-1).values  # b u k n
+        if top_prev is not None:
+            top = torch.maximum(top, top_prev[..., None])
+        diff = (kc[:, :, :, None, :] - top[..., None]).masked_fill(~tri[:size, :size], float("-inf"))
+        w = torch.exp(diff)  # b u k n m, zero above the diagonal
+        num = torch.einsum("buknm,buvm->bukvn", w, vc)
+        den = w.sum(dim=-1)  # b u k n
+        if top_prev is not None:
+            scale = torch.exp(top_prev[..., None] - top)  # b u k n
+            num = num + num_prev[..., None] * scale[:, :, :, None, :]
+            den = den + den_prev[..., None] * scale
+        out.append((num / den[:, :, :, None, :]).sum(dim=1))  # b k v n
+        num_prev, den_prev, top_prev = num[..., -1], den[..., -1], top[..., -1]
+    return torch.cat(out, dim=-1).to(out_dtype)
+
+
+def causal_content_output(q: Tensor, logits: Tensor, v: Tensor, chunk: int = 32) -> Tensor:
+    """Causal content output ``y_c[n] = lambda_c[n]^T q_n`` (b, h, v, n) without forming per-position lambdas.
+
+    The same online-softmax scan as :func:`causal_content_lambdas`, contracted with the queries inside each chunk:
+    ``y[n] = sum_m (q_n / Z_n)^T w[n, m] v_m + (q_n / Z_n)^T (scale_n S)`` where ``w[n, m] = exp(k_m - M_n)``
+    (m <= n in the chunk) and ``S`` is the numerator carried from earlier chunks. Only the carried state (b, u, k, v)
+    and one chunk's (chunk x chunk) weights are live at a time, so memory is linear in the length with a small
+    constant. float16/bfloat16 inputs are accumulated in float32 and the result is cast back.
+
+    Args:
+        q: (b, h, k, n) queries.
+        logits: (b, u, k, n) key logits.
+        v: (b, u, v, n) values.
+        chunk: positions per block of the scan.
+
+    Raises:
+        ValueError: for a non-positive ``chunk`` or mismatched lengths.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be a positive integer")
+    if not q.shape[-1] == logits.shape[-1] == v.shape[-1]:
+        raise ValueError(f"lengths differ: q {q.shape[-1]}, logits {logits.shape[-1]}, values {v.shape[-1]}")
+    out_dtype = q.dtype
+    if out_dtype in _LOW_PRECISION:
+        q, logits, v = q.float(), logits.float(), v.float()
+    length = logits.shape[-1]
+    tri = torch.ones(chunk, chunk, dtype=torch.bool, device=logits.device).tril()  # n >= m
+    out: list[Tensor] = []
+    num_prev = den_prev = top_prev = None
+    for s in range(0, length, chunk):
+        qc, kc, vc = q[..., s : s + chunk], logits[..., s : s + chunk], v[..., s : s + chunk]
+        size = kc.shape[-1]
+        top = kc.detach().cummax(dim=-1).values  # b u k n: running maximum (a constant for autograd)
+        if top_prev is not None:
+            top = torch.maximum(top, top_prev[..., None])
+        diff = (kc[:, :, :, None, :] - top[..., None]).masked_fill(~tri[:size, :size], float("-inf"))
+        w = torch.exp(diff)  # b u k n m, each <= 1, zero above the diagonal
+        den = w.sum(dim=-1)  # b u k n
+        scale = None
+        if top_prev is not None:
+            scale = torch.exp(top_prev[..., None] - top)  # b u k n, <= 1
+            den = den + den_prev[..., None] * scale
+        qn = qc[:, :, None] / den[:, None]  # b h u k n
+        y = torch.einsum("bhunm,buvm->bhvn", torch.einsum("bhukn,buknm->bhunm", qn, w), vc)
+        num = torch.einsum("bukm,buvm->bukv", w[..., -1, :], vc)  # numerator at the chunk's last position
+        if scale is not None:
+            y = y + torch.einsum("bhukn,bukv->bhvn", qn * scale[:, None], num_prev)
+            num = num + num_prev * scale[..., -1, None]
+        out.append(y)
+        num_prev, den_prev, top_prev = num, den[..., -1], top[..., -1]
+    return torch.cat(out, dim=-1).to(out_dtype)
+
+
+class CausalLambdaState:
+    """Incremental decoding state of one causal lambda layer: feed one position at a time with :meth:`step`.
+
+    Holds the content prefix sums (numerator (b, u, k, v), normaliser and running maximum (b, u, k)), so the content
+    term costs O(1) per token, and the last ``window`` values (b, u, v, w) for the position term, so a local scope
+    costs O(scope) per token (a global kernel keeps up to ``max_length`` values).
+
+    Args:
+        kernel: side t of the relative position kernel (0 for no position term). Offsets ``-(t // 2) .. 0`` are used.
+        max_length: longest sequence accepted (None: unlimited); a global kernel must cover it.
+    """
+
+    def __init__(self, kernel: int = 0, max_length: int | None = None) -> None:
+        if kernel < 0 or (kernel and kernel % 2 == 0):
+            raise ValueError(f"kernel={kernel} must be 0 (no position term) or an odd positive side")
+        self.kernel = kernel
+        self.window = kernel // 2 + 1 if kernel else 0
+        self.max_length = max_length
+        self.length = 0
+        self.numerator: Tensor | None = None
+        self.normaliser: Tensor | None = None
+        self.running_max: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def step(self, q: Tensor, logits: Tensor | None, v: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Output (b, h, v) at the next position.
+
+        Args:
+            q: (b, h, k) query of the new position.
+            logits: (b, u, k) key logits of the new position, or None for no content term.
+            v: (b, u, v) value of the new position.
+            weight: (k, u, t) relative kernel (t = ``kernel``), or None for no position term.
+
+        Raises:
+            ValueError: beyond ``max_length`` or a kernel of the wrong side.
+        """
+        out_dtype = q.dtype
+        if out_dtype in _LOW_PRECISION:  # float32 accumulators, as in causal_content_lambdas
+            q, v = q.float(), v.float()
+            logits = None if logits is None else logits.float()
+            weight = None if weight is None else weight.float()
+        if self.max_length is not None and self.length >= self.max_length:
+            raise ValueError(f"the state already holds max_length={self.max_length} positions; cannot step further")
+        lam = None
+        if logits is not None:
+            top = logits.detach() if self.running_max is None else torch.maximum(self.running_max, logits.detach())
+            e = torch.exp(logits - top)  # b u k
+            num = e[..., None] * v[:, :, None, :]  # b u k v
+            den = e
+            if self.running_max is not None:
+                scale = torch.exp(self.running_max - top)
+                num = num + self.numerator * scale[..., None]
+                den = den + self.normaliser * scale
+            self.numerator, self.normaliser, self.running_max = num, den, top
+            lam = (num / den[..., None]).sum(dim=1)  # b k v
+        if weight is not None:
+            if weight.shape[-1] != self.kernel:
+                raise ValueError(f"weight has kernel side {weight.shape[-1]}, but the state was built for {self.kernel}")
+            vals = v[..., None] if self.values is None else torch.cat([self.values, v[..., None]], dim=-1)
+            vals = vals[..., -self.window :]  # b u v w: the newest value last (offset 0)
+            self.values = vals
+            c, w = self.kernel // 2, vals.shape[-1]
+            lam_p = torch.einsum("kuw,buvw->bkv", weight[..., c - w + 1 : c + 1], vals)
+            lam = lam_p if lam is None else lam + lam_p
+        if lam is None:
+            raise ValueError("step needs logits (content term) or weight (position term), got neither")
+        self.length += 1
+        return torch.einsum("bhk,bkv->bhv", q, lam).to(out_dtype)
+

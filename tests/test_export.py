@@ -1,0 +1,136 @@
+"""Export: ONNX (checked with onnxruntime) and torch.export programs reproduce eager outputs.
+
+Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602; models from the registry (docs/models.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import lambdanet
+from lambdanet.cli import main as cli
+from lambdanet.interop import export_onnx, export_program, fixed_spatial, load_program, onnx_forward, save_program
+from lambdanet.layers import LambdaLayer
+from tests.fixtures.deterministic_weights import calibrate_batchnorm
+
+pytestmark = [pytest.mark.export, pytest.mark.filterwarnings("ignore::FutureWarning")]
+
+
+def _randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-zero BN scales and non-trivial running statistics, so every branch shapes the output."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _assert_float32_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert out.shape == ref.shape
+    scale = ref.abs().max().item()
+    assert scale > 1e-3
+    err = (out - ref).abs().max().item()
+    assert err <= 1e-5 * scale, f"max |exported - eager| = {err:.3g} for max |eager| = {scale:.3g}"
+
+
+def _tiny_global() -> torch.nn.Module:
+    """A small CIFAR LambdaResNet with global relative position lambdas (fixed 16x16 input)."""
+    model = lambdanet.create_model(
+        "lambda_resnet18_cifar", scope=None, img_size=16, base_width=8, layers=(1, 1, 1, 1), num_classes=5
+    )
+    return _randomise_norms(model)
+
+
+def test_cli_onnx_dynamic_batch_and_spatial_matches_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = _randomise_norms(lambdanet.create_model("lambda_net_tiny"))
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    path = tmp_path / "tiny.onnx"
+    args = ["export", "lambda_net_tiny", "--format", "onnx", "--output", str(path)]
+    assert cli([*args, "--checkpoint", str(tmp_path / "weights.pt")]) == 0
+    assert "dynamic batch, height, width" in capsys.readouterr().out
+    import onnx
+
+    graph_input = onnx.load(str(path)).graph.input[0]
+    dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    assert graph_input.name == "input" and dims[1] == 3 and all(isinstance(d, str) for d in dims[::2])
+    for shape in [(1, 3, 32, 32), (3, 3, 24, 40), (2, 3, 9, 13)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            _assert_float32_close(onnx_forward(path, x), model(x))
+
+
+def test_onnx_fixed_size_model_has_dynamic_batch_only(tmp_path: Path) -> None:
+    model = _tiny_global()
+    assert fixed_spatial(model)
+    with pytest.raises(ValueError, match="dynamic_spatial=True"):
+        export_onnx(model, tmp_path / "x.onnx", (3, 16, 16), dynamic_spatial=True)
+    path = export_onnx(model, tmp_path / "global.onnx", (3, 16, 16))
+    assert [layer.algorithm for layer in model.modules() if isinstance(layer, LambdaLayer)] == ["auto"] * 4
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            _assert_float32_close(onnx_forward(path, x), model(x))
+
+
+def test_torch_export_saved_and_reloaded(tmp_path: Path) -> None:
+    model = _randomise_norms(lambdanet.create_model("lambda_net_tiny", num_classes=4))
+    program = export_program(model, (3, 32, 32))
+    path = save_program(program, tmp_path / "tiny.pt2")
+    reloaded = load_program(path).module()
+    assert model.training is False and all(
+        layer.algorithm == "auto" for layer in model.modules() if isinstance(layer, LambdaLayer)
+    )
+    for shape in [(2, 3, 32, 32), (1, 3, 20, 28), (4, 3, 48, 48)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            _assert_float32_close(reloaded(x), model(x))
+
+
+def test_torch_export_global_model_and_errors(tmp_path: Path) -> None:
+    model = _tiny_global()
+    reloaded = load_program(save_program(export_program(model, (3, 16, 16), batch=3), tmp_path / "g.pt2")).module()
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        _assert_float32_close(reloaded(x), model(x))
+    with pytest.raises(ValueError, match="input_size"):
+        export_program(model, (3, 16))
+    with pytest.raises(ValueError, match="batch=1"):
+        export_program(model, (3, 16, 16), batch=1)
+    with pytest.raises(ValueError, match="algorithm='nope'"):
+        export_program(model, (3, 16, 16), algorithm="nope")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_program(tmp_path / "missing.pt2")
+
+
+def test_cli_torch_export_with_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = _randomise_norms(lambdanet.create_model("lambda_net_tiny"))
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    out = tmp_path / "tiny.pt2"
+    args = ["export", "lambda_net_tiny", "--format", "torch-export", "--output", str(out)]
+    args += ["--checkpoint", str(tmp_path / "weights.pt"), "--input-size", "3", "16", "16", "--static-spatial"]
+    assert cli(args) == 0
+    assert "dynamic batch)" in capsys.readouterr().out
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        _assert_float32_close(load_program(out).module()(x), model(x))
+    assert cli(["export", "lambda_net_tiny", "--format", "onnx", "--output", str(out), "--checkpoint", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lambda_resnet50", "lambda_resnet18_cifar", "lambda_mobilenet_v1_cifar_3"])
+def test_onnx_registered_models(tmp_path: Path, name: str) -> None:
+    model = lambdanet.create_model(name)
+    size = lambdanet.model_info(name).input_size
+    calibrate_batchnorm(model, torch.randn(2, *size))  # random running statistics blow deep lambda networks up
+    path = export_onnx(model, tmp_path / f"{name}.onnx", size)
+    for shape in [(1, *size), (2, size[0], size[1] + 32, size[2] - 16)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            _assert_float32_close(onnx_forward(path, x), model(x))
