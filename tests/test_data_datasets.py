@@ -197,12 +197,19 @@ def test_unreadable_images_error_or_skip(tmp_path: Path) -> None:
     index = [str(p) for p, _ in ds.samples].index(str(bad))
     with pytest.raises(DataError, match=r"cannot decode image .*img7\.png.*bad_images skip"):
         ds.load(index)
+    lazy = ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.05)
+    with pytest.warns(UserWarning, match=r"skipping unreadable image .*img7\.png"):
+        img, label = lazy.load(index)
+    assert img.size == (14, 8) and label == 1  # the next image of the same class stands in
+    assert [p for p, _ in lazy.skipped] == [bad]
     with pytest.warns(UserWarning, match=r"(?s)skipping 1 unreadable image.*img7\.png"):
-        skipping = ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.05)
-    assert len(skipping) == 59
-    assert skipping.skipped[0][0] == bad
+        verified = ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.05, verify=True)
+    assert len(verified) == 59 and verified.skipped[0][0] == bad
     with pytest.raises(DataError, match=r"1 of 60 images .* unreadable"):
-        ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.001)
+        ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.001, verify=True)
+    strict = ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.001)
+    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"exceed max_bad_fraction=0.001 of 60"):
+        strict.load(index)
 
 
 def test_synthetic_is_deterministic_and_learnable() -> None:

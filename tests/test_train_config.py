@@ -152,3 +152,18 @@ def test_schedules() -> None:
     assert peak_lr(opt, 1024) == pytest.approx(0.4)
     opt.lr_base_batch = None
     assert peak_lr(opt, 1024) == 0.1
+
+
+def test_language_model_recipes_go_to_their_own_runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    recipe = tmp_path / "lm.yaml"
+    recipe.write_text("task: language_model\nmodel:\n  name: some_lm\n")
+    seen: list[list[str]] = []
+    import sys
+    import types
+
+    fake = types.ModuleType("lambdanet.train.lm")
+    fake.main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lambdanet.train.lm", fake)
+    monkeypatch.setattr("lambdanet.train.lm", fake, raising=False)
+    assert cli_train.main(["-c", str(recipe), "--train.max_steps", "3"]) == 0
+    assert seen == [["-c", str(recipe), "--train.max_steps", "3"]]

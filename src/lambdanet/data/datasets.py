@@ -311,9 +311,11 @@ class ImageFolderDataset(Dataset):
         root: dataset root holding ``train/`` and ``val/``.
         split: sub-folder to read.
         classes: expected class names (e.g. those of ``train/``); a mismatch raises :class:`DataError`.
-        bad_images: ``"error"`` raises on the first unreadable image; ``"skip"`` checks every file up front,
-            reports the unreadable ones and leaves them out (and substitutes a neighbour if one fails later).
+        bad_images: ``"error"`` raises on the first unreadable image. ``"skip"`` warns (naming the file) and
+            substitutes the next readable image whenever one fails to decode.
         max_bad_fraction: in ``"skip"`` mode, more unreadable images than this fraction is still an error.
+        verify: in ``"skip"`` mode, open every file up front, report all unreadable ones in one warning and leave
+            them out (costs one header read per image and process).
     """
 
     def __init__(
@@ -323,6 +325,7 @@ class ImageFolderDataset(Dataset):
         classes: list[str] | None = None,
         bad_images: str = "error",
         max_bad_fraction: float = 0.01,
+        verify: bool = False,
     ) -> None:
         if bad_images not in ("error", "skip"):
             raise ValueError(f"bad_images={bad_images!r}; expected 'error' or 'skip'")
@@ -341,8 +344,9 @@ class ImageFolderDataset(Dataset):
             )
         self.samples = [(p, i) for i, c in enumerate(self.classes) for p in files[c]]
         self.bad_images = bad_images
+        self.max_bad_fraction = max_bad_fraction
         self.skipped: list[tuple[Path, str]] = []
-        if bad_images == "skip":
+        if bad_images == "skip" and verify:
             self._drop_unreadable(max_bad_fraction)
 
     def _drop_unreadable(self, max_bad_fraction: float) -> None:
@@ -372,21 +376,30 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def load(self, i: int) -> tuple[Any, int]:
-        """Decode sample ``i`` to a Pillow RGB image."""
+        """Decode sample ``i`` to a Pillow RGB image (in ``"skip"`` mode, the next readable one if it fails)."""
         from PIL import Image
 
-        path, label = self.samples[i]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB"), label
-        except Exception as e:
-            if self.bad_images == "error":
-                raise DataError(
-                    f"cannot decode image {path}: {type(e).__name__}: {e} "
-                    "(use --data.bad_images skip to report and skip unreadable images)"
-                ) from e
-            warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
-            return self.load((i + 1) % len(self.samples))
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(i + attempt) % len(self.samples)]
+            try:
+                with Image.open(path) as img:
+                    return img.convert("RGB"), label
+            except Exception as e:
+                if self.bad_images == "error":
+                    raise DataError(
+                        f"cannot decode image {path}: {type(e).__name__}: {e} "
+                        "(use --data.bad_images skip to report and skip unreadable images)"
+                    ) from e
+                if all(p != path for p, _ in self.skipped):
+                    self.skipped.append((path, f"{type(e).__name__}: {e}"))
+                    warnings.warn(f"skipping unreadable image {path}: {type(e).__name__}: {e}", stacklevel=2)
+                if len(self.skipped) > self.max_bad_fraction * len(self.samples):
+                    listed = ", ".join(str(p) for p, _ in self.skipped[:10])
+                    raise DataError(
+                        f"{len(self.skipped)} unreadable images under {self.split_dir} exceed "
+                        f"max_bad_fraction={self.max_bad_fraction} of {len(self.samples)}: {listed}"
+                    ) from e
+        raise DataError(f"no readable image under {self.split_dir}")
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         return self.load(i)

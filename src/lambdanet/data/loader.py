@@ -63,8 +63,11 @@ class DataConfig:
         val_fraction: hold out this stratified fraction of the training split for validation (digits: of the
             non-test part); 0 validates on the test split (CIFAR convention).
         test_fraction: digits only: fraction of all images in the fixed test split.
-        bad_images: ``error`` or ``skip`` unreadable images in image folders (``skip`` reports them).
+        bad_images: ``error`` or ``skip`` unreadable images in image folders (``skip`` warns, naming each file, and
+            uses the next readable image).
         max_bad_fraction: in ``skip`` mode, more unreadable images than this fraction is still an error.
+        verify_images: in ``skip`` mode, check every image when the dataset opens and report the unreadable ones
+            together (one header read per image and process).
         num_classes: synthetic data only: number of classes.
         in_chans: synthetic data only: image channels.
         synthetic_samples: synthetic data only: training images (validation gets a quarter).
@@ -87,6 +90,7 @@ class DataConfig:
     test_fraction: float = 0.2
     bad_images: str = "error"
     max_bad_fraction: float = 0.01
+    verify_images: bool = False
     num_classes: int | None = None
     in_chans: int = 3
     synthetic_samples: int = 512
@@ -209,16 +213,9 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
     cfg.validate()
     stats = _STATS[cfg.name]
     if cfg.name == "imagefolder":
-        train_f = ImageFolderDataset(
-            str(cfg.root), "train", bad_images=cfg.bad_images, max_bad_fraction=cfg.max_bad_fraction
-        )
-        val_f = ImageFolderDataset(
-            str(cfg.root),
-            "val",
-            classes=train_f.classes,
-            bad_images=cfg.bad_images,
-            max_bad_fraction=cfg.max_bad_fraction,
-        )
+        checks = {"bad_images": cfg.bad_images, "max_bad_fraction": cfg.max_bad_fraction, "verify": cfg.verify_images}
+        train_f = ImageFolderDataset(str(cfg.root), "train", **checks)
+        val_f = ImageFolderDataset(str(cfg.root), "val", classes=train_f.classes, **checks)
         tr, ev = partial(_folder_train, cfg=cfg, stats=stats), partial(_folder_eval, cfg=cfg, stats=stats)
         val = TransformDataset(val_f, ev)
         return DataSplits(TransformDataset(train_f, tr, seed, random=True), val, val, train_f.classes)

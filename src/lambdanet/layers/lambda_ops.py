@@ -202,7 +202,7 @@ def position_lambdas(v: Tensor, weight: Tensor, spatial: Sequence[int], algorith
 
 
 def _skew_last(x: Tensor, size: int) -> Tensor:
-    """Relative to absolute along the last two axes: (..., n, 2S - 1) -> (..., n, m) with out[n, m] = x[n, m - n + S - 1].
+    """Relative to absolute on the last two axes: (..., n, 2S - 1) -> (..., n, m), out[n, m] = x[n, m - n + S - 1].
 
     Row n of the result starts (S - 1) - n entries into row n of ``x``; in the flattened (n, t) block that is the
     constant row stride 2S - 2, so the whole shift is one slice and two reshapes (no gather, no index tensors).
@@ -215,7 +215,7 @@ def _skew_last(x: Tensor, size: int) -> Tensor:
 
 
 def _full_kernel(weight: Tensor, spatial: Sequence[int]) -> Tensor:
-    """Zero-pad a (cropped) kernel to every offset a map can hold: side 2S - 1 per axis (exact: zeros = out of scope)."""
+    """Zero-pad a (cropped) kernel to every offset a map holds: side 2S - 1 per axis (zeros = out of scope)."""
     weight = crop_kernel(weight, spatial)
     pads: list[int] = []
     for size, side in zip(reversed(spatial), reversed(weight.shape[2:])):
@@ -292,7 +292,8 @@ def _blocked_position_output(q: Tensor, v: Tensor, weight: Tensor, spatial: Sequ
 
     # Queries: (b, h, k, S..) -> pad to whole blocks -> (p, b nb h, k).
     qs = q.reshape(b, h, k, *spatial)
-    qs = F.pad(qs, [x for s, bs, c in zip(reversed(spatial), reversed(blocks), reversed(counts)) for x in (0, bs * c - s)])
+    grid = zip(reversed(spatial), reversed(blocks), reversed(counts))
+    qs = F.pad(qs, [x for s, bs, c in grid for x in (0, bs * c - s)])
     shape = [b, h, k]
     for c, bs in zip(counts, blocks):
         shape += [c, bs]

@@ -1,0 +1,147 @@
+"""Lambda layer speed and memory against the `lambda-networks` package, a 3x3 convolution and attention.
+
+Forward + backward on CPU, median of many runs, every contender timed in this one process (machines are noisy:
+compare within a run). The cases and targets are those of the layer issue (|k|=16, |h|=4, |u|=1).
+
+    python benchmarks/layer_speed.py                 # all cases, 2 threads, markdown table on stdout
+    python benchmarks/layer_speed.py --threads 1 --json results.json --algorithms
+
+Results, machine and versions are recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import forward_backward, median_ms, saved_for_backward_mib
+
+from lambdanet import LambdaLayer
+from lambdanet.layers import ALGORITHMS
+
+# (name, input shape, scope or None for global, targets)
+CASES = [
+    ("c4 LambdaResNet-50", (8, 256, 14, 14), 23, "lucid/3, <= conv3x3"),
+    ("c5 LambdaResNet-50", (8, 512, 7, 7), 23, "lucid/3, <= conv3x3"),
+    ("CIFAR-sized", (32, 128, 16, 16), 7, "lucid/2"),
+    ("64x64 local", (2, 64, 64, 64), 23, "lucid/3"),
+    ("64x64 global", (2, 64, 64, 64), None, "lucid/10, mem lucid/10, < attention"),
+]
+
+
+class SelfAttention2d(nn.Module):
+    """Multi-head self-attention over all positions, same width, through scaled_dot_product_attention."""
+
+    def __init__(self, dim: int, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hh, ww = x.shape
+        q, k, v = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, hh * ww).transpose(-1, -2).unbind(1)
+        y = F.scaled_dot_product_attention(q, k, v)  # b h n d
+        return y.transpose(-1, -2).reshape(b, c, hh, ww)
+
+
+def _lucid(dim: int, scope: int | None, size: int) -> nn.Module | None:
+    try:
+        from lambda_networks import LambdaLayer as LucidLambda
+    except ImportError:
+        return None
+    if scope is None:
+        return LucidLambda(dim, dim_k=16, n=size, heads=4, dim_u=1)
+    return LucidLambda(dim, dim_k=16, r=scope, heads=4, dim_u=1)
+
+
+def run_case(shape: tuple[int, ...], scope: int | None, algorithms: bool, reps: int) -> dict:
+    b, c, hh, ww = shape
+    x = torch.randn(shape, requires_grad=True)
+    feat = (hh, ww) if scope is None else None
+    ours = LambdaLayer(c, dim_k=16, heads=4, dim_u=1, scope=scope, feat_size=feat)
+    row: dict = {"shape": list(shape), "scope": scope, "auto": ours.resolve_algorithm(b, (hh, ww))}
+    times: dict[str, float] = {"lambdanet": median_ms(forward_backward(ours, x), reps=reps)}
+    memory = {"lambdanet": saved_for_backward_mib(lambda: ours(x))}
+    if algorithms:
+        for name in ALGORITHMS:
+            if name in ("einsum", "logits", "conv") and scope is None and hh * ww > 1024:
+                continue  # quadratic memory or minutes per call at this size
+            if name == "einsum" and hh * ww > 1024:
+                continue
+            layer = LambdaLayer(c, dim_k=16, heads=4, scope=scope, feat_size=feat, algorithm=name)
+            times[name] = median_ms(forward_backward(layer, x), reps=reps)
+    conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+    times["conv3x3"] = median_ms(forward_backward(conv, x), reps=reps)
+    if scope is None:
+        attn = SelfAttention2d(c)
+        times["attention (sdpa)"] = median_ms(forward_backward(attn, x), reps=reps)
+        memory["attention (sdpa)"] = saved_for_backward_mib(lambda: attn(x))
+    lucid = _lucid(c, scope, hh)
+    if lucid is not None:
+        times["lambda-networks"] = median_ms(forward_backward(lucid, x), reps=max(3, reps // 4), budget_s=30)
+        memory["lambda-networks"] = saved_for_backward_mib(lambda: lucid(x))
+    row["ms"] = times
+    row["saved_mib"] = memory
+    return row
+
+
+def to_markdown(names: list[str], rows: list[dict]) -> str:
+    lines = [
+        "| case | input | scope | auto | lambdanet ms | lambda-networks ms | speed-up | conv3x3 ms | vs conv "
+        "| other ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in zip(names, rows):
+        t = row["ms"]
+        ours, lucid, conv = t["lambdanet"], t.get("lambda-networks"), t["conv3x3"]
+        others = ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k not in ("lambdanet", "lambda-networks", "conv3x3"))
+        speed = f"{lucid / ours:.1f}x" if lucid else "-"
+        lucid_s = f"{lucid:.1f}" if lucid else "-"
+        lines.append(
+            f"| {name} | {tuple(row['shape'])} | {row['scope'] or 'global'} | {row['auto']} | {ours:.1f} | "
+            f"{lucid_s} | {speed} | {conv:.1f} | {conv / ours:.2f}x | {others} |"
+        )
+    mem = [r for r in rows if len(r["saved_mib"]) > 1]
+    if mem:
+        lines += ["", "Saved for backward (MiB):", ""]
+        for row in mem:
+            lines.append(
+                f"- {tuple(row['shape'])} scope {row['scope'] or 'global'}: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in row["saved_mib"].items())
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--reps", type=int, default=20, help="timed repetitions per contender")
+    parser.add_argument("--algorithms", action="store_true", help="also time every algorithm explicitly")
+    parser.add_argument("--cases", type=int, nargs="*", help="indices into CASES (default all)")
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    picked = args.cases if args.cases else range(len(CASES))
+    rows = []
+    for i in picked:
+        name, shape, scope, target = CASES[i]
+        print(f"# {name} {shape} scope={scope} (target: {target})", file=sys.stderr, flush=True)
+        rows.append(run_case(shape, scope, args.algorithms, args.reps))
+    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    print(to_markdown([CASES[i][0] for i in picked], rows))
+    if args.json:
+        args.json.write_text(json.dumps({"torch": torch.__version__, "threads": args.threads, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
