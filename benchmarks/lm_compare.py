@@ -4,9 +4,9 @@
    validation and test splits of the embedded corpus, and training tokens/s during the run.
 2. Measures training and inference tokens/s of both on the same batch, interleaving the models so that both see
    the same machine load (median over repeats; wall clock and process CPU time).
-3. Measures peak memory against sequence length: every (model, length) runs in a fresh subprocess (batch 1,
-   forward without gradients, then forward + backward) and reports the growth of the peak resident set size over
-   the process's size after building the model. Models are built with ``max_length`` = the longest length.
+3. Measures peak tensor memory against sequence length (batch 1; inference without gradients, and forward +
+   backward with the activations saved for backward), counted op by op with a dispatch mode; parameters and their
+   existing storage are not counted. Models are built with ``max_length`` = the measured length.
 
 Usage::
 
@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lambdanet
 
@@ -40,36 +40,67 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+class _PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of live tensor storage created by ops inside the context (fused ops' private workspace excluded).
+
+    Storages are tracked through their Python objects, which PyTorch keeps alive exactly as long as the storage
+    itself (also when only autograd holds it), so activations saved for backward are counted until backward frees
+    them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key, nbytes = id(storage), storage.nbytes()
+                if nbytes and key not in self._seen:
+                    self._seen.add(key)
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, key, nbytes)
+        return out
 
 
-def _memory_child(variant: str, length: int, threads: int) -> dict[str, Any]:
-    torch.set_num_threads(threads)
-    name, overrides = VARIANTS[variant]
-    model = lambdanet.create_model(name, vocab_size=128, max_length=length, **overrides)
-    tokens = torch.randint(0, 128, (1, length))
-    model(torch.randint(0, 128, (1, 8))).sum().backward()  # warm up allocator and kernels at a tiny length
-    model.zero_grad(set_to_none=False)
-    base = _rss_mib()
-    with torch.no_grad():
-        model(tokens)
-    infer = _rss_mib() - base
-    model(tokens).logsumexp(-1).mean().backward()
-    train = _rss_mib() - base
-    return {"variant": variant, "length": length, "infer_peak_mib": round(infer, 1), "train_peak_mib": round(train, 1)}
+def _peak_mib(fn: Any) -> float:
+    with _PeakTensorMemory() as mode:
+        fn()
+    return round(mode.peak / 2**20, 2)
 
 
 def memory_vs_length(lengths: list[int], threads: int) -> list[dict[str, Any]]:
+    """Peak tensor memory of one sequence (batch 1) against length: inference (no grad) and forward + backward."""
+    torch.set_num_threads(threads)
     rows = []
     for length in lengths:
-        for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--memory-child", variant, str(length), "--threads", str(threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-            if proc.returncode != 0:
-                rows.append({"variant": variant, "length": length, "error": proc.stderr.strip().splitlines()[-1]})
-            else:
-                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        for variant, (name, overrides) in VARIANTS.items():
+            model = lambdanet.create_model(name, vocab_size=128, max_length=length, **overrides)
+            tokens = torch.randint(0, 128, (1, length))
+
+            def infer(model: Any = model, tokens: torch.Tensor = tokens) -> None:
+                with torch.no_grad():
+                    model(tokens)
+
+            def train(model: Any = model, tokens: torch.Tensor = tokens) -> None:
+                model(tokens).logsumexp(-1).mean().backward()
+
+            rows.append(
+                {
+                    "variant": variant,
+                    "length": length,
+                    "infer_peak_mib": _peak_mib(infer),
+                    "train_peak_mib": _peak_mib(train),
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -134,17 +165,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--recipe", default="configs/lm/lm_tiny.yaml")
     p.add_argument("--max-steps", type=int, default=None, help="override the recipe's train.max_steps")
     p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (1: stable timings on a shared machine)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=128, help="sequence length of the throughput measurement")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--lengths", type=int, nargs="*", default=[128, 256, 512, 1024, 2048])
-    p.add_argument("--memory-child", nargs=2, metavar=("VARIANT", "LENGTH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.memory_child:
-        print(json.dumps(_memory_child(args.memory_child[0], int(args.memory_child[1]), args.threads)))
-        return 0
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"torch": torch.__version__, "threads": args.threads}

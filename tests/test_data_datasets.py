@@ -208,7 +208,10 @@ def test_unreadable_images_error_or_skip(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"1 of 60 images .* unreadable"):
         ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.001, verify=True)
     strict = ImageFolderDataset(tmp_path, "train", bad_images="skip", max_bad_fraction=0.001)
-    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"exceed max_bad_fraction=0.001 of 60"):
+    with (
+        pytest.warns(UserWarning, match="skipping unreadable image"),
+        pytest.raises(DataError, match=r"exceed max_bad_fraction=0.001 of 60"),
+    ):
         strict.load(index)
 
 

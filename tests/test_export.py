@@ -32,11 +32,13 @@ def _randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _assert_float32_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Within float32 rounding of a deep network: the export runs the lambda convolution, eager may run another
+    exact algorithm ("auto"), so the two sum in different orders (1e-4 of the output's scale, as the CLI check)."""
     assert out.shape == ref.shape
     scale = ref.abs().max().item()
     assert scale > 1e-3
     err = (out - ref).abs().max().item()
-    assert err <= 1e-5 * scale, f"max |exported - eager| = {err:.3g} for max |eager| = {scale:.3g}"
+    assert err <= 1e-4 * scale, f"max |exported - eager| = {err:.3g} for max |eager| = {scale:.3g}"
 
 
 def _tiny_global() -> torch.nn.Module:

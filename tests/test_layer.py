@@ -390,3 +390,32 @@ def test_batchnorm_gradient_workaround() -> None:
     layer = LambdaLayer(8, dim_k=4, heads=4, scope=3, algorithm="einsum").double().eval()
     xin = torch.randn(1, 8, 3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (xin,))
+
+
+@pytest.mark.parametrize("construction", ["gather", "skew"])
+@pytest.mark.parametrize(("spatial", "kernel", "dim_u"), [((4, 5), (3, 3), 1), ((3, 6), (11, 11), 2), ((7,), (5,), 1)])
+def test_position_logits_constructions_match_explicit_sum(construction: str, spatial, kernel, dim_u: int) -> None:
+    """Both constructions of the position logits equal sum_k q[k, n] R[k, u, m - n + c] (zero outside the kernel)."""
+    from lambdanet.layers.lambda_ops import position_logits
+
+    n = 1
+    for s in spatial:
+        n *= s
+    q = torch.randn(2, 3, 4, n, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, dim_u, *kernel, dtype=torch.float64, requires_grad=True)
+    logits = position_logits(q, weight, spatial, construction=construction)
+    coords = list(itertools.product(*[range(s) for s in spatial]))
+    expected = torch.zeros(2, 3, n, dim_u, n, dtype=torch.float64)
+    for i, pn in enumerate(coords):
+        for j, pm in enumerate(coords):
+            off = [m - p + kk // 2 for p, m, kk in zip(pn, pm, kernel)]
+            if all(0 <= o < kk for o, kk in zip(off, kernel)):
+                expected[:, :, i, :, j] = torch.einsum(
+                    "bhk,ku->bhu", q[:, :, :, i], weight[(slice(None), slice(None), *off)]
+                )
+    assert relative_error(logits, expected) < TOL
+    grad = torch.randn_like(logits)
+    got = torch.autograd.grad(logits, [q, weight], grad)
+    want = torch.autograd.grad(expected, [q, weight], grad)
+    for g, w in zip(got, want):
+        assert relative_error(g, w) < TOL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import lambdanet
 from lambdanet.models.lm import MODEL_CFGS
 from lambdanet.train import lm
 
+ROOT = Path(__file__).resolve().parents[1]
 LM_MODELS = ["lambda_lm_tiny", "transformer_lm_tiny"]
 TINY = {"dim": 32, "depth": 1, "heads": 2, "dim_k": 8, "mlp_hidden": 64, "max_length": 32}
 
@@ -29,7 +31,7 @@ def test_corpus_vocab_and_contiguous_splits() -> None:
     assert len(data.val_set) == 3
     with pytest.raises(ValueError, match="not in the vocabulary"):
         data.vocab.encode("\x00")
-    with pytest.raises(ValueError, match="data.corpus='war_and_peace'"):
+    with pytest.raises(ValueError, match=r"data\.corpus='war_and_peace'"):
         lm.TextDataConfig(corpus="war_and_peace").validate()
 
 
@@ -87,6 +89,11 @@ def test_config_cli_and_a_two_step_run(tmp_path, capsys: pytest.CaptureFixture[s
     assert "name: transformer_lm_tiny" in printed and "lr: 0.01" in printed
     assert lm.main(["-c", str(recipe), "--data.seqlen", "3"]) == 2
     assert "unknown config key 'data.seqlen'" in capsys.readouterr().err
+    assert lm.recipe_task(recipe) == lm.TASK
+    assert lm.recipe_task(ROOT / "configs" / "train" / "digits_tiny.yaml") is None
+    assert lm.recipe_task(ROOT / "configs" / "lm" / "lm_tiny.yaml") == lm.TASK
+    shipped = lm.load_lm_config(ROOT / "configs" / "lm" / "lm_tiny.yaml")
+    assert (shipped.model.name, shipped.data.seq_len, shipped.train.max_steps) == ("lambda_lm_tiny", 128, 400)
     with pytest.raises(ValueError, match="task='image'"):
         lm.load_lm_config(None, {"task": "image"})
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 import lambdanet
 from lambdanet import LambdaLayer1d
+from lambdanet.layers.lambda_ops import ALGORITHMS
 from lambdanet.layers.sequence_ops import (
     CausalLambdaState,
     causal_content_lambdas,
@@ -22,8 +23,6 @@ from lambdanet.layers.sequence_ops import (
     masked_content_lambdas,
     masked_lambda_output,
 )
-
-ALGORITHMS = ("einsum", "logits", "conv", "fft")
 
 
 def _norm(x: Tensor, norm: torch.nn.Module, kind: str) -> Tensor:
@@ -180,7 +179,13 @@ def test_changing_future_tokens_never_changes_past_outputs(cfg: dict) -> None:
 
 @pytest.mark.parametrize(
     "cfg",
-    [{"scope": 5}, {"scope": None, "max_length": 10}, {"scope": 3, "dim_u": 2}, {"content": False}, {"position": False}],
+    [
+        {"scope": 5},
+        {"scope": None, "max_length": 10},
+        {"scope": 3, "dim_u": 2},
+        {"content": False},
+        {"position": False},
+    ],
     ids=["local", "global", "u2", "position-only", "content-only"],
 )
 def test_incremental_decoding_equals_the_full_causal_pass(cfg: dict) -> None:

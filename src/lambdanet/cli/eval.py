@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
         meta = ckpt["lambdanet"]
         cfg = apply_overrides(config_from_dict(meta["config"]), overrides)
         model = model_from_checkpoint(ckpt, args.checkpoint, args.weights)
-        from lambdanet.data.loader import build_splits, data_info
+        from lambdanet.data.loader import build_splits, data_info, prepare
 
         info = data_info(cfg.data)
         trained = int(meta.get("num_classes", info.num_classes))
@@ -61,6 +61,7 @@ def main(argv: list[str]) -> int:
                 f"checkpoint {args.checkpoint} was trained on {trained} classes but data.name={cfg.data.name!r} "
                 f"has {info.num_classes}"
             )
+        prepare(cfg.data)  # --data.download true fetches and verifies the CIFAR archive
         splits = build_splits(cfg.data, cfg.seed)
         dataset = getattr(splits, args.split)
     except (CheckpointError, DataError, ValueError) as e:

@@ -26,7 +26,7 @@ from lambdanet.data.datasets import (
     make_synthetic,
 )
 
-__all__ = ["DATASETS", "DataConfig", "DataInfo", "DataSplits", "EpochSampler", "build_splits", "data_info"]
+__all__ = ["DATASETS", "DataConfig", "DataInfo", "DataSplits", "EpochSampler", "build_splits", "data_info", "prepare"]
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 

@@ -6,11 +6,8 @@ while tracing (and restored afterwards):
 - ``algorithm="auto"`` picks the position algorithm from the input shape; an exported graph must hold one, so every
   ``"auto"`` layer is set to ``algorithm`` (default ``"conv"``, the lambda convolution: linear in the number of
   positions, exact for any size). Layers set to an explicit algorithm keep it unless ``algorithm`` is given.
-- For a dynamic spatial size the layer's kernel crop (``lambda_ops.crop_kernel``, a speed-up that drops offsets a
-  small map cannot reach) depends on the input size, which makes the convolution's padding symbolic and ONNX
-  ``Conv`` rejects it. While tracing with dynamic spatial sizes the crop is replaced by the identity: the full
-  kernel gives the same result (out-of-range taps only ever meet zero padding), at the cost of some speed on maps
-  smaller than the scope.
+- For a dynamic spatial size the layer keeps its full kernel (``lambda_ops.crop_kernel`` crops only for concrete
+  sizes), so the convolution's padding stays static, as ONNX ``Conv`` requires; the result is the same.
 
 Models with global relative position lambdas (``scope=None``) accept one input size only; their exports have a
 dynamic batch and a fixed spatial size.
@@ -25,7 +22,6 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
-from unittest import mock
 
 import torch
 from torch import Tensor, nn
@@ -128,15 +124,12 @@ def min_side(model: nn.Module, x: Tensor) -> int:
 
 
 @contextlib.contextmanager
-def tracing_setup(
-    model: nn.Module, *, algorithm: str | None = None, dynamic_spatial: bool = False
-) -> Iterator[nn.Module]:
+def tracing_setup(model: nn.Module, *, algorithm: str | None = None) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode with fixed lambda algorithms for tracing; restore everything on exit.
 
     Args:
         model: the model.
         algorithm: position algorithm for every lambda layer; ``None`` sets only ``"auto"`` layers, to ``"conv"``.
-        dynamic_spatial: also disable the size-dependent kernel crop (see the module docstring).
 
     Raises:
         ValueError: an unknown ``algorithm``.
@@ -149,15 +142,9 @@ def tracing_setup(
     for layer in layers:
         if algorithm is not None or layer.algorithm == "auto":
             layer.algorithm = algorithm or "conv"
-    patch: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if dynamic_spatial and layers:
-        from lambdanet.layers import lambda_ops
-
-        patch = mock.patch.object(lambda_ops, "crop_kernel", lambda weight, spatial: weight)
     model.eval()
     try:
-        with patch:
-            yield model
+        yield model
     finally:
         for layer, value in zip(layers, saved):
             layer.algorithm = value
@@ -200,7 +187,7 @@ def export_program(
     """
     spatial = _resolve_spatial(model, dynamic_spatial)
     x = _example(model, input_size, batch)
-    with tracing_setup(model, algorithm=algorithm, dynamic_spatial=spatial):
+    with tracing_setup(model, algorithm=algorithm):
         low = min_side(model, x) if spatial else 2
         shapes = dynamic_shapes(dynamic_batch=dynamic_batch, dynamic_spatial=spatial, min_side=low)
         return torch.export.export(model, (x,), dynamic_shapes=shapes)
@@ -263,7 +250,7 @@ def export_onnx(
     x = _example(model, input_size, batch)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with tracing_setup(model, algorithm=algorithm, dynamic_spatial=spatial):
+    with tracing_setup(model, algorithm=algorithm):
         low = min_side(model, x) if spatial else 2
         program = torch.onnx.export(
             model,

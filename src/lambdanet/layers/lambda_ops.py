@@ -64,8 +64,11 @@ def crop_kernel(weight: Tensor, spatial: Sequence[int]) -> Tensor:
     """Drop kernel offsets that no (n, m) pair of a map of size ``spatial`` can reach (exact, only faster).
 
     An axis of size ``S`` has offsets ``m - n`` in ``[-(S - 1), S - 1]``, so a kernel side larger than ``2S - 1``
-    is cropped to its centre.
+    is cropped to its centre. Symbolic sizes (export with dynamic shapes) keep the full kernel, which gives the same
+    result and keeps convolution padding static.
     """
+    if not all(isinstance(s, int) for s in spatial):
+        return weight
     kernel = weight.shape[2:]
     slices: list[slice] = [slice(None), slice(None)]
     for side, size in zip(kernel, spatial):
@@ -224,18 +227,29 @@ def _full_kernel(weight: Tensor, spatial: Sequence[int]) -> Tensor:
     return F.pad(weight, pads)
 
 
-def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
-    """Position logits ``a[b, h, n, u, m] = sum_k q[b, h, k, n] E[k, u, n, m]`` without materialising ``E``.
+def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int], construction: str = "auto") -> Tensor:
+    """Position logits ``a[b, h, n, u, m] = sum_k q[b, h, k, n] E[k, u, n, m]``.
 
-    One matrix product gives the logits of every query against every relative offset, ``q^T R`` (b, h, n, u, t);
-    a skew per spatial axis then moves offset ``m - n`` to context position m. Memory Θ(b h n u prod(2S - 1)).
+    Two exact constructions, picked by size: when the embedding tensor ``E`` (k, u, n, m) is smaller than the
+    per-sample offset table, gather ``E`` once (it does not depend on the batch) and contract it with the queries
+    position by position; otherwise one matrix product gives the logits of every query against every relative
+    offset, ``q^T R`` (b, h, n, u, t), and a skew per spatial axis moves offset ``m - n`` to context position m.
+    ``construction`` forces ``"gather"`` or ``"skew"`` (for tests).
     """
+    b, h, k, n = q.shape
+    u = weight.shape[1]
+    if construction not in ("auto", "gather", "skew"):
+        raise ValueError(f"construction={construction!r} must be 'auto', 'gather' or 'skew'")
+    if construction == "auto":
+        # E holds k u n m numbers, the offset table b h n u prod(2S - 1).
+        construction = "gather" if k * n <= b * h * math.prod([2 * s - 1 for s in spatial]) else "skew"
+    if construction == "gather":
+        e = relative_embeddings(weight, spatial)  # k u n m
+        a = torch.bmm(q.permute(3, 0, 1, 2).reshape(n, b * h, k), e.permute(2, 0, 1, 3).reshape(n, k, u * n))
+        return a.reshape(n, b, h, u, n).permute(1, 2, 0, 3, 4)  # b h n u m
     full = _full_kernel(weight, spatial)
-    k, u = full.shape[:2]
-    b, h, _, n = q.shape
-    offsets = full.shape[2:]
     rel = torch.matmul(q.transpose(2, 3), full.reshape(k, -1))  # b h n (u t..)
-    x = rel.reshape(b * h, *spatial, u, *offsets)
+    x = rel.reshape(b * h, *spatial, u, *full.shape[2:])
     ndim = len(spatial)
     if not (torch.compiler.is_compiling() or torch.jit.is_scripting()):
         # One strided view does every axis' skew at once: a[n.., u, m..] = x[n.., u, m - n + S - 1].

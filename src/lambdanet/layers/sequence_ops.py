@@ -274,7 +274,9 @@ class CausalLambdaState:
             lam = (num / den[..., None]).sum(dim=1)  # b k v
         if weight is not None:
             if weight.shape[-1] != self.kernel:
-                raise ValueError(f"weight has kernel side {weight.shape[-1]}, but the state was built for {self.kernel}")
+                raise ValueError(
+                    f"weight has kernel side {weight.shape[-1]}, but the state was built for {self.kernel}"
+                )
             vals = v[..., None] if self.values is None else torch.cat([self.values, v[..., None]], dim=-1)
             vals = vals[..., -self.window :]  # b u v w: the newest value last (offset 0)
             self.values = vals
@@ -285,4 +287,3 @@ class CausalLambdaState:
             raise ValueError("step needs logits (content term) or weight (position term), got neither")
         self.length += 1
         return torch.einsum("bhk,bkv->bhv", q, lam).to(out_dtype)
-

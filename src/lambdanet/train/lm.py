@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import yaml
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 import lambdanet
@@ -56,6 +56,7 @@ __all__ = [
     "load_corpus",
     "load_lm_config",
     "main",
+    "recipe_task",
 ]
 
 TASK = "language_model"
@@ -155,6 +156,22 @@ class LMRunConfig:
             raise ValueError(f"optim.lr={self.optim.lr} must be > 0")
         if self.train.epochs < 1:
             raise ValueError(f"train.epochs={self.train.epochs} must be >= 1")
+
+
+def recipe_task(recipe: str | Path) -> str | None:
+    """The ``task`` key of a recipe YAML file, or None (a missing file, or an image recipe without the key).
+
+    ``lambdanet train`` can dispatch on it: ``if recipe_task(path) == TASK: return lambdanet.train.lm.main(argv)``.
+    """
+    path = Path(recipe)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return None
+    task = data.get("task") if isinstance(data, dict) else None
+    return task if isinstance(task, str) else None
 
 
 def load_lm_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> LMRunConfig:
