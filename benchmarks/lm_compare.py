@@ -7,11 +7,13 @@
 3. Measures peak tensor memory against sequence length (batch 1; inference without gradients, and forward +
    backward with the activations saved for backward), counted op by op with a dispatch mode; parameters and their
    existing storage are not counted. Models are built with ``max_length`` = the measured length.
+4. Measures the same for one causal lambda layer: the prefix-sum path against the explicit (n, m) mask path.
 
 Usage::
 
     python benchmarks/lm_compare.py --out runs/lm_compare             # everything (about 10-20 min on 2 cores)
     python benchmarks/lm_compare.py --skip-train --lengths 256 1024   # throughput and memory only
+    python benchmarks/lm_compare.py --skip-train --skip-throughput --lengths --out runs/lm_layer_memory
 """
 
 from __future__ import annotations
@@ -105,6 +107,23 @@ def memory_vs_length(lengths: list[int], threads: int) -> list[dict[str, Any]]:
     return rows
 
 
+def layer_memory(lengths: list[int], threads: int) -> list[dict[str, Any]]:
+    """One causal lambda layer (dim 128, |k| 16, 4 heads, content only, batch 1): the prefix-sum path against the
+    same layer given the causal mask explicitly (the general masked path, which forms (n, m) key weights)."""
+    torch.set_num_threads(threads)
+    layer = lambdanet.LambdaLayer1d(128, dim_k=16, heads=4, position=False, causal=True)
+    rows = []
+    for length in lengths:
+        x = torch.randn(1, length, 128, requires_grad=True)
+        mask = torch.ones(length, length, dtype=torch.bool).tril()
+        row: dict[str, Any] = {"length": length}
+        for path, m in (("prefix_sums", None), ("masked", mask)):
+            row[f"{path}_train_peak_mib"] = _peak_mib(lambda m=m, x=x: layer(x, m).sum().backward())
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def throughput(batch: int, length: int, repeats: int, threads: int) -> list[dict[str, Any]]:
     torch.set_num_threads(threads)
     models = {n: lambdanet.create_model(n, vocab_size=103) for n in MODELS}
@@ -146,16 +165,22 @@ def throughput(batch: int, length: int, repeats: int, threads: int) -> list[dict
     return rows
 
 
-def train_both(recipe: str, out: Path, max_steps: int | None) -> list[dict[str, Any]]:
+def train_both(recipe: str, out: Path, max_steps: int | None, seeds: list[int]) -> list[dict[str, Any]]:
     from lambdanet.train.lm import fit_lm, load_lm_config
 
     rows = []
-    for n in MODELS:
-        over: dict[str, Any] = {"model": {"name": n}, "system": {"out_dir": str(out), "progress_bar": False}}
-        if max_steps is not None:
-            over["train"] = {"max_steps": max_steps}
-        cfg = load_lm_config(recipe, over)
-        rows.append(fit_lm(cfg, argv=["-c", recipe], run_dir=out / n))
+    for seed in seeds:
+        for n in MODELS:
+            over: dict[str, Any] = {
+                "seed": seed,
+                "model": {"name": n},
+                "system": {"out_dir": str(out), "progress_bar": False},
+            }
+            if max_steps is not None:
+                over["train"] = {"max_steps": max_steps}
+            cfg = load_lm_config(recipe, over)
+            run_dir = out / (n if seed == 0 else f"{n}-seed{seed}")
+            rows.append({"seed": seed, **fit_lm(cfg, argv=["-c", recipe, "--seed", str(seed)], run_dir=run_dir)})
     return rows
 
 
@@ -165,11 +190,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--recipe", default="configs/lm/lm_tiny.yaml")
     p.add_argument("--max-steps", type=int, default=None, help="override the recipe's train.max_steps")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="train both models once per seed")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (1: stable timings on a shared machine)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=128, help="sequence length of the throughput measurement")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--lengths", type=int, nargs="*", default=[128, 256, 512, 1024, 2048])
+    p.add_argument("--layer-lengths", type=int, nargs="*", default=[512, 1024, 2048, 4096])
+    p.add_argument("--skip-throughput", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -177,9 +205,11 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"torch": torch.__version__, "threads": args.threads}
     if not args.skip_train:
-        results["training"] = train_both(args.recipe, out, args.max_steps)
-    results["throughput"] = throughput(args.batch, args.length, args.repeats, args.threads)
+        results["training"] = train_both(args.recipe, out, args.max_steps, args.seeds)
+    if not args.skip_throughput:
+        results["throughput"] = throughput(args.batch, args.length, args.repeats, args.threads)
     results["memory"] = memory_vs_length(args.lengths, args.threads) if args.lengths else []
+    results["layer_memory"] = layer_memory(args.layer_lengths, args.threads) if args.layer_lengths else []
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out / 'results.json'}")
     return 0
