@@ -419,3 +419,12 @@ def test_position_logits_constructions_match_explicit_sum(construction: str, spa
     want = torch.autograd.grad(expected, [q, weight], grad)
     for g, w in zip(got, want):
         assert relative_error(g, w) < TOL
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_channels_last_input_gradients(algorithm: str, batch: int) -> None:
+    layer = LambdaLayer(8, dim_k=4, heads=4, scope=3, algorithm=algorithm).double().train()
+    x = torch.randn(batch, 8, 3, 5, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(layer, (x,))
+    torch.testing.assert_close(layer(x), layer(x.contiguous()), rtol=1e-12, atol=1e-12)

@@ -71,6 +71,18 @@ def test_lm_is_causal_and_trains(name: str) -> None:
     assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
 
 
+def test_lambda_lm_decodes_token_by_token_like_the_full_pass() -> None:
+    model = lambdanet.create_model("lambda_lm_tiny", vocab_size=20, **{**TINY, "depth": 2}).eval()
+    tokens = torch.randint(0, 20, (2, 12))
+    with torch.no_grad():
+        full = model(tokens)
+        states = model.init_state()
+        steps = torch.stack([model.step(tokens[:, i], states) for i in range(12)], dim=1)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="mixer='lambda'"):
+        lambdanet.create_model("transformer_lm_tiny", vocab_size=20, **TINY).init_state()
+
+
 def test_lm_errors() -> None:
     model = lambdanet.create_model("lambda_lm_tiny", vocab_size=20, **TINY)
     with pytest.raises(ValueError, match="exceeds max_length=32"):

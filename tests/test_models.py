@@ -22,20 +22,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lambdanet
 from lambdanet.layers import LambdaLayer
-from lambdanet.models import _registry
 from lambdanet.stats import model_stats
 
-ZOO_MODULES = {
-    "lambdanet.models.resnet",
-    "lambdanet.models.resnet_rs",
-    "lambdanet.models.cifar",
-    "lambdanet.models.mobilenet",
-}
-ZOO = [n for n in lambdanet.list_models() if _registry._MODELS[n].__module__ in ZOO_MODULES]
+# Every registered image model; the language models have their own tests (tests/test_lm.py).
+ZOO = [n for n in lambdanet.list_models() if lambdanet.model_info(n).extra.get("task") != "language_model"]
 PARAMS_JSON = Path(__file__).parent / "reference" / "zoo_params.json"
 # One model per distinct block structure for torch.compile / torch.export, at reduced depth where it has one.
-# Lambda models compile with a fixed algorithm: the layer's "auto" selection graph-breaks under fullgraph=True
-# (reported to the layer's owner); export works with "auto".
 ONE_BLOCK = {"layers": (1, 1, 1, 1)}
 COMPILE_SUBSET: dict[str, dict[str, Any]] = {
     "resnet50_se": ONE_BLOCK,
@@ -44,6 +36,7 @@ COMPILE_SUBSET: dict[str, dict[str, Any]] = {
     "resnet18_cifar": ONE_BLOCK,
     "lambda_mobilenet_v1_cifar_5": {},
     "lambda_mobilenet_v2": {},
+    "lambda_net_tiny": {},
 }
 
 
@@ -109,8 +102,7 @@ def test_full_size_params(name: str) -> None:
 @pytest.mark.parametrize("name", COMPILE_SUBSET)
 def test_compile_eager(name: str) -> None:
     torch._dynamo.reset()
-    extra = {"algorithm": "conv"} if "lambda" in name else {}
-    model, size = _smoke(name, num_classes=3, **COMPILE_SUBSET[name], **extra)
+    model, size = _smoke(name, num_classes=3, **COMPILE_SUBSET[name])
     model.eval()
     x = torch.randn(2, *size)
     compiled = torch.compile(model, backend="eager", fullgraph=True)

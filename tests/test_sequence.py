@@ -370,3 +370,30 @@ def test_global_positions_accept_any_length_up_to_max_length() -> None:
         x = torch.randn(1, length, 6, dtype=torch.float64)
         torch.testing.assert_close(layer(x), reference_forward(layer, x), rtol=1e-10, atol=1e-10)
     assert math.isclose(layer.pos.weight.shape[-1], 17)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_runs_on_the_meta_device(causal: bool) -> None:
+    """Shape-only runs (parameter and MAC counting) work: autocast is only touched where the device supports it."""
+    with torch.device("meta"):
+        layer = LambdaLayer1d(16, dim_k=4, heads=2, scope=5, causal=causal)
+        assert layer(torch.empty(2, 40, 16)).shape == (2, 40, 16)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_torch_compile_fullgraph(causal: bool) -> None:
+    torch._dynamo.reset()
+    layer = LambdaLayer1d(16, dim_k=4, heads=2, scope=5, causal=causal).eval()
+    x = torch.randn(2, 40, 16)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x))
+
+
+@pytest.mark.export
+def test_torch_export_roundtrip() -> None:
+    layer = LambdaLayer1d(16, dim_k=4, heads=2, scope=None, max_length=40, causal=True).eval()
+    x = torch.randn(2, 40, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.export(layer, (x,)).module()(x), layer(x))

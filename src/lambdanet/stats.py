@@ -113,7 +113,8 @@ def model_stats(model: nn.Module, input_size: Sequence[int], *, position_count: 
 
     Args:
         model: any module; lambda layers are counted analytically (module docstring).
-        input_size: (channels, height, width) of one sample.
+        input_size: (channels, height, width) of one image, or (length,) of one token sequence (int64 ids, for the
+            language models; their sequence lambda layers are counted as they run).
         position_count: ``"scope"`` (the paper's convention), ``"pairs"`` (in-image pairs only) or ``"taps"`` (full
             kernel); see the module docstring.
 
@@ -121,18 +122,20 @@ def model_stats(model: nn.Module, input_size: Sequence[int], *, position_count: 
         A :class:`ModelStats`.
 
     Raises:
-        ValueError: if ``input_size`` is not three positive integers or ``position_count`` is unknown.
+        ValueError: if ``input_size`` is not one or three positive integers or ``position_count`` is unknown.
     """
     if position_count not in ("scope", "pairs", "taps"):
         raise ValueError(f"position_count={position_count!r} must be 'scope', 'pairs' or 'taps'")
     size = tuple(int(s) for s in input_size)
-    if len(size) != 3 or min(size) < 1:
-        raise ValueError(f"input_size={tuple(input_size)!r} must be (channels, height, width) with positive entries")
+    if len(size) not in (1, 3) or min(size) < 1:
+        raise ValueError(
+            f"input_size={tuple(input_size)!r} must be (channels, height, width) or (length,) with positive entries"
+        )
     params = sum(p.numel() for p in model.parameters())
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    x = torch.zeros(1, *size, device=device, dtype=dtype)
+    x = torch.zeros(1, *size, device=device, dtype=torch.long if len(size) == 1 else dtype)
     record: list[tuple[LambdaLayer, int, int]] = []
     was_training = model.training
     model.eval()

@@ -9,6 +9,7 @@ Shape: (b, dim, hh, ww) -> (b, dim_out, ceil(hh / stride), ceil(ww / stride))
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -47,6 +48,13 @@ def _contiguous_grad(x: Tensor) -> Tensor:
     if not x.requires_grad or torch.compiler.is_compiling() or torch.jit.is_scripting():
         return x
     return _ContiguousGrad.apply(x)
+
+
+def float32_island(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Autocast switched off on ``device`` (a no-op on devices autocast does not know, such as ``meta``)."""
+    if device.type in ("cpu", "cuda", "xpu", "mps", "hpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -212,7 +220,7 @@ class LambdaLayer(nn.Module):
 
         out_dtype = q.dtype
         compute = torch.float32 if out_dtype in _LOW_PRECISION else out_dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with float32_island(x.device):
             q = rearrange(q.to(compute), "b (h k) hh ww -> b h k (hh ww)", h=self.heads)
             v = rearrange(v.to(compute), "b (u v) hh ww -> b u v (hh ww)", u=self.dim_u)
             y = None

@@ -12,6 +12,7 @@ Shape: (b, n, dim) -> (b, n, dim_out)
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -32,6 +33,13 @@ __all__ = ["NORMS", "LambdaLayer1d"]
 
 NORMS = ("auto", "batch", "layer", "none")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast for the float32 island; a no-op on devices without autocast (e.g. ``meta``)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -246,7 +254,7 @@ class LambdaLayer1d(nn.Module):
 
         out_dtype = q.dtype
         compute = torch.float32 if out_dtype in _LOW_PRECISION else out_dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _autocast_off(x.device):
             q = rearrange(q.to(compute), "b n (h k) -> b h k n", h=self.heads)
             v = rearrange(v.to(compute), "b m (u v) -> b u v m", u=self.dim_u)
             logits = rearrange(k.to(compute), "b m (u k) -> b u k m", u=self.dim_u) if self.content else None
@@ -299,7 +307,7 @@ class LambdaLayer1d(nn.Module):
         v = self._normalise(self.norm_v, v)
         out_dtype = q.dtype
         compute = torch.float32 if out_dtype in _LOW_PRECISION else out_dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _autocast_off(x.device):
             q = rearrange(q.to(compute), "b (h k) -> b h k", h=self.heads)
             v = rearrange(v.to(compute), "b (u v) -> b u v", u=self.dim_u)
             logits = rearrange(k.to(compute), "b (u k) -> b u k", u=self.dim_u) if self.content else None

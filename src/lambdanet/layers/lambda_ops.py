@@ -15,8 +15,10 @@ algorithm below computes exactly this sum:
 
 - ``einsum``: the paper's Figure 3/5: gather ``E`` (n, m, k, u) from the kernel (zeros outside the scope), then
   ``lambda_p = einsum('nmku,buvm->bnkv')``. Memory Θ(nmk) independent of the batch.
-- ``logits``: the same einsum contracted in the other order, queries first: position logits
-  ``a = einsum('bhkn,nmku->bhunm')`` then ``y = einsum('bhunm,buvm->bhvn')``. Cheaper when h(k + v) < kv.
+- ``logits``: the same sum contracted queries first: position logits ``a[b, h, n, u, m] = q_n . E[n, m]``, then
+  ``y = a @ v``, one large matrix product per sample. Cheaper than ``einsum`` whenever h (k + v) < k v.
+- ``blocked``: ``logits`` restricted to blocks of queries and their halos, for local scopes on larger maps: one
+  embedding table serves every block, so the work is two batched matrix products. Linear in n.
 - ``conv``: the lambda convolution (Sec. 3.4) as an ordinary N-d convolution with the value depth folded into the
   batch: ``conv(v as (b v, u, *spatial), weight)`` gives ``lambda_p`` as (b v, k, *spatial). Linear in n.
 - ``fft``: the same convolution through real FFTs: O(n log n) whatever the scope, exact up to rounding. Global
@@ -274,7 +276,7 @@ def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int], construct
 
 def _block_size(half: int) -> int:
     """Query block side for the blocked algorithm: about the scope's radius (measured in docs/algorithms.md)."""
-    return max(2, min(8, half + 1))
+    return max(2, min(4, half))
 
 
 def _blocked_position_output(q: Tensor, v: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:

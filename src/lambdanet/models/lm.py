@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lambdanet.layers import LambdaLayer1d
+from lambdanet.layers.sequence_ops import CausalLambdaState
 from lambdanet.models._registry import ModelMeta, register_model
 
 __all__ = ["CausalLM", "LMCfg", "lambda_lm_tiny", "transformer_lm_tiny"]
@@ -153,6 +154,31 @@ class CausalLM(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(tokens))
+
+    def init_state(self) -> list[CausalLambdaState]:
+        """Per-block decoding states for :meth:`step` (lambda mixer only).
+
+        Raises:
+            ValueError: for the attention mixer (no key/value cache is implemented).
+        """
+        if self.cfg.mixer != "lambda":
+            raise ValueError(f"incremental decoding needs mixer='lambda', this model has mixer={self.cfg.mixer!r}")
+        return [block.mixer.init_state() for block in self.blocks]
+
+    def step(self, token: Tensor, states: list[CausalLambdaState]) -> Tensor:
+        """Next-token logits (b, vocab_size) after feeding ``token`` (b,); equals ``forward`` on the whole prefix.
+
+        Each lambda layer does O(1) work per token for its content term (and O(scope) for a local position term).
+        """
+        if token.dim() != 1:
+            raise ValueError(f"step takes one token per sequence, shape (batch,), got {tuple(token.shape)}")
+        if len(states) != len(self.blocks):
+            raise ValueError(f"expected {len(self.blocks)} states (one per block), got {len(states)}")
+        x = self.embed(token)
+        for block, state in zip(self.blocks, states, strict=True):
+            x = x + block.drop(block.proj(block.mixer.step(block.norm1(x), state)))
+            x = x + block.drop(block.mlp(block.norm2(x)))
+        return self.head(self.norm(x))
 
 
 def _build(base: LMCfg, overrides: dict[str, Any]) -> CausalLM:

@@ -1,0 +1,298 @@
+"""A written-down memory model of lambda layers, attention and convolution, and the paper's Table 4 from it.
+
+Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, Sec. 4.4 and Table 4 (``tab:memory_comparison``): memory of
+the position-interaction tensors of ResNet-50 at batch 128 and 224x224, float32, with every 3x3 convolution
+replaced (feature maps of 3 blocks at 56x56, 4 at 28x28, 6 at 14x14, 3 at 7x7; h = 8 heads for attention):
+
+- global self-attention stores the attention maps, ``b h n^2`` floats per layer (Θ(blhn²));
+- axial self-attention stores ``2 b h n sqrt(n)`` (rows and columns);
+- a lambda layer stores the relative embeddings ``E`` (n, m, k) of the einsum implementation, ``k n^2`` floats
+  per layer, independent of the batch (Θ(lkn²)); shared across each stage, once per stage (Θ(kn²)).
+
+:func:`paper_table4` recomputes the table; :func:`layer_saved_bytes` is a per-layer model of what *our* layers
+keep for the backward pass (``saved_tensors_hooks``), term by term, checked against measurement by
+``lambdanet bench memory`` and ``tests/test_bench.py``.
+
+Axis legend: b batch | d channels | h heads | k query/key depth | v value depth | u intra-depth
+             n query positions | m context positions | P FFT grid size
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lambdanet.layers import ALGORITHMS
+from lambdanet.layers.lambda_ops import _block_size, fft_size
+
+__all__ = [
+    "CHECK_SHAPES",
+    "CONTENDERS",
+    "PAPER_TABLE4_GB",
+    "RESNET50_MAPS",
+    "LayerShape",
+    "check_model",
+    "fits",
+    "layer_saved_bytes",
+    "paper_appendix_d2",
+    "paper_table4",
+    "resnet50_layers",
+    "resnet50_model_gib",
+    "total_mib",
+]
+
+# (blocks, side) of the 3x3 convolutions of ResNet-50 at 224x224, stages c2..c5 (the paper's hidden comment).
+RESNET50_MAPS: tuple[tuple[int, int], ...] = ((3, 56), (4, 28), (6, 14), (3, 7))
+
+# The paper's Table 4 column "Memory (GB)".
+PAPER_TABLE4_GB: dict[str, float] = {
+    "global self-attention": 120.0,
+    "axial self-attention": 4.8,
+    "lambda layer": 1.9,
+    "lambda layer (|k|=8)": 0.95,
+    "lambda layer (shared embeddings)": 0.63,
+}
+
+CONTENDERS = (*[f"lambda {a}" for a in ALGORITHMS], "attention (materialised)", "attention (sdpa)", "conv3x3")
+
+
+def paper_table4(
+    *,
+    batch: int = 128,
+    heads: int = 8,
+    dim_k: int = 16,
+    bytes_per_float: int = 4,
+    maps: tuple[tuple[int, int], ...] = RESNET50_MAPS,
+) -> dict[str, float]:
+    """The paper's Table 4 memory model in GiB (2^30 bytes, which the paper writes "GB").
+
+    Args:
+        batch: b (128 in the paper).
+        heads: h of the attention layers (8 in the paper's comment).
+        dim_k: |k| of the lambda layers (16; the "|k|=8" row halves it).
+        bytes_per_float: 4 for float32.
+        maps: (number of layers, side) per stage.
+
+    Returns:
+        GiB per row, keyed like :data:`PAPER_TABLE4_GB`.
+    """
+    if batch < 1 or heads < 1 or dim_k < 1 or bytes_per_float < 1:
+        raise ValueError(
+            f"batch={batch}, heads={heads}, dim_k={dim_k}, bytes_per_float={bytes_per_float} must all be >= 1"
+        )
+    gib = bytes_per_float / 2**30
+    n2 = sum(layers * side**4 for layers, side in maps)  # sum over layers of n^2, n = side^2
+    n_sqrt_n = sum(layers * side**3 for layers, side in maps)
+    per_stage = sum(side**4 for _, side in maps)
+    return {
+        "global self-attention": batch * heads * n2 * gib,
+        "axial self-attention": 2 * batch * heads * n_sqrt_n * gib,
+        "lambda layer": dim_k * n2 * gib,
+        "lambda layer (|k|=8)": dim_k // 2 * n2 * gib,
+        "lambda layer (shared embeddings)": dim_k * per_stage * gib,
+    }
+
+
+def paper_appendix_d2(*, batch: int = 32, side: int = 20, layers: int = 8, heads: int = 8, dim_k: int = 16) -> dict:
+    """App. D.2's example in MiB: LambdaResNet-420 at 320 px, 8 lambda layers in c4 (20x20), 32 images per TPUv3
+    core, bfloat16. The paper: lambda layers 38.4 MB (4.8 MB per layer), attention layers 0.625 GB.
+    """
+    n2 = side**4
+    mib = 2 / 2**20  # bfloat16
+    return {
+        "lambda layers (k n^2 per layer)": layers * dim_k * n2 * mib,
+        "lambda layers, shared embeddings": dim_k * n2 * mib,
+        "attention layers (b h n^2 per layer)": layers * batch * heads * n2 * mib,
+    }
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One layer application: batch, channels (in = out), square map side, heads, |k|, |u|, scope (None: global)."""
+
+    batch: int
+    dim: int
+    side: int
+    heads: int = 4
+    dim_k: int = 16
+    dim_u: int = 1
+    scope: int | None = 23
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "dim", "side", "heads", "dim_k", "dim_u"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        if self.scope is not None and (self.scope < 1 or self.scope % 2 == 0):
+            raise ValueError(f"scope={self.scope} must be a positive odd integer or None (global)")
+
+    @property
+    def n(self) -> int:
+        return self.side * self.side
+
+    @property
+    def dim_v(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def kernel_side(self) -> int:
+        """Side of the relative kernel after cropping to the offsets the map holds (2 side - 1 at most)."""
+        full = 2 * self.side - 1
+        return full if self.scope is None else min(self.scope, full)
+
+
+def _lambda_common(s: LayerShape) -> dict[str, int]:
+    """Floats saved by every lambda layer whatever the position algorithm (projection, norms, content lambda)."""
+    b, n, d, h, k, u, v = s.batch, s.n, s.dim, s.heads, s.dim_k, s.dim_u, s.dim_v
+    qkv = h * k + u * k + u * v
+    return {
+        "weights (d (hk+uk+uv) + k u r^2)": d * qkv + k * u * s.kernel_side**2,
+        "input x (b d n)": b * d * n,
+        "q, k, v projections (b (hk+uk+uv) n)": b * qkv * n,
+        "normalised q, softmax keys, normalised v": b * qkv * n,
+        "output (b d n)": b * d * n,
+    }
+
+
+def layer_saved_bytes(kind: str, s: LayerShape, *, bytes_per_float: int = 4) -> dict[str, int]:
+    """Model of the bytes saved for backward by one layer, term by term (float terms times ``bytes_per_float``).
+
+    ``kind`` is ``"lambda <algorithm>"`` (one of :data:`lambdanet.layers.ALGORITHMS`), ``"attention
+    (materialised)"`` (softmax(q k^T) v with the b h n n map), ``"attention (sdpa)"`` (a fused kernel keeping only
+    q, k, v, the output and a log-sum-exp per query) or ``"conv3x3"``. The dominant terms are the paper's: logits
+    b h n m, einsum embeddings k u n m, lambda-convolution lambdas b k v n, FFT spectra b u v P.
+
+    Raises:
+        ValueError: if ``kind`` is unknown.
+    """
+    if kind not in CONTENDERS:
+        raise ValueError(f"kind={kind!r} must be one of {CONTENDERS}")
+    b, n, d, h, k, u, v = s.batch, s.n, s.dim, s.heads, s.dim_k, s.dim_u, s.dim_v
+    m = n
+    floats: dict[str, int] = {}
+    other: dict[str, int] = {}  # already in bytes
+    if kind == "conv3x3":
+        floats["input x (b d n)"] = b * d * n
+        floats["weight (d d 3 3)"] = 9 * d * d
+    elif kind.startswith("attention"):
+        floats["input x (b d n)"] = b * d * n
+        floats["weight (3d d)"] = 3 * d * d
+        floats["q, k, v (b 3d n)"] = 3 * b * d * n
+        floats["output (b d n)"] = b * d * n
+        if kind == "attention (materialised)":
+            floats["attention map (b h n n)"] = b * h * n * n
+        else:
+            floats["log-sum-exp (b h n)"] = b * h * n
+    else:
+        floats.update(_lambda_common(s))
+        algorithm = kind.split(" ", 1)[1]
+        side = s.kernel_side
+        if algorithm == "einsum":
+            floats["embeddings E (k u n m)"] = k * u * n * m
+            floats["position lambdas (b k v n)"] = b * k * v * n
+            other["relative index (n m int64 + bool mask)"] = 9 * n * m
+        elif algorithm == "logits":
+            floats["position logits (b h n u m)"] = b * h * n * u * m
+            if k * n <= b * h * (2 * s.side - 1) ** 2:  # gathered embeddings (see lambda_ops.position_logits)
+                floats["embeddings E, permuted copy (k u n m)"] = k * u * n * m
+                other["relative index (n m int64 + bool mask)"] = 9 * n * m
+        elif algorithm == "blocked":
+            block = _block_size(side // 2)
+            halo = block + 2 * (side // 2)
+            blocks = (-(-s.side // block)) ** 2
+            floats["block logits (b h n' u L^2)"] = b * h * blocks * block**2 * u * halo**2
+            floats["value halos (b nb u L^2 v)"] = b * blocks * u * halo**2 * v
+            floats["block embedding table (B^2 k u L^2)"] = block**2 * k * u * halo**2
+        elif algorithm == "conv":
+            floats["position lambdas (b k v n)"] = b * k * v * n
+        elif algorithm == "fft":
+            size = fft_size(s.side, side // 2)
+            freqs = size * (size // 2 + 1)
+            floats["value spectrum (b u v P, complex)"] = 2 * b * u * v * freqs
+            floats["kernel spectrum (k u P, complex)"] = 2 * k * u * freqs
+            floats["position lambdas (b k v n)"] = b * k * v * n
+    out = {name: count * bytes_per_float for name, count in floats.items()}
+    out.update(other)
+    return out
+
+
+def total_mib(terms: dict[str, int]) -> float:
+    """Sum of a :func:`layer_saved_bytes` dict in MiB."""
+    return sum(terms.values()) / 2**20
+
+
+def fits(kind: str, s: LayerShape, budget_mib: float) -> bool:
+    """Whether the modelled saved memory of ``kind`` at ``s`` stays within ``budget_mib`` (used to skip cases)."""
+    return total_mib(layer_saved_bytes(kind, s)) <= budget_mib
+
+
+def attention_map_gib(s: LayerShape, bytes_per_float: int = 4) -> float:
+    """GiB of one b h n n attention map (the quadratic term), for notes on skipped cases."""
+    return s.batch * s.heads * s.n**2 * bytes_per_float / 2**30
+
+
+def resnet50_layers(*, batch: int = 128, scope: int | None = 23, heads: int = 4, dim_k: int = 16) -> list[LayerShape]:
+    """The 16 bottleneck 3x3 layers of ResNet-50 at 224x224 as :class:`LayerShape` (widths 64/128/256/512)."""
+    widths = (64, 128, 256, 512)
+    return [
+        LayerShape(batch, width, side, heads, dim_k, 1, scope)
+        for (count, side), width in zip(RESNET50_MAPS, widths)
+        for _ in range(count)
+    ]
+
+
+def resnet50_model_gib(kind: str, *, batch: int = 128, scope: int | None = 23, heads: int = 4) -> float:
+    """Modelled saved-for-backward GiB of ``kind`` in all 16 bottleneck 3x3 slots of ResNet-50 (224 px)."""
+    layers = resnet50_layers(batch=batch, scope=scope, heads=heads)
+    return sum(sum(layer_saved_bytes(kind, s).values()) for s in layers) / 2**30
+
+
+# Small shapes where the model is checked against measurement: (batch, dim, side, scope).
+CHECK_SHAPES: tuple[tuple[int, int, int, int | None], ...] = (
+    (2, 64, 16, None),
+    (2, 64, 16, 7),
+    (4, 32, 24, 5),
+    (8, 64, 8, 23),
+)
+
+
+def check_model(
+    shapes: tuple[tuple[int, int, int, int | None], ...] = CHECK_SHAPES,
+    kinds: tuple[str, ...] = CONTENDERS,
+    *,
+    measure_peak: bool = False,
+) -> list[dict[str, object]]:
+    """Measure saved-for-backward memory of each layer kind at ``shapes`` and compare it with the model.
+
+    Returns one row per (shape, kind) with ``model_mib``, ``saved_mib``, ``ratio`` (measured / model) and the
+    model's dominant term; with ``measure_peak`` also the peak of live bytes of forward + backward.
+    """
+    import torch
+
+    from lambdanet.bench.layer import build_contender
+    from lambdanet.bench.timing import forward_backward, peak_mib, saved_for_backward_mib
+
+    rows: list[dict[str, object]] = []
+    for batch, dim, side, scope in shapes:
+        shape = LayerShape(batch, dim, side, scope=scope)
+        x = torch.randn(batch, dim, side, side, requires_grad=True)
+        for kind in kinds:
+            if kind.startswith("attention") and scope is not None:
+                continue
+            module = build_contender(kind, dim, side, scope=scope)
+            terms = layer_saved_bytes(kind, shape)
+            model = total_mib(terms)
+            saved = saved_for_backward_mib(lambda module=module, x=x: module(x))
+            row: dict[str, object] = {
+                "shape": f"b{batch} d{dim} {side}x{side}",
+                "scope": "global" if scope is None else scope,
+                "kind": kind,
+                "model_mib": model,
+                "saved_mib": saved,
+                "ratio": saved / model,
+                "dominant term": max(terms, key=terms.__getitem__),
+            }
+            if measure_peak:
+                row["peak_mib"] = peak_mib(forward_backward(module, x))
+            rows.append(row)
+    return rows

@@ -1,0 +1,279 @@
+"""Benchmark suite (``lambdanet bench``): memory model against measurement, and the commands at tiny sizes.
+
+Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, Table 4 (memory) and Table 13 (throughput). No test asserts
+a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lambdanet.bench.layer import LayerBenchConfig, build_contender, growth_exponent, run_layer_bench
+from lambdanet.bench.memory import (
+    CONTENDERS,
+    PAPER_TABLE4_GB,
+    LayerShape,
+    check_model,
+    layer_saved_bytes,
+    paper_appendix_d2,
+    paper_table4,
+    total_mib,
+)
+from lambdanet.bench.model import ModelBenchConfig, parse_model_spec, run_model_bench
+from lambdanet.bench.report import format_table, write_csv
+from lambdanet.bench.timing import LiveBytes, forward_backward, median_ms, peak_mib, saved_for_backward_mib
+from lambdanet.cli.bench import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------- memory model
+def test_paper_table4_recomputed() -> None:
+    gib = paper_table4()
+    assert gib["global self-attention"] == pytest.approx(122.83, abs=0.01)  # the paper rounds to 120
+    assert gib["lambda layer"] == pytest.approx(1.919, abs=0.001)
+    assert gib["lambda layer (|k|=8)"] == pytest.approx(gib["lambda layer"] / 2)
+    for name in ("axial self-attention", "lambda layer", "lambda layer (|k|=8)", "lambda layer (shared embeddings)"):
+        assert gib[name] == pytest.approx(PAPER_TABLE4_GB[name], rel=0.02), name
+    # Global attention's map grows with the batch, the lambda layer's embeddings do not.
+    half = paper_table4(batch=64)
+    assert half["global self-attention"] == pytest.approx(gib["global self-attention"] / 2)
+    assert half["lambda layer"] == gib["lambda layer"]
+
+
+def test_paper_appendix_d2_recomputed() -> None:
+    mib = paper_appendix_d2()
+    assert mib["lambda layers (k n^2 per layer)"] == pytest.approx(38.4, rel=0.03)  # "38.4MB"
+    assert mib["lambda layers, shared embeddings"] == pytest.approx(4.8, rel=0.03)  # "4.8MB"
+    assert mib["attention layers (b h n^2 per layer)"] / 1024 == pytest.approx(0.625, rel=0.03)  # "0.625GB"
+
+
+def test_memory_model_matches_measurement() -> None:
+    rows = check_model(shapes=((2, 32, 12, None), (2, 32, 12, 5)))
+    assert {r["kind"] for r in rows} == set(CONTENDERS)
+    for row in rows:
+        assert 0.85 <= row["ratio"] <= 1.2, row
+
+
+def test_attention_memory_quadratic_lambda_linear() -> None:
+    """Measured saved memory from 8x8 to 16x16 (n x 4): materialised maps x ~16, SDPA and lambda conv x ~4."""
+    growth = {}
+    for name in ("attention (materialised)", "attention (sdpa)", "lambda conv", "lambda fft"):
+        saved = []
+        for side in (8, 16):
+            module = build_contender(name, 16, side, scope=None)
+            x = torch.randn(2, 16, side, side, requires_grad=True)
+            saved.append(saved_for_backward_mib(lambda module=module, x=x: module(x)))
+        growth[name] = math.log(saved[1] / saved[0], 4)  # exponent in n
+    assert growth["attention (materialised)"] > 1.6
+    for name in ("attention (sdpa)", "lambda conv", "lambda fft"):
+        assert growth[name] < 1.3, (name, growth)
+
+
+def test_layer_shape_and_model_errors() -> None:
+    with pytest.raises(ValueError, match="dim=10"):
+        LayerShape(2, 10, 8, heads=4)
+    with pytest.raises(ValueError, match="scope=4"):
+        LayerShape(2, 16, 8, scope=4)
+    with pytest.raises(ValueError, match="kind='attention'"):
+        layer_saved_bytes("attention", LayerShape(2, 16, 8))
+    with pytest.raises(ValueError, match="batch=0"):
+        paper_table4(batch=0)
+
+
+# ----------------------------------------------------------------------------------------------- measurement
+def test_live_bytes_peak_is_exact_for_known_allocations() -> None:
+    base = torch.ones(1024)  # 4 KiB, created outside the mode: not counted
+
+    def fn() -> torch.Tensor:
+        a = base * 2  # 4 KiB
+        b = torch.cat([a, a])  # 8 KiB, live with a: 12 KiB
+        del a
+        return b[:10] + 1  # 40 bytes after a is gone
+
+    mode = LiveBytes()
+    with mode:
+        out = fn()
+    assert mode.peak == 12 * 1024
+    assert mode.live == 40  # a, b and the view of b are gone; only the result is alive
+    del out
+    assert mode.live == 0
+
+
+def test_peak_covers_saved_memory() -> None:
+    layer = build_contender("lambda conv", 16, 8, scope=5)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    assert peak_mib(forward_backward(layer, x)) >= saved_for_backward_mib(lambda: layer(x)) * 0.9
+
+
+def test_median_ms_checks_arguments() -> None:
+    with pytest.raises(ValueError, match="reps=0"):
+        median_ms(lambda: None, reps=0)
+    calls = []
+    assert median_ms(lambda: calls.append(1), reps=3, warmup=2) >= 0
+    assert len(calls) == 5
+
+
+def test_benchmark_scripts_reexport_the_package_helpers() -> None:
+    spec = importlib.util.spec_from_file_location("_timing", ROOT / "benchmarks" / "_timing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.median_ms is median_ms
+    assert module.saved_for_backward_mib is saved_for_backward_mib
+
+
+# ----------------------------------------------------------------------------------------------- layer sweep
+def test_layer_bench_rows_and_memory_skip() -> None:
+    cfg = LayerBenchConfig(
+        sides=(4, 16),
+        batch=1,
+        dim=8,
+        heads=2,
+        dim_k=4,
+        scope=3,
+        contenders=("lambda conv", "attention (materialised)", "attention (sdpa)", "conv3x3"),
+        reps=1,
+        warmup=0,
+        memory_budget_mib=0.2,
+        measure_peak=False,
+    )
+    result = run_layer_bench(cfg, progress=False)
+    rows = result["rows"]
+    assert len(rows) == 2 * 3 + 2 * 2  # global: 3 contenders; local: lambda conv and conv3x3
+    skipped = [r for r in rows if "skipped" in r]
+    assert [(r["name"], r["side"]) for r in skipped] == [("attention (materialised)", 16)]  # a 0.5 MiB map
+    assert skipped[0]["model_mib"] > 0.2
+    assert any("skipped" in note for note in result["notes"])
+    for row in rows:
+        if "skipped" not in row:
+            assert row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0 and row["saved_mib"] > 0
+    assert growth_exponent(rows, "lambda conv", "global", "saved_mib") is not None
+
+
+def test_layer_bench_config_errors() -> None:
+    with pytest.raises(ValueError, match="contenders"):
+        LayerBenchConfig(contenders=("nope",))
+    with pytest.raises(ValueError, match="contexts"):
+        LayerBenchConfig(contexts=("far",))
+    with pytest.raises(ValueError, match="dtype='float16'"):
+        LayerBenchConfig(dtype="float16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            LayerBenchConfig(device="cuda")
+
+
+def test_cli_layer_writes_table_json_csv_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["layer", "--sides", "4", "8", "--batch", "1", "--dim", "8", "--heads", "2", "--dim-k", "4"]
+    argv += ["--scope", "3", "--reps", "1", "--warmup", "0", "--no-peak", "--quiet", "--out", str(tmp_path)]
+    argv += ["--contenders", "conv", "fft", "attention", "sdpa", "conv3x3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fwd+bwd ms" in out and "attention (sdpa)" in out and "Growth exponent" in out
+    data = json.loads((tmp_path / "layer.json").read_text())
+    assert data["environment"]["torch"] == torch.__version__
+    assert len(data["rows"]) == 2 * 4 + 2 * 3
+    with (tmp_path / "layer.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(data["rows"])
+    for context in ("global", "local"):
+        png = tmp_path / f"layer_{context}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_layer_config_file_and_bad_contender(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text("sides: [4]\nbatch: 1\ndim: 8\nheads: 2\ndim-k: 4\nscope: 3\ncontexts: [local]\nreps: 1\n")
+    argv = ["layer", "--config", str(config), "--contenders", "conv3x3", "--warmup", "0", "--no-plot", "--quiet"]
+    assert main([*argv, "--no-peak", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "layer.json").read_text())["rows"]
+    assert [(r["context"], r["name"], r["side"]) for r in rows] == [("local", "conv3x3", 4)]
+    with pytest.raises(SystemExit, match="--contenders 'nope'"):
+        main(["layer", "--contenders", "nope", "--out", str(tmp_path)])
+    config.write_text("unknown_option: 1\n")
+    with pytest.raises(SystemExit, match="unknown options"):
+        main(["layer", "--config", str(config), "--out", str(tmp_path)])
+
+
+def test_shipped_bench_configs_parse() -> None:
+    configs = sorted((ROOT / "configs" / "bench").glob("*.yaml"))
+    assert configs
+    import yaml
+
+    from lambdanet.cli.bench import _parser
+
+    parser = _parser()
+    for path in configs:
+        data = yaml.safe_load(path.read_text())
+        command = data.pop("command")
+        sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+        known = {a.dest for a in sub._actions}
+        assert {k.replace("-", "_") for k in data} <= known, path
+
+
+# ----------------------------------------------------------------------------------------------- models and memory
+def test_parse_model_spec() -> None:
+    assert parse_model_spec("lambda_resnet50:placement=CCLL,layers=(1,1,1,1)") == (
+        "lambda_resnet50",
+        {"placement": "CCLL", "layers": (1, 1, 1, 1)},
+    )
+    assert parse_model_spec("resnet50") == ("resnet50", {})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_model_spec("resnet50:placement")
+
+
+def test_model_bench_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = ["resnet50:layers=(1,1,1,1)", "lambda_resnet50:layers=(1,1,1,1),placement=CCLL"]
+    argv = ["model", "--models", *models, "--batch", "2", "--image-size", "32", "--reps", "1", "--warmup", "0"]
+    assert main([*argv, "--quiet", "--peak", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "infer img/s" in out and "slowdown against resnet50" in out
+    rows = json.loads((tmp_path / "model.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == models
+    for row in rows:
+        assert row["infer_img_s"] > 0 and row["train_img_s"] > 0 and row["peak_mib"] >= row["saved_mib"] * 0.5
+        assert row["input"] == "3x32x32"
+    assert rows[1]["params_m"] < rows[0]["params_m"]  # lambda layers have fewer parameters than 3x3 convs
+    with pytest.raises(ValueError, match="batch=0"):
+        ModelBenchConfig(batch=0)
+
+
+def test_model_bench_reports_unknown_model() -> None:
+    with pytest.raises(ValueError, match="nope"):
+        run_model_bench(ModelBenchConfig(models=("nope",), reps=1, warmup=0), progress=False)
+
+
+def test_cli_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["memory", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "global self-attention" in out and "saved / model" in out
+    data = json.loads((tmp_path / "memory.json").read_text())
+    assert {r["layer"] for r in data["table4"]} == set(PAPER_TABLE4_GB)
+    assert all(0.85 <= r["ratio"] <= 1.2 for r in data["check"])
+    assert (tmp_path / "memory_model.png").read_bytes()[:4] == b"\x89PNG"
+    lambda_conv = next(r for r in data["resnet50"] if r["layer"] == "lambda conv")
+    attention = next(r for r in data["resnet50"] if r["layer"] == "attention (materialised)")
+    assert attention["global GiB"] > 10 * lambda_conv["global GiB"]
+
+
+def test_format_table_and_csv(tmp_path: Path) -> None:
+    rows = [{"a": "x", "b": 1.23456}, {"a": "yy", "b": None}]
+    text = format_table(rows, [("a", "A"), ("b", "B")])
+    assert text.splitlines()[2].startswith("x ") and "1.23" in text and "-" in text.splitlines()[3]
+    md = format_table(rows, [("a", "A"), ("b", "B")], markdown=True)
+    assert md.splitlines()[1] == "|---|---:|"
+    with pytest.raises(ValueError, match="columns"):
+        format_table(rows, [])
+    path = write_csv(tmp_path / "t.csv", [{"a": 1}, {"b": 2}])
+    assert path.read_text().splitlines()[0] == "a,b"
+
+
+def test_total_mib_sums_terms() -> None:
+    terms = layer_saved_bytes("attention (materialised)", LayerShape(1, 8, 4, heads=2))
+    assert total_mib(terms) * 2**20 == sum(terms.values())
+    assert terms["attention map (b h n n)"] == 1 * 2 * 16 * 16 * 4
