@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,9 @@ def _run_layer(args: argparse.Namespace) -> int:
         measure_peak=not args.no_peak,
         **_timing_kwargs(args),
     )
-    result = run_layer_bench(cfg, progress=not args.quiet)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.meshgrid")  # raised inside lambda-networks
+        result = run_layer_bench(cfg, progress=not args.quiet)
     rows = result["rows"]
     columns = [
         ("context", "context"),
@@ -205,7 +208,11 @@ def _run_layer(args: argparse.Namespace) -> int:
             title = f"{context} context, b={cfg.batch}, d={cfg.dim}, {cfg.device} {cfg.dtype}"
             if context == "local":
                 title += f", scope {cfg.scope}"
-            files.append(plot_sweep(rows, args.out / f"layer_{context}.png", context=context, title=title))
+            metrics = [("fwd_bwd_ms", "forward + backward (ms)"), ("saved_mib", "saved for backward (MiB)")]
+            if cfg.measure_peak:
+                metrics.append(("peak_mib", "peak, CUDA allocator or live tensors (MiB)"))
+            path = args.out / f"layer_{context}.png"
+            files.append(plot_sweep(rows, path, metrics=metrics, context=context, title=title))
     _print("wrote " + ", ".join(str(f) for f in files if f is not None))
     return 0
 

@@ -9,7 +9,6 @@ Shape: (b, dim, hh, ww) -> (b, dim_out, ceil(hh / stride), ceil(ww / stride))
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
@@ -17,13 +16,12 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from lambdanet.layers._common import check_lambda_args, compute_dtype, float32_island, init_qkv_
 from lambdanet.layers.algorithms import choose_algorithm
-from lambdanet.layers.lambda_ops import ALGORITHMS, content_lambda, crop_kernel, position_output
+from lambdanet.layers.lambda_ops import content_lambda, crop_kernel, position_output
 from lambdanet.layers.position import RelativePositionEmbedding
 
 __all__ = ["LambdaLayer"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -48,19 +46,6 @@ def _contiguous_grad(x: Tensor) -> Tensor:
     if not x.requires_grad or torch.compiler.is_compiling() or torch.jit.is_scripting():
         return x
     return _ContiguousGrad.apply(x)
-
-
-def float32_island(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """Autocast switched off on ``device`` (a no-op on devices autocast does not know, such as ``meta``)."""
-    if device.type in ("cpu", "cuda", "xpu", "mps", "hpu"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return value
 
 
 class LambdaLayer(nn.Module):
@@ -122,21 +107,19 @@ class LambdaLayer(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dim = _check_positive_int("dim", dim)
-        dim_out = dim if dim_out is None else _check_positive_int("dim_out", dim_out)
-        dim_k = _check_positive_int("dim_k", dim_k)
-        heads = _check_positive_int("heads", heads)
-        dim_u = _check_positive_int("dim_u", dim_u)
-        if dim_out % heads:
-            raise ValueError(f"dim_out={dim_out} must be divisible by heads={heads} (value depth = dim_out / heads)")
+        dim, dim_out, dim_k, heads, dim_u = check_lambda_args(
+            dim=dim,
+            dim_out=dim_out,
+            dim_k=dim_k,
+            heads=heads,
+            dim_u=dim_u,
+            scope=scope,
+            content=content,
+            position=position,
+            algorithm=algorithm,
+        )
         if stride not in (1, 2):
             raise ValueError(f"stride={stride!r} must be 1 or 2 (2 = 3x3 average pool with stride 2 after the layer)")
-        if not (content or position):
-            raise ValueError("content=False and position=False leave nothing to compute; enable at least one")
-        if algorithm != "auto" and algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm={algorithm!r} must be 'auto' or one of {ALGORITHMS}")
-        if scope is not None and (isinstance(scope, bool) or not isinstance(scope, int) or scope < 1 or scope % 2 == 0):
-            raise ValueError(f"scope={scope!r} must be an odd positive integer, or None for global context")
         if feat_size is not None:
             feat_size = tuple(int(s) for s in feat_size)
             if len(feat_size) != 2 or min(feat_size) < 1:
@@ -172,11 +155,7 @@ class LambdaLayer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Fan-in normal initialisation of App. E.1 (queries scaled by an extra |k|^-1/2)."""
-        nq = self.splits[0]
-        with torch.no_grad():
-            w = self.qkv.weight
-            nn.init.normal_(w[:nq], std=(self.dim_k * self.dim) ** -0.5)
-            nn.init.normal_(w[nq:], std=self.dim**-0.5)
+        init_qkv_(self.qkv.weight, self.splits[0], self.dim_k, self.dim)
         self.norm_q.reset_parameters()
         self.norm_v.reset_parameters()
         if self.pos is not None:
@@ -219,7 +198,7 @@ class LambdaLayer(nn.Module):
         v = _contiguous_grad(self.norm_v(v))
 
         out_dtype = q.dtype
-        compute = torch.float32 if out_dtype in _LOW_PRECISION else out_dtype
+        compute = compute_dtype(out_dtype)
         with float32_island(x.device):
             q = rearrange(q.to(compute), "b (h k) hh ww -> b h k (hh ww)", h=self.heads)
             v = rearrange(v.to(compute), "b (u v) hh ww -> b u v (hh ww)", u=self.dim_u)

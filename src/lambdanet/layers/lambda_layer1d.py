@@ -12,15 +12,21 @@ Shape: (b, n, dim) -> (b, n, dim_out)
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from lambdanet.layers._common import (
+    check_lambda_args,
+    check_positive_int,
+    compute_dtype,
+    float32_island,
+    init_qkv_,
+)
 from lambdanet.layers.algorithms import choose_algorithm
-from lambdanet.layers.lambda_ops import ALGORITHMS, content_lambda, position_output
+from lambdanet.layers.lambda_ops import content_lambda, position_output
 from lambdanet.layers.position import RelativePositionEmbedding
 from lambdanet.layers.sequence_ops import (
     CausalLambdaState,
@@ -32,20 +38,6 @@ from lambdanet.layers.sequence_ops import (
 __all__ = ["NORMS", "LambdaLayer1d"]
 
 NORMS = ("auto", "batch", "layer", "none")
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    """Disable autocast for the float32 island; a no-op on devices without autocast (e.g. ``meta``)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return value
 
 
 class LambdaLayer1d(nn.Module):
@@ -114,24 +106,22 @@ class LambdaLayer1d(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dim = _check_positive_int("dim", dim)
-        dim_out = dim if dim_out is None else _check_positive_int("dim_out", dim_out)
-        dim_k = _check_positive_int("dim_k", dim_k)
-        heads = _check_positive_int("heads", heads)
-        dim_u = _check_positive_int("dim_u", dim_u)
-        chunk = _check_positive_int("chunk", chunk)
+        dim, dim_out, dim_k, heads, dim_u = check_lambda_args(
+            dim=dim,
+            dim_out=dim_out,
+            dim_k=dim_k,
+            heads=heads,
+            dim_u=dim_u,
+            scope=scope,
+            content=content,
+            position=position,
+            algorithm=algorithm,
+        )
+        chunk = check_positive_int("chunk", chunk)
         if max_length is not None:
-            max_length = _check_positive_int("max_length", max_length)
-        if dim_out % heads:
-            raise ValueError(f"dim_out={dim_out} must be divisible by heads={heads} (value depth = dim_out / heads)")
-        if not (content or position):
-            raise ValueError("content=False and position=False leave nothing to compute; enable at least one")
-        if algorithm != "auto" and algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm={algorithm!r} must be 'auto' or one of {ALGORITHMS}")
+            max_length = check_positive_int("max_length", max_length)
         if norm not in NORMS:
             raise ValueError(f"norm={norm!r} must be one of {NORMS}")
-        if scope is not None and (isinstance(scope, bool) or not isinstance(scope, int) or scope < 1 or scope % 2 == 0):
-            raise ValueError(f"scope={scope!r} must be an odd positive integer, or None for global context")
         if scope is None and position and max_length is None:
             raise ValueError("scope=None (global relative position embeddings) requires max_length")
 
@@ -172,11 +162,7 @@ class LambdaLayer1d(nn.Module):
 
     def reset_parameters(self) -> None:
         """Fan-in normal initialisation of App. E.1 (queries scaled by an extra |k|^-1/2)."""
-        nq = self.splits[0]
-        with torch.no_grad():
-            w = self.qkv.weight
-            nn.init.normal_(w[:nq], std=(self.dim_k * self.dim) ** -0.5)
-            nn.init.normal_(w[nq:], std=self.dim**-0.5)
+        init_qkv_(self.qkv.weight, self.splits[0], self.dim_k, self.dim)
         for norm in (self.norm_q, self.norm_v):
             if hasattr(norm, "reset_parameters"):
                 norm.reset_parameters()
@@ -253,8 +239,8 @@ class LambdaLayer1d(nn.Module):
         v = self._normalise(self.norm_v, v)
 
         out_dtype = q.dtype
-        compute = torch.float32 if out_dtype in _LOW_PRECISION else out_dtype
-        with _autocast_off(x.device):
+        compute = compute_dtype(out_dtype)
+        with float32_island(x.device):
             q = rearrange(q.to(compute), "b n (h k) -> b h k n", h=self.heads)
             v = rearrange(v.to(compute), "b m (u v) -> b u v m", u=self.dim_u)
             logits = rearrange(k.to(compute), "b m (u k) -> b u k m", u=self.dim_u) if self.content else None
@@ -306,8 +292,8 @@ class LambdaLayer1d(nn.Module):
         q = self._normalise(self.norm_q, q)
         v = self._normalise(self.norm_v, v)
         out_dtype = q.dtype
-        compute = torch.float32 if out_dtype in _LOW_PRECISION else out_dtype
-        with _autocast_off(x.device):
+        compute = compute_dtype(out_dtype)
+        with float32_island(x.device):
             q = rearrange(q.to(compute), "b (h k) -> b h k", h=self.heads)
             v = rearrange(v.to(compute), "b (u v) -> b u v", u=self.dim_u)
             logits = rearrange(k.to(compute), "b (u k) -> b u k", u=self.dim_u) if self.content else None

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lambdanet.layers._common import LOW_PRECISION
 from lambdanet.layers.lambda_ops import apply_lambdas, relative_embeddings
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 __all__ = [
     "CausalLambdaState",
@@ -138,7 +137,7 @@ def causal_content_lambdas(logits: Tensor, v: Tensor, chunk: int = 64) -> Tensor
     if logits.shape[-1] != v.shape[-1]:
         raise ValueError(f"logits have length {logits.shape[-1]} but values have length {v.shape[-1]}")
     out_dtype = logits.dtype
-    if out_dtype in _LOW_PRECISION:
+    if out_dtype in LOW_PRECISION:
         logits, v = logits.float(), v.float()
     length = logits.shape[-1]
     tri = torch.ones(chunk, chunk, dtype=torch.bool, device=logits.device).tril()  # n >= m
@@ -187,7 +186,7 @@ def causal_content_output(q: Tensor, logits: Tensor, v: Tensor, chunk: int = 32)
     if not q.shape[-1] == logits.shape[-1] == v.shape[-1]:
         raise ValueError(f"lengths differ: q {q.shape[-1]}, logits {logits.shape[-1]}, values {v.shape[-1]}")
     out_dtype = q.dtype
-    if out_dtype in _LOW_PRECISION:
+    if out_dtype in LOW_PRECISION:
         q, logits, v = q.float(), logits.float(), v.float()
     length = logits.shape[-1]
     tri = torch.ones(chunk, chunk, dtype=torch.bool, device=logits.device).tril()  # n >= m
@@ -254,7 +253,7 @@ class CausalLambdaState:
             ValueError: beyond ``max_length`` or a kernel of the wrong side.
         """
         out_dtype = q.dtype
-        if out_dtype in _LOW_PRECISION:  # float32 accumulators, as in causal_content_lambdas
+        if out_dtype in LOW_PRECISION:  # float32 accumulators, as in causal_content_lambdas
             q, v = q.float(), v.float()
             logits = None if logits is None else logits.float()
             weight = None if weight is None else weight.float()
