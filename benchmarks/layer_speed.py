@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,32 +65,57 @@ def _lucid(dim: int, scope: int | None, size: int) -> nn.Module | None:
     return LucidLambda(dim, dim_k=16, r=scope, heads=4, dim_u=1)
 
 
+def interleaved_ms(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 2, budget_s: float = 60.0) -> dict:
+    """Median milliseconds of each closure, timed in interleaved rounds (one call of each per round), so that a
+    change in machine load during the run affects every contender alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    for r in range(reps):
+        if r >= 3 and time.perf_counter() - start > budget_s:
+            break
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1e3 for name, ts in samples.items()}
+
+
 def run_case(shape: tuple[int, ...], scope: int | None, algorithms: bool, reps: int) -> dict:
     b, c, hh, ww = shape
     x = torch.randn(shape, requires_grad=True)
     feat = (hh, ww) if scope is None else None
     ours = LambdaLayer(c, dim_k=16, heads=4, dim_u=1, scope=scope, feat_size=feat)
     row: dict = {"shape": list(shape), "scope": scope, "auto": ours.resolve_algorithm(b, (hh, ww))}
-    times: dict[str, float] = {"lambdanet": median_ms(forward_backward(ours, x), reps=reps)}
+    fns = {"lambdanet": forward_backward(ours, x)}
     memory = {"lambdanet": saved_for_backward_mib(lambda: ours(x))}
+    fns["conv3x3"] = forward_backward(nn.Conv2d(c, c, 3, padding=1, bias=False), x)
+    if scope is None:
+        attn = SelfAttention2d(c)
+        fns["attention (sdpa)"] = forward_backward(attn, x)
+        memory["attention (sdpa)"] = saved_for_backward_mib(lambda: attn(x))
+    lucid = _lucid(c, scope, hh)
+    if lucid is not None:
+        slow = scope is None and hh * ww > 1024  # seconds per call: time it on its own, fewer repetitions
+        if slow:
+            row["ms_separate"] = {"lambda-networks": median_ms(forward_backward(lucid, x), reps=3, budget_s=30)}
+        else:
+            fns["lambda-networks"] = forward_backward(lucid, x)
+        memory["lambda-networks"] = saved_for_backward_mib(lambda: lucid(x))
+    times = interleaved_ms(fns, reps)
+    times.update(row.pop("ms_separate", {}))
     if algorithms:
+        each = {}
         for name in ALGORITHMS:
             if name in ("einsum", "logits", "conv") and scope is None and hh * ww > 1024:
                 continue  # quadratic memory or minutes per call at this size
             if name == "einsum" and hh * ww > 1024:
                 continue
             layer = LambdaLayer(c, dim_k=16, heads=4, scope=scope, feat_size=feat, algorithm=name)
-            times[name] = median_ms(forward_backward(layer, x), reps=reps)
-    conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
-    times["conv3x3"] = median_ms(forward_backward(conv, x), reps=reps)
-    if scope is None:
-        attn = SelfAttention2d(c)
-        times["attention (sdpa)"] = median_ms(forward_backward(attn, x), reps=reps)
-        memory["attention (sdpa)"] = saved_for_backward_mib(lambda: attn(x))
-    lucid = _lucid(c, scope, hh)
-    if lucid is not None:
-        times["lambda-networks"] = median_ms(forward_backward(lucid, x), reps=max(3, reps // 4), budget_s=30)
-        memory["lambda-networks"] = saved_for_backward_mib(lambda: lucid(x))
+            each[name] = forward_backward(layer, x)
+        times.update(interleaved_ms(each, max(3, reps // 2), budget_s=30))
     row["ms"] = times
     row["saved_mib"] = memory
     return row
