@@ -29,3 +29,15 @@ def test_demo_runs_and_reports_exact_algorithms(capsys: pytest.CaptureFixture[st
     assert len(rows) == 2
     for row in rows:
         assert float(row.split()[-3]) < 1e-5  # max relative difference between algorithms
+
+
+def test_readme_model_table_lists_every_registered_model() -> None:
+    """The README's table is `lambdanet models --format markdown`; regenerate it when a model is added."""
+    from pathlib import Path
+
+    import lambdanet
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("<!-- models-table")[1].split("<!-- /models-table -->")[0]
+    missing = [name for name in lambdanet.list_models() if f"`{name}`" not in table]
+    assert not missing, f"README model table lacks {missing}; run `lambdanet models --format markdown`"
