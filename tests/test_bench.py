@@ -157,6 +157,27 @@ def test_layer_bench_rows_and_memory_skip() -> None:
     assert growth_exponent(rows, "lambda conv", "global", "saved_mib") is not None
 
 
+def test_layer_bench_skips_predicted_slow_cases() -> None:
+    cfg = LayerBenchConfig(
+        sides=(4, 32),
+        batch=1,
+        dim=8,
+        heads=2,
+        dim_k=4,
+        contexts=("global",),
+        contenders=("lambda conv",),
+        reps=1,
+        warmup=0,
+        max_call_s=1e-3,  # the 4x4 call takes longer than 1 ms x (64)^-2: 32x32 is predicted too slow
+        measure_peak=False,
+    )
+    result = run_layer_bench(cfg, progress=False)
+    small, large = result["rows"]
+    assert "skipped" not in small or "took" in small["skipped"]
+    assert "skipped" in large and "fwd_ms" not in large
+    assert result["notes"]
+
+
 def test_layer_bench_config_errors() -> None:
     with pytest.raises(ValueError, match="contenders"):
         LayerBenchConfig(contenders=("nope",))

@@ -248,6 +248,7 @@ def _measure(cfg: LayerBenchConfig, module: nn.Module, x: Tensor) -> dict[str, f
             forward()
 
     out = {
+        "first_call_s": first,
         "fwd_ms": median_ms(inference, reps=cfg.reps, warmup=cfg.warmup, budget_s=cfg.budget_s, device=device),
         "fwd_bwd_ms": median_ms(
             forward_backward, reps=cfg.reps, warmup=cfg.warmup, budget_s=cfg.budget_s, device=device
@@ -271,6 +272,7 @@ def run_layer_bench(cfg: LayerBenchConfig, *, progress: bool = True) -> dict[str
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     device = torch.device(cfg.device)
+    first_call: dict[tuple[str, str], tuple[int, float]] = {}  # (context, name) -> (n, seconds) of the last size
     for i, (context, name, side) in enumerate(cases, 1):
         scope = None if context == "global" else cfg.scope
         shape = LayerShape(cfg.batch, cfg.dim, side, cfg.heads, cfg.dim_k, 1, scope)
@@ -284,6 +286,17 @@ def run_layer_bench(cfg: LayerBenchConfig, *, progress: bool = True) -> dict[str
             notes.append(f"{context} {name} at {side}x{side} skipped: {row['skipped']}")
             rows.append(row)
             continue
+        if (context, name) in first_call:
+            # Extrapolate the previous size's first call quadratically in n (the worst growth here) and skip cases
+            # that would exceed the time limit: a global lambda convolution at 96x96 runs for minutes.
+            n_prev, t_prev = first_call[context, name]
+            predicted = t_prev * (side * side / n_prev) ** 2
+            if predicted > cfg.max_call_s:
+                row["skipped"] = f"predicted {predicted:.0f} s per forward+backward > max_call_s={cfg.max_call_s:g} s"
+                notes.append(f"{context} {name} at {side}x{side} skipped: {row['skipped']}")
+                first_call[context, name] = (side * side, predicted)
+                rows.append(row)
+                continue
         try:
             module = build_contender(name, cfg.dim, side, heads=cfg.heads, dim_k=cfg.dim_k, scope=scope).to(device)
             x = torch.randn(cfg.batch, cfg.dim, side, side, device=device, requires_grad=True)
@@ -294,8 +307,10 @@ def run_layer_bench(cfg: LayerBenchConfig, *, progress: bool = True) -> dict[str
                 except RuntimeError:  # 5-D weights (lambda-networks' Conv3d): only the input is channels_last
                     row["note"] = "module weights not channels_last (5-D)"
             row.update(_measure(cfg, module, x))
+            first_call[context, name] = (side * side, row["first_call_s"])
         except _TooSlowError as err:
             row["skipped"] = str(err)
+            first_call[context, name] = (side * side, math.inf)
             notes.append(f"{context} {name} at {side}x{side} skipped: {err}")
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:  # out of memory or a backend refusal
             if device.type == "cuda":

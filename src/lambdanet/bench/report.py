@@ -73,7 +73,7 @@ def format_table(
     if markdown:
         align = ["---:" if num else "---" for num in numeric]
         lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
         return "\n".join(lines)
     widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(headers)]
 

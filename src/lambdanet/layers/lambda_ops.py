@@ -80,35 +80,26 @@ def crop_kernel(weight: Tensor, spatial: Sequence[int]) -> Tensor:
     return weight[tuple(slices)]
 
 
-def _relative_index(spatial: Sequence[int], kernel: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Flat kernel index ``idx[n, m]`` of offset ``m - n`` and its validity mask (offset inside the kernel)."""
-    idx = torch.zeros((), dtype=torch.long, device=device)
-    valid = torch.ones((), dtype=torch.bool, device=device)
-    ndim = len(spatial)
-    for d, (size, side) in enumerate(zip(spatial, kernel)):
-        pos = torch.arange(size, device=device)
-        rel = pos[None, :] - pos[:, None] + side // 2  # (n_d, m_d): m_d - n_d + c_d
-        ok = (rel >= 0) & (rel < side)
-        # Place axis d's (n_d, m_d) on dims d and ndim + d of a (n_1..n_D, m_1..m_D) grid.
-        shape = [1] * (2 * ndim)
-        shape[d], shape[ndim + d] = size, size
-        idx = idx * side + rel.clamp(0, side - 1).reshape(shape)
-        valid = valid & ok.reshape(shape)
-    n = math.prod(spatial)
-    return idx.reshape(n, n), valid.reshape(n, n)
-
-
 def relative_embeddings(weight: Tensor, spatial: Sequence[int]) -> Tensor:
     """Materialise ``E`` (k, u, n, m) from a relative kernel: ``E[:, :, n, m] = weight[..., m - n + c]`` or 0.
 
     This is the paper's "global einsum with the embeddings masked outside the local scope". Its memory is
-    Θ(k u n m), independent of the batch size.
+    Θ(k u n m), independent of the batch size. Built without index tensors: the kernel is zero-padded to every
+    offset the map holds, then each axis is skewed (:func:`_skew_last`), so the backward pass is plain copies.
     """
-    weight = crop_kernel(weight, spatial)
-    k, u = weight.shape[:2]
-    idx, valid = _relative_index(spatial, weight.shape[2:], weight.device)
-    flat = weight.reshape(k, u, -1)
-    return flat[:, :, idx] * valid.to(weight.dtype)  # k u n m
+    x = _full_kernel(weight, spatial)
+    k, u = x.shape[:2]
+    ndim = len(spatial)
+    labels = ["k", "u", *[f"t{d}" for d in range(ndim)]]
+    for d, size in enumerate(spatial):
+        i = labels.index(f"t{d}")
+        order = [*[j for j in range(len(labels)) if j != i], i]
+        x = x.permute(order)
+        labels = [*[labels[j] for j in order][:-1], f"n{d}", f"m{d}"]
+        x = _skew_last(x.unsqueeze(-2).expand(*x.shape[:-1], size, x.shape[-1]).contiguous(), size)
+    final = ["k", "u", *[f"n{d}" for d in range(ndim)], *[f"m{d}" for d in range(ndim)]]
+    n = math.prod(spatial)
+    return x.permute([labels.index(name) for name in final]).reshape(k, u, n, n)  # k u n m
 
 
 def fft_size(size: int, half_kernel: int) -> int:
