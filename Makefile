@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-all lint bench clean
+.PHONY: setup train test test-all lint bench bench-suite clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## layer speed against lambda-networks and a 3x3 convolution (docs/benchmarks.md)
 	$(BIN)/python benchmarks/layer_speed.py
+
+bench-suite: $(STAMP)  ## lambdanet bench layer / model / memory (docs/benchmarks.md)
+	$(BIN)/lambdanet bench layer --config configs/bench/layer_cpu.yaml
+	$(BIN)/lambdanet bench model --config configs/bench/model_cpu.yaml
+	$(BIN)/lambdanet bench memory --peak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -41,7 +41,8 @@ CASES = [
 
 
 class SelfAttention2d(nn.Module):
-    """Multi-head self-attention over all positions, same width, through scaled_dot_product_attention."""
+    """Multi-head self-attention over all positions, same width, through scaled_dot_product_attention (its
+    memory-efficient/flash kernel on CPU; ``lambdanet bench layer`` also times attention with materialised maps)."""
 
     def __init__(self, dim: int, heads: int = 4) -> None:
         super().__init__()
@@ -50,7 +51,10 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hh, ww = x.shape
-        q, k, v = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, hh * ww).transpose(-1, -2).unbind(1)
+        qkv = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, hh * ww).transpose(-1, -2)
+        # Contiguous (b, h, n, d) inputs: with a strided last axis SDPA silently falls back to its math kernel,
+        # which stores the whole attention map.
+        q, k, v = qkv.contiguous().unbind(1)
         y = F.scaled_dot_product_attention(q, k, v)  # b h n d
         return y.transpose(-1, -2).reshape(b, c, hh, ww)
 
