@@ -267,7 +267,7 @@ def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int], construct
 
 def _block_size(half: int) -> int:
     """Query block side for the blocked algorithm: about the scope's radius (measured in docs/algorithms.md)."""
-    return max(2, min(4, half))
+    return max(2, min(4, half + 1))
 
 
 def _blocked_position_output(q: Tensor, v: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
