@@ -170,6 +170,11 @@ class LambdaLayer1d(nn.Module):
             self.pos.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------- helpers
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries and values (normalised) and key logits from the fused projection; channels last."""
+        q, k, v = torch.split(self.qkv(x), list(self.splits), dim=-1)
+        return self._normalise(self.norm_q, q), k, self._normalise(self.norm_v, v)
+
     def _normalise(self, norm: nn.Module, x: Tensor) -> Tensor:
         """Apply a query/value norm to (b, n, c) or (b, c) tensors."""
         if isinstance(norm, nn.BatchNorm1d) and x.dim() == 3:
@@ -233,10 +238,7 @@ class LambdaLayer1d(nn.Module):
                 )
             if self.causal:
                 mask = mask & torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
-        nq, nk, nv = self.splits
-        q, k, v = torch.split(self.qkv(x), [nq, nk, nv], dim=-1)
-        q = self._normalise(self.norm_q, q)
-        v = self._normalise(self.norm_v, v)
+        q, k, v = self._project(x)
 
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)
@@ -287,10 +289,7 @@ class LambdaLayer1d(nn.Module):
             raise ValueError(f"step takes one position (batch, dim={self.dim}), got shape {tuple(x.shape)}")
         if self.norm == "batch" and self.training:
             raise ValueError("step with norm='batch' needs eval mode (training-mode batch statistics span positions)")
-        nq, nk, nv = self.splits
-        q, k, v = torch.split(self.qkv(x), [nq, nk, nv], dim=-1)
-        q = self._normalise(self.norm_q, q)
-        v = self._normalise(self.norm_v, v)
+        q, k, v = self._project(x)
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)
         with float32_island(x.device):
