@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lambdanet.layers import ALGORITHMS
-from lambdanet.layers.lambda_ops import _block_size, fft_size
+from lambdanet.layers.blocked import block_size
+from lambdanet.layers.lambda_ops import fft_size
 
 __all__ = [
     "CHECK_SHAPES",
@@ -150,7 +151,6 @@ def _lambda_common(s: LayerShape) -> dict[str, int]:
         "input x (b d n)": b * d * n,
         "q, k, v projections (b (hk+uk+uv) n)": b * qkv * n,
         "normalised q, softmax keys, normalised v": b * qkv * n,
-        "output (b d n)": b * d * n,
     }
 
 
@@ -197,12 +197,15 @@ def layer_saved_bytes(kind: str, s: LayerShape, *, bytes_per_float: int = 4) -> 
                 floats["embeddings E, permuted copy (k u n m)"] = k * u * n * m
                 other["relative index (n m int64 + bool mask)"] = 9 * n * m
         elif algorithm == "blocked":
-            block = _block_size(side // 2)
-            halo = block + 2 * (side // 2)
-            blocks = (-(-s.side // block)) ** 2
-            floats["block logits (b h n' u L^2)"] = b * h * blocks * block**2 * u * halo**2
-            floats["value halos (b nb u L^2 v)"] = b * blocks * u * halo**2 * v
-            floats["block embedding table (B^2 k u L^2)"] = block**2 * k * u * halo**2
+            # Logits and halos are recomputed chunk by chunk in backward: only zero-padded copies of the normalised
+            # queries (when the map is not whole blocks) and values are kept beyond the common terms.
+            block = block_size(side // 2)
+            blocks = -(-s.side // block)
+            if blocks * block != s.side:
+                extra = (blocks * block) ** 2 - n
+                floats["queries padded to whole blocks, extra (b h k ((n' B)^2 - n))"] = b * h * k * extra
+            padded = (blocks * block + 2 * (side // 2)) ** 2
+            floats["values padded by the scope, extra (b u v (P^2 - n))"] = b * u * v * (padded - n)
         elif algorithm == "conv":
             floats["position lambdas (b k v n)"] = b * k * v * n
         elif algorithm == "fft":

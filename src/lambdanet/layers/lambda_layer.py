@@ -13,39 +13,14 @@ import math
 from collections.abc import Sequence
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from lambdanet.layers._common import check_lambda_args, compute_dtype, float32_island, init_qkv_
 from lambdanet.layers.algorithms import choose_algorithm
-from lambdanet.layers.lambda_ops import content_lambda, crop_kernel, position_output
+from lambdanet.layers.lambda_ops import content_lambda, contiguous_grad, crop_kernel, lambda_output
 from lambdanet.layers.position import RelativePositionEmbedding
 
 __all__ = ["LambdaLayer"]
-
-
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward hands on a contiguous gradient.
-
-    Works around a PyTorch CPU bug (seen in 2.13): ``BatchNorm2d`` backward returns a wrong input gradient when the
-    incoming gradient has channels-last strides, the input is contiguous and the batch has one sample. The einsum
-    paths produce such gradients for the values; ``tests/test_layer.py::test_batchnorm_gradient_workaround`` pins
-    both the bug and the workaround.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        return grad.contiguous()
-
-
-def _contiguous_grad(x: Tensor) -> Tensor:
-    if not x.requires_grad or torch.compiler.is_compiling() or torch.jit.is_scripting():
-        return x
-    return _ContiguousGrad.apply(x)
 
 
 class LambdaLayer(nn.Module):
@@ -192,28 +167,39 @@ class LambdaLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         b, _, hh, ww = x.shape
-        nq, nk, nv = self.splits
-        q, k, v = torch.split(self.qkv(x), [nq, nk, nv], dim=1)
-        q = _contiguous_grad(self.norm_q(q))
-        v = _contiguous_grad(self.norm_v(v))
+        n, heads, dim_k, dim_u, dim_v = hh * ww, self.heads, self.dim_k, self.dim_u, self.dim_v
+        # Channels-last inside: every later step works on rows of (b, hh, ww) positions, and on CPU the 1x1
+        # projection's backward is several times faster in that layout (docs/benchmarks.md).
+        qkv = self.qkv(x.contiguous(memory_format=torch.channels_last))
+        q, k, v = torch.split(qkv, self.splits, dim=1)
+        q = contiguous_grad(self.norm_q(q.contiguous(memory_format=torch.channels_last)), torch.channels_last)
+        v = contiguous_grad(self.norm_v(v.contiguous(memory_format=torch.channels_last)), torch.channels_last)
 
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)
+        keep_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         with float32_island(x.device):
-            q = rearrange(q.to(compute), "b (h k) hh ww -> b h k (hh ww)", h=self.heads)
-            v = rearrange(v.to(compute), "b (u v) hh ww -> b u v (hh ww)", u=self.dim_u)
-            y = None
+            q = q.to(compute).permute(0, 2, 3, 1).reshape(b, hh, ww, heads, dim_k)
+            v = v.to(compute).permute(0, 2, 3, 1).reshape(b, hh, ww, dim_u, dim_v)
+            lam_c = weight = bias = None
             if self.content:
-                k = rearrange(k.to(compute), "b (u k) hh ww -> b u k (hh ww)", u=self.dim_u).softmax(dim=-1)
-                y = torch.einsum("bhkn,bkv->bhvn", q, content_lambda(k, v))  # one lambda for all n
+                keys = k.to(compute).permute(0, 2, 3, 1).reshape(b, n, dim_u, dim_k).softmax(dim=1)
+                lam_c = content_lambda(keys.permute(0, 2, 3, 1), v.reshape(b, n, dim_u, dim_v).permute(0, 2, 3, 1))
             if self.pos is not None:
                 weight, bias = self.pos()
-                algorithm = self.resolve_algorithm(b, (hh, ww))
-                bias = None if bias is None else bias.to(compute)
-                y_p = position_output(q, v, weight.to(compute), (hh, ww), algorithm, bias=bias)
-                y = y_p if y is None else y + y_p
-            y = rearrange(y, "b h v (hh ww) -> b (h v) hh ww", hh=hh)
-        return self.pool(y.to(out_dtype))
+                weight, bias = weight.to(compute), None if bias is None else bias.to(compute)
+            y = lambda_output(
+                q,
+                v,
+                lam_c,
+                weight,
+                (hh, ww),
+                self.resolve_algorithm(b, (hh, ww)),
+                bias=bias,
+                memory_format=torch.channels_last if keep_channels_last else torch.contiguous_format,
+            )
+        y = y.to(out_dtype)
+        return self.pool(y)
 
     # ----------------------------------------------------------------------------------------------- accounting
     def macs(self, hh: int, ww: int) -> dict[str, int]:

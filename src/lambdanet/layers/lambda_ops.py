@@ -34,11 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lambdanet.layers.blocked import blocked_output
+
 __all__ = [
     "ALGORITHMS",
     "content_lambda",
+    "contiguous_grad",
     "crop_kernel",
     "fft_size",
+    "lambda_output",
     "position_lambdas",
     "position_output",
     "relative_embeddings",
@@ -146,6 +150,32 @@ def _lambda_p_fft(v: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
     out = torch.fft.irfftn(prod.unflatten(3, (*sizes[:-1], sizes[-1] // 2 + 1)), s=sizes, dim=dims)
     out = out[(..., *[slice(0, s) for s in spatial])]  # b k v *spatial
     return out.reshape(b, k, dv, -1)  # b k v n
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a gradient contiguous in a given memory format.
+
+    Works around a PyTorch CPU bug (seen in 2.13): ``BatchNorm2d`` backward returns a wrong input gradient when the
+    incoming gradient's strides do not match the input's memory format (e.g. a channels-last gradient for a
+    contiguous input and a batch of one). Some algorithms hand back gradients with arbitrary strides;
+    ``tests/test_layer.py::test_batchnorm_gradient_workaround`` pins both the bug and the workaround.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, memory_format: torch.memory_format) -> Tensor:  # type: ignore[override]
+        ctx.memory_format = memory_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad.contiguous(memory_format=ctx.memory_format), None
+
+
+def contiguous_grad(x: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """``x`` unchanged; its gradient is made contiguous in ``memory_format`` on the way back."""
+    if not x.requires_grad or torch.compiler.is_compiling() or torch.jit.is_scripting():
+        return x
+    return _ContiguousGrad.apply(x, memory_format)
 
 
 class _ApplyLambdas(torch.autograd.Function):
@@ -265,81 +295,6 @@ def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int], construct
     return x.reshape(b, h, n, u, n)  # b h n u m
 
 
-def _block_size(half: int) -> int:
-    """Query block side for the blocked algorithm: about the scope's radius (measured in docs/algorithms.md)."""
-    return max(2, min(4, half + 1))
-
-
-def _blocked_position_output(q: Tensor, v: Tensor, weight: Tensor, spatial: Sequence[int]) -> Tensor:
-    """Local position output computed block by block (the lambda analogue of blocked local attention).
-
-    Queries are cut into blocks of side B; a block's context is its halo of side L = B + 2c. Within a block, the
-    relative embeddings are one fixed (B^D, L^D) table, shared by every block and every sample, so the position
-    logits of all blocks come from one batched matmul and their application from another. Values outside the map
-    are zero padding, which is exact.
-    """
-    weight = crop_kernel(weight, spatial)
-    k, u = weight.shape[:2]
-    b, h, _, n = q.shape
-    dv = v.shape[2]
-    ndim = len(spatial)
-    kernel = weight.shape[2:]
-    half = [s // 2 for s in kernel]
-    blocks = [_block_size(c) for c in half]
-    counts = [-(-s // bs) for s, bs in zip(spatial, blocks)]  # blocks per axis
-    halos = [bs + 2 * c for bs, c in zip(blocks, half)]
-    nb, p, ell = math.prod(counts), math.prod(blocks), math.prod(halos)
-
-    # Table (B.., u, L..) -> (p, k, u * L^D): E[k, u, i, a] = weight[k, u, a - i] when 0 <= a - i < K, per axis.
-    table = weight.new_zeros(k, u, *blocks, *halos)
-    for idx in _block_offsets(blocks):
-        dst = (slice(None), slice(None), *idx, *[slice(i, i + ks) for i, ks in zip(idx, kernel)])
-        table[dst] = weight
-    table = table.reshape(k, u, p, ell).permute(2, 0, 1, 3).reshape(p, k, u * ell)
-
-    # Queries: (b, h, k, S..) -> pad to whole blocks -> (p, b nb h, k).
-    qs = q.reshape(b, h, k, *spatial)
-    grid = zip(reversed(spatial), reversed(blocks), reversed(counts))
-    qs = F.pad(qs, [x for s, bs, c in grid for x in (0, bs * c - s)])
-    shape = [b, h, k]
-    for c, bs in zip(counts, blocks):
-        shape += [c, bs]
-    qs = qs.reshape(shape)
-    nb_dims = [3 + 2 * d for d in range(ndim)]
-    in_dims = [4 + 2 * d for d in range(ndim)]
-    qs = qs.permute(*in_dims, 0, *nb_dims, 1, 2).reshape(p, b * nb * h, k)
-
-    logits = torch.bmm(qs, table)  # p (b nb h) (u L..)
-    logits = logits.reshape(p, b * nb, h, u * ell).permute(1, 2, 0, 3).reshape(b * nb, h * p, u * ell)
-
-    # Values: (b, u, v, S..) -> zero pad by c (and to whole blocks) -> halos (b nb, u L.., v).
-    vs = v.reshape(b, u, dv, *spatial)
-    pads: list[int] = []
-    for s, bs, cnt, c in zip(reversed(spatial), reversed(blocks), reversed(counts), reversed(half)):
-        pads += [c, c + bs * cnt - s]
-    vs = F.pad(vs, pads)
-    for d, (bs, hl) in enumerate(zip(blocks, halos)):
-        vs = vs.unfold(3 + d, hl, bs)  # b u v nb.. L..
-    vs = vs.permute(0, *[3 + d for d in range(ndim)], 1, *[3 + ndim + d for d in range(ndim)], 2)
-    vs = vs.reshape(b * nb, u * ell, dv)
-
-    y = torch.bmm(logits, vs)  # (b nb) (h p) v
-    y = y.reshape(b, *counts, h, *blocks, dv)
-    order = [1 + ndim, 2 + 2 * ndim]
-    for d in range(ndim):
-        order += [1 + d, 2 + ndim + d]
-    y = y.permute(0, *order).reshape(b, h, dv, *[c * bs for c, bs in zip(counts, blocks)])
-    y = y[(..., *[slice(0, s) for s in spatial])]
-    return y.reshape(b, h, dv, n)
-
-
-def _block_offsets(blocks: Sequence[int]) -> list[tuple[int, ...]]:
-    grid: list[tuple[int, ...]] = [()]
-    for bs in blocks:
-        grid = [(*g, i) for g in grid for i in range(bs)]
-    return grid
-
-
 def position_output(
     q: Tensor,
     v: Tensor,
@@ -347,33 +302,101 @@ def position_output(
     spatial: Sequence[int],
     algorithm: str,
     bias: Tensor | None = None,
+    *,
+    channels_last: bool = False,
 ) -> Tensor:
     """Position output ``y_p[n] = lambda_p[n]^T q_n`` for every query position.
 
     Args:
-        q: (b, h, k, n) queries.
-        v: (b, u, v, m) values, with m = n = prod(spatial).
+        q: (b, h, k, n) queries, or (b, S.., h, k) with ``channels_last``.
+        v: (b, u, v, m) values, with m = n = prod(spatial), or (b, S.., u, v) with ``channels_last``.
         weight: (k, u, *kernel) relative position kernel.
         spatial: the map's size, e.g. (H, W).
         algorithm: one of :data:`ALGORITHMS`.
         bias: optional (k,) constant added to every position lambda entry (compatibility with biased Conv3d
             implementations; not in the paper).
+        channels_last: positions first, channels last, for inputs and output (the 2-D layer's layout).
 
     Returns:
-        (b, h, v, n) output.
+        (b, h, v, n) output, or (b, S.., h, v) with ``channels_last``.
     """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
+    b, n = q.shape[0], math.prod(spatial)
+    if algorithm == "blocked":  # works in the channels-last layout
+        if not channels_last:
+            q = q.permute(0, 3, 1, 2).reshape(b, *spatial, *q.shape[1:3])
+            v = v.permute(0, 3, 1, 2).reshape(b, *spatial, *v.shape[1:3])
+        y = blocked_output(q, v, crop_kernel(weight, spatial))  # b S.. h v
+        if bias is not None:
+            y = y + (q @ bias)[..., None]
+        if not channels_last:
+            y = y.reshape(b, n, *y.shape[-2:]).permute(0, 2, 3, 1)
+        return y
+    if channels_last:  # the other algorithms work in the (b, h, k, n) layout
+        q = q.reshape(b, n, *q.shape[-2:]).permute(0, 2, 3, 1)
+        v = v.reshape(b, n, *v.shape[-2:]).permute(0, 2, 3, 1)
     if algorithm == "logits":
         logits = position_logits(q, weight, spatial)  # b h n u m
-        b, h, n, u, m = logits.shape
+        _, h, _, u, m = logits.shape
         # (b, h n, u m) @ (b, u m, v): one large matrix product per sample.
         y = torch.matmul(logits.reshape(b, h * n, u * m), v.transpose(2, 3).reshape(b, u * m, -1))  # b (h n) v
         y = y.reshape(b, h, n, -1).transpose(2, 3)
-    elif algorithm == "blocked":
-        y = _blocked_position_output(q, v, weight, spatial)
-    elif algorithm in ("einsum", "conv", "fft"):
-        y = apply_lambdas(q, position_lambdas(v, weight, spatial, algorithm))
     else:
-        raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
+        y = apply_lambdas(q, position_lambdas(v, weight, spatial, algorithm))
     if bias is not None:
         y = y + torch.einsum("bhkn,k->bhn", q, bias)[:, :, None]
+    if channels_last:
+        y = y.permute(0, 3, 1, 2).reshape(b, *spatial, y.shape[1], y.shape[2])
     return y
+
+
+def lambda_output(
+    q: Tensor,
+    v: Tensor,
+    lam_c: Tensor | None,
+    weight: Tensor | None,
+    spatial: Sequence[int],
+    algorithm: str,
+    *,
+    bias: Tensor | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Tensor:
+    """The lambda layer's output ``y_n = (lambda_c + lambda_p[n])^T q_n`` as a (b, h v, S..) map.
+
+    Args:
+        q: (b, S.., h, k) queries, positions first (any strides).
+        v: (b, S.., u, v) values, positions first (any strides).
+        lam_c: (b, k, v) content lambda, or None (position-only layer).
+        weight: (k, u, *kernel) relative position kernel, or None (content-only layer).
+        spatial: the map's size.
+        algorithm: position algorithm, one of :data:`ALGORITHMS`.
+        bias: optional (k,) compatibility bias of the position lambdas (see :func:`position_output`).
+        memory_format: memory format of the returned map (``torch.channels_last`` for 2-D positions-first memory).
+
+    Returns:
+        (b, h v, S..) output map, channels ordered (head, value).
+    """
+    b, h, k, dv = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
+    n = math.prod(spatial)
+    if weight is not None and algorithm == "blocked":  # content fused into the blocked pass
+        y = blocked_output(q, v, crop_kernel(weight, spatial), lam_c)
+        if bias is not None:
+            y = y + (q @ bias)[..., None]
+    elif lam_c is None or torch.compiler.is_compiling() or torch.jit.is_scripting():
+        # Traced graphs avoid splitting (n h) back into positions: shape guards on symbolic sizes.
+        y = None if weight is None else position_output(q, v, weight, spatial, algorithm, bias=bias, channels_last=True)
+        if lam_c is not None:
+            y_c = torch.einsum("bnhk,bkv->bnhv", q.reshape(b, n, h, k), lam_c)
+            y = y_c if y is None else y.reshape(b, n, h, dv) + y_c
+        if y is None:
+            raise ValueError("lambda_output needs a content lambda, a position kernel or both")
+    else:  # one matrix product applies the content lambda and adds the position output
+        queries = q.reshape(b, n * h, k)
+        if weight is None:
+            y = torch.bmm(queries, lam_c)
+        else:
+            y_p = position_output(q, v, weight, spatial, algorithm, bias=bias, channels_last=True)
+            y = torch.baddbmm(y_p.reshape(b, n * h, dv), queries, lam_c)
+    y = y.reshape(b, n, h * dv).transpose(1, 2).reshape(b, h * dv, *spatial)
+    return y.contiguous(memory_format=memory_format)

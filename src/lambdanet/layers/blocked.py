@@ -1,0 +1,280 @@
+"""The ``blocked`` algorithm for local position lambdas: per-block position logits applied to halos of values.
+
+Axis legend: b batch | h heads | k query/key depth | u intra-depth | v value depth | S.. spatial axes
+             n.. blocks per axis | B.. block side | L.. halo side (B + 2c, c = kernel // 2) | K.. kernel side
+             p = prod(B) query positions per block | l = prod(L) halo positions | t = prod(K) kernel offsets
+
+Shape: q (b, S.., h, k), v (b, S.., u, v), weight (k, u, K..) -> y (b, S.., h, v)
+
+Queries are cut into blocks of side B; a block's context is its halo of side L. Inside a block the relative
+embeddings form one fixed (p, l) pattern, so the position output of a block is one matrix product
+``y_block (h p, v) = Z (h p, u l) @ halo (u l, v)`` where row (h, i) of Z holds the query's logits
+``q_i . E[t]`` at the halo offsets ``i + t`` and zeros elsewhere. Values outside the map are zero padding, which is
+exact. Per query this costs ``h (k + v) u l / p``-ish multiply-adds instead of the ``h (k + v) u t`` of an explicit
+sum: about twice the work for the blocks chosen here, traded for dense matrix products.
+
+Two implementations compute the same numbers:
+
+- :func:`blocked_output` (eager): a custom autograd function that walks the batch in cache-sized chunks with
+  preallocated work buffers. The logits are one shared-weight product ``q @ E`` (t per query, no zeros) scattered
+  into Z through a strided view; nothing quadratic is saved for backward (the logits are recomputed chunk by chunk),
+  and the backward pass accumulates halo gradients back onto the map without ``unfold``'s backward.
+- :func:`blocked_output_ops` (traced): the same computation in plain differentiable tensor operations, for
+  ``torch.compile`` and ``torch.export``, which do not trace the in-place chunk loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["block_size", "blocked_output", "blocked_output_ops"]
+
+#: Work-buffer size per chunk (elements of Z) on CPU: about 2 MiB of float32 keeps a chunk in a core's L2 cache.
+CHUNK_ELEMENTS = 1 << 19
+
+
+def block_size(half: int) -> int:
+    """Query block side for a kernel radius ``half``: about the radius (measured in docs/algorithms.md)."""
+    return max(2, min(4, half + 1))
+
+
+class _Geometry:
+    """Blocks, halos and the strided views that move data between map, block and halo layouts."""
+
+    def __init__(self, spatial: Sequence[int], kernel: Sequence[int], q: Tensor, v: Tensor) -> None:
+        self.d = len(spatial)
+        self.spatial, self.kernel = tuple(spatial), tuple(kernel)
+        self.half = tuple(side // 2 for side in kernel)
+        self.blocks = tuple(block_size(c) for c in self.half)
+        self.counts = tuple(-(-s // bs) for s, bs in zip(spatial, self.blocks))
+        self.halos = tuple(bs + 2 * c for bs, c in zip(self.blocks, self.half))
+        self.nb, self.p, self.ell = (math.prod(x) for x in (self.counts, self.blocks, self.halos))
+        self.b, self.h, self.k = q.shape[0], q.shape[-2], q.shape[-1]
+        self.u, self.dv = v.shape[-2], v.shape[-1]
+        self.padded = any(c * bs != s for s, bs, c in zip(spatial, self.blocks, self.counts))
+        per_sample = self.nb * self.h * self.p * self.ell * self.u
+        self.chunk = self.b if q.device.type != "cpu" else max(1, min(self.b, CHUNK_ELEMENTS // per_sample))
+        # (b, n1, B1, n2, B2, .., h, c) -> (b, n.., h, B.., c)
+        d = self.d
+        self.block_order = [0, *[1 + 2 * i for i in range(d)], 1 + 2 * d, *[2 + 2 * i for i in range(d)], 2 + 2 * d]
+
+    def pad_to_blocks(self, x: Tensor) -> Tensor:
+        """(b, S.., h, c) -> (b, nB.., h, c), zeros after the map."""
+        if not self.padded:
+            return x
+        pads = [0, 0, 0, 0]
+        for s, bs, c in zip(reversed(self.spatial), reversed(self.blocks), reversed(self.counts)):
+            pads += [0, bs * c - s]
+        return F.pad(x, pads)
+
+    def crop(self, x: Tensor) -> Tensor:
+        return x[(slice(None), *[slice(0, s) for s in self.spatial])] if self.padded else x
+
+    def block_view(self, x: Tensor) -> Tensor:
+        """(cb, nB.., h, c) -> view (cb, n.., h, B.., c)."""
+        split = [x for c, bs in zip(self.counts, self.blocks) for x in (c, bs)]
+        return x.reshape(x.shape[0], *split, x.shape[-2], x.shape[-1]).permute(self.block_order)
+
+    def halo_view(self, vp: Tensor) -> Tensor:
+        """(cb, P.., c) padded map -> overlapping view (cb, n.., L.., c) of every block's halo."""
+        st = vp.stride()
+        size = (vp.shape[0], *self.counts, *self.halos, vp.shape[-1])
+        stride = (st[0], *[bs * st[1 + i] for i, bs in enumerate(self.blocks)], *st[1 : 1 + self.d], st[-1])
+        return vp.as_strided(size, stride, vp.storage_offset())
+
+    @property
+    def _halo_strides(self) -> list[int]:
+        """Strides of the halo axes in the flattened (L.., u) columns of Z."""
+        return [math.prod(self.halos[i + 1 :]) * self.u for i in range(self.d)]
+
+    @property
+    def span(self) -> int:
+        """Length of the run of Z columns from a query's first in-scope entry to its last (same for every query)."""
+        return sum((ks - 1) * st for ks, st in zip(self.kernel, self._halo_strides)) + self.u
+
+    def span_view(self, z: Tensor, rows: int) -> Tensor:
+        """Each Z row's run of ``span`` columns starting at its query's offset: (rows, h, B.., span).
+
+        Query i of a block has its kernel at halo offsets i + t, so its in-scope entries lie in one run of columns
+        starting at ``sum_d i_d * stride_d``; the rest of the run holds out-of-scope (zero) entries.
+        """
+        lstr = self._halo_strides
+        pstr = [math.prod(self.blocks[i + 1 :]) * self.ell * self.u for i in range(self.d)]
+        row = self.p * self.ell * self.u
+        size = (rows, self.h, *self.blocks, self.span)
+        stride = (self.h * row, row, *[a + c for a, c in zip(pstr, lstr)], 1)
+        return z.as_strided(size, stride, z.storage_offset())
+
+    def span_embedding(self, weight: Tensor) -> Tensor:
+        """(k, u, K..) kernel -> (k, span): entry ``sum_d t_d stride_d + u`` holds weight[:, u, t..], zeros between."""
+        emb = weight.new_zeros(self.k, self.span)
+        emb.as_strided((self.k, *self.kernel, self.u), (self.span, *self._halo_strides, 1)).copy_(
+            weight.permute(0, *range(2, 2 + self.d), 1)
+        )
+        return emb
+
+    def span_to_kernel(self, emb: Tensor) -> Tensor:
+        """Inverse of :meth:`span_embedding` (reads the in-scope entries; used for the gradient)."""
+        view = emb.as_strided((self.k, *self.kernel, self.u), (self.span, *self._halo_strides, 1))
+        return view.permute(0, 1 + self.d, *range(1, 1 + self.d))
+
+    def halo_index(self, samples: int, device: torch.device) -> Tensor:
+        """Flat position in ``samples`` padded maps (b, P.., c) of every halo entry (b, n.., L..), for index_add."""
+        sides = [cnt * bs + 2 * c for cnt, bs, c in zip(self.counts, self.blocks, self.half)]
+        index = torch.arange(samples, device=device).view(-1, *[1] * (2 * self.d)) * math.prod(sides)
+        for i, (cnt, bs, hl) in enumerate(zip(self.counts, self.blocks, self.halos)):
+            shape = [1] * (1 + 2 * self.d)
+            shape[1 + i], shape[1 + self.d + i] = cnt, hl
+            coord = torch.arange(cnt, device=device).view(-1, 1) * bs + torch.arange(hl, device=device)
+            index = index + coord.view(shape) * math.prod(sides[i + 1 :])
+        return index.reshape(-1)
+
+    def padded_values(self, v: Tensor) -> Tensor:
+        """(b, S.., u, v) -> (b, P.., u v) with c zeros before and c (+ block rounding) after every axis."""
+        pads = [0, 0, 0, 0]
+        for s, bs, cnt, c in reversed(list(zip(self.spatial, self.blocks, self.counts, self.half))):
+            pads += [c, c + bs * cnt - s]
+        sides = [cnt * bs + 2 * c for cnt, bs, c in zip(self.counts, self.blocks, self.half)]
+        return F.pad(v, pads).reshape(v.shape[0], *sides, self.u * self.dv)
+
+
+class _Workspace:
+    """Per-call buffers for one chunk, allocated once and reused (fresh large allocations cost page faults)."""
+
+    def __init__(self, g: _Geometry, like: Tensor, backward: bool) -> None:
+        rows = g.chunk * g.nb
+        hp = g.h * g.p
+        self.z = like.new_zeros(rows, hp, g.ell * g.u)  # zeros outside the scope stay zero for every chunk
+        self.q = like.new_empty(rows * hp, g.k)
+        self.rel = like.new_empty(rows * hp, g.span)
+        self.halo = like.new_empty(rows, g.ell * g.u, g.dv)
+        self.y = like.new_empty(rows, hp, g.dv)
+        if backward:
+            self.gz = like.new_empty(rows, hp, g.ell * g.u)
+            self.grel = like.new_empty(rows * hp, g.span)
+            self.gq = like.new_empty(rows * hp, g.k)
+            self.ghalo = like.new_empty(rows, g.ell * g.u, g.dv)
+
+
+def _load_chunk(g: _Geometry, ws: _Workspace, qp: Tensor, vp: Tensor, emb: Tensor, s: int, e: int) -> int:
+    """Queries, logits (scattered into Z) and halos of samples s:e into the workspace; returns the block rows."""
+    rows = (e - s) * g.nb
+    hp = g.h * g.p
+    ws.q[: rows * hp].view(e - s, *g.counts, g.h, *g.blocks, g.k).copy_(g.block_view(qp[s:e]))
+    torch.mm(ws.q[: rows * hp], emb, out=ws.rel[: rows * hp])
+    g.span_view(ws.z, rows).copy_(ws.rel[: rows * hp].view(rows, g.h, *g.blocks, g.span))
+    ws.halo[:rows].view(e - s, *g.counts, *g.halos, g.u * g.dv).copy_(g.halo_view(vp[s:e]))
+    return rows
+
+
+class _BlockedLocal(torch.autograd.Function):
+    """``y = q^T (lambda_c + lambda_p)`` chunk by chunk (see the module docstring); ``lam_c`` may be None."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None) -> Tensor:  # type: ignore[override]
+        d = q.dim() - 3
+        g = _Geometry(q.shape[1 : 1 + d], weight.shape[2:], q, v)
+        qp, vp = g.pad_to_blocks(q), g.padded_values(v)
+        emb = g.span_embedding(weight)  # k span
+        ws = _Workspace(g, q, backward=False)
+        y = q.new_empty(g.b, *[c * bs for c, bs in zip(g.counts, g.blocks)], g.h, g.dv)
+        for s in range(0, g.b, g.chunk):
+            e = min(g.b, s + g.chunk)
+            rows = _load_chunk(g, ws, qp, vp, emb, s, e)
+            torch.bmm(ws.z[:rows], ws.halo[:rows], out=ws.y[:rows])
+            if lam_c is not None:  # the content lambda is shared by every position of a sample
+                rows_q = ws.q[: rows * g.h * g.p].view(e - s, -1, g.k)
+                ws.y[:rows].view(e - s, -1, g.dv).baddbmm_(rows_q, lam_c[s:e])
+            g.block_view(y[s:e]).copy_(ws.y[:rows].view(e - s, *g.counts, g.h, *g.blocks, g.dv))
+        ctx.save_for_backward(qp, vp, emb, lam_c)
+        ctx.geometry = g
+        return g.crop(y)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:  # type: ignore[override]
+        qp, vp, emb, lam_c = ctx.saved_tensors
+        g: _Geometry = ctx.geometry
+        hp = g.h * g.p
+        gp = g.pad_to_blocks(grad)
+        ws = _Workspace(g, qp, backward=True)
+        grad_q = qp.new_empty(qp.shape)
+        grad_emb = torch.zeros_like(emb)
+        grad_lam = None if lam_c is None else torch.empty_like(lam_c)
+        # Halo gradients are added back onto the padded map with one index_add per chunk.
+        grad_vp = vp.new_zeros(vp.shape)
+        index = g.halo_index(g.chunk, vp.device)
+        for s in range(0, g.b, g.chunk):
+            e = min(g.b, s + g.chunk)
+            rows = _load_chunk(g, ws, qp, vp, emb, s, e)
+            gy = ws.y[:rows]
+            gy.view(e - s, *g.counts, g.h, *g.blocks, g.dv).copy_(g.block_view(gp[s:e]))
+            torch.bmm(gy, ws.halo[:rows].transpose(1, 2), out=ws.gz[:rows])
+            torch.bmm(ws.z[:rows].transpose(1, 2), gy, out=ws.ghalo[:rows])
+            grel = ws.grel[: rows * hp]
+            grel.view(rows, g.h, *g.blocks, g.span).copy_(g.span_view(ws.gz, rows))
+            torch.mm(grel, emb.t(), out=ws.gq[: rows * hp])
+            grad_emb.addmm_(ws.q[: rows * hp].t(), grel)
+            if lam_c is not None:
+                rows_q, rows_gy = ws.q[: rows * hp].view(e - s, -1, g.k), gy.view(e - s, -1, g.dv)
+                ws.gq[: rows * hp].view(e - s, -1, g.k).baddbmm_(rows_gy, lam_c[s:e].transpose(1, 2))
+                torch.bmm(rows_q.transpose(1, 2), rows_gy, out=grad_lam[s:e])
+            g.block_view(grad_q[s:e]).copy_(ws.gq[: rows * hp].view(e - s, *g.counts, g.h, *g.blocks, g.k))
+            ghalo = ws.ghalo[:rows].view(rows * g.ell, g.u * g.dv)
+            grad_vp[s:e].view(-1, g.u * g.dv).index_add_(0, index[: rows * g.ell], ghalo)
+        grad_v = grad_vp[(slice(None), *[slice(c, c + s) for c, s in zip(g.half, g.spatial)])]
+        grad_v = grad_v.reshape(g.b, *g.spatial, g.u, g.dv)
+        grad_w = g.span_to_kernel(grad_emb)
+        return g.crop(grad_q), grad_v, grad_w, grad_lam
+
+
+def blocked_output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) -> Tensor:
+    """Local lambda output ``q^T (lambda_c + lambda_p)``, positions first: q (b, S.., h, k), v (b, S.., u, v).
+
+    Args:
+        q: (b, S.., h, k) queries (any strides).
+        v: (b, S.., u, v) values (any strides).
+        weight: (k, u, K..) relative position kernel (already cropped to the map).
+        lam_c: optional (b, k, v) content lambda, added to every position lambda (fused into the same pass).
+
+    Returns:
+        (b, S.., h, v). Uses the chunked autograd function in eager mode and :func:`blocked_output_ops` under
+        ``torch.compile``, ``torch.export`` and TorchScript.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_scripting():
+        return blocked_output_ops(q, v, weight, lam_c)
+    return _BlockedLocal.apply(q, v, weight, lam_c)
+
+
+def blocked_output_ops(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) -> Tensor:
+    """:func:`blocked_output` in plain tensor operations (traceable; more memory: keeps Z for backward)."""
+    d = q.dim() - 3
+    g = _Geometry(q.shape[1 : 1 + d], weight.shape[2:], q, v)
+    # Table (B.., K.. placed in L..): E[k, u, i, a] = weight[k, u, a - i] when 0 <= a - i < K, per axis.
+    table = weight.new_zeros(g.k, g.u, *g.blocks, *g.halos)
+    for idx in itertools.product(*[range(bs) for bs in g.blocks]):
+        table[(slice(None), slice(None), *idx, *[slice(i, i + ks) for i, ks in zip(idx, g.kernel)])] = weight
+    table = table.permute(*range(2, 2 + d), 0, *range(2 + d, 2 + 2 * d), 1).reshape(g.p, g.k, g.ell * g.u)
+
+    qb = g.block_view(g.pad_to_blocks(q))  # b n.. h B.. k
+    qb = qb.permute(*range(2 + d, 2 + 2 * d), *range(0, 2 + d), 2 + 2 * d).reshape(g.p, g.b * g.nb * g.h, g.k)
+    logits = torch.bmm(qb, table)  # p (b nb h) (L.. u)
+    logits = logits.reshape(g.p, g.b * g.nb, g.h, g.ell * g.u).permute(1, 2, 0, 3).reshape(g.b * g.nb, g.h * g.p, -1)
+    halos = g.padded_values(v)
+    for i, (bs, hl) in enumerate(zip(g.blocks, g.halos)):
+        halos = halos.unfold(1 + i, hl, bs)  # b n.. (u v) L..
+    halos = halos.permute(0, *range(1, 1 + d), *range(2 + d, 2 + 2 * d), 1 + d)
+    halos = halos.reshape(g.b * g.nb, g.ell * g.u, g.dv)
+    y = torch.bmm(logits, halos).reshape(g.b, *g.counts, g.h, *g.blocks, g.dv)
+    inverse = [0, *[x for i in range(d) for x in (1 + i, 2 + d + i)], 1 + d, 2 + 2 * d]
+    y = g.crop(y.permute(inverse).reshape(g.b, *[c * bs for c, bs in zip(g.counts, g.blocks)], g.h, g.dv))
+    if lam_c is not None:
+        n = math.prod(g.spatial)
+        y_c = torch.einsum("bnhk,bkv->bnhv", q.reshape(g.b, n, g.h, g.k), lam_c)
+        y = (y.reshape(g.b, n, g.h, g.dv) + y_c).view(y.shape)
+    return y
