@@ -187,6 +187,8 @@ def layer_saved_bytes(kind: str, s: LayerShape, *, bytes_per_float: int = 4) -> 
         floats.update(_lambda_common(s))
         algorithm = kind.split(" ", 1)[1]
         side = s.kernel_side
+        if algorithm in ("einsum", "conv", "fft"):  # they work on (b, h, k, n) copies of the channels-last q, v
+            floats["(b, h, k, n) and (b, u, v, n) copies of q, v"] = b * (h * k + u * v) * n
         if algorithm == "einsum":
             floats["embeddings E (k u n m)"] = k * u * n * m
             floats["position lambdas (b k v n)"] = b * k * v * n

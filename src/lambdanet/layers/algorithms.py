@@ -11,7 +11,7 @@ algorithm   work (forward multiply-accumulates)                   extra memory
 ==========  ====================================================  =============================
 einsum      b n m k v u (paper, Fig. 3; zeros included)           k u n m + b n k v
 logits      b h n u m (k + v)                                      b h n u m (+ k u n m, batch-free)
-blocked     b h n u (k + v) L^D / B^D, L = B + 2 (r // 2)         b h n u L^D / B^D
+blocked     b h n u (k + v) L^D / B^D, L = B + 2 (r // 2)         one chunk of Z; padded q and v
 conv        b v u n k r^D + apply b h n k v                        b n k v
 fft         (b u v + b k v) P log P + b k v u P                   b k v P, P = prod(S + r // 2)
 ==========  ====================================================  =============================
@@ -19,7 +19,7 @@ fft         (b u v + b k v) P log P + b k v u P                   b k v P, P = p
 The rule below comes from ``benchmarks/algorithm_sweep.py`` (CPU, forward + backward; results and the command in
 ``docs/algorithms.md``): ``logits`` wins when the map is small enough that the scope covers at least a third of it
 (LambdaResNet's c4 and c5 stages with 23x23 scopes, global context on small maps) and its (b, h, n, m) logits are
-not too large; ``blocked`` wins for small scopes (up to 7x7) on larger maps, and up to 23x23 when the value depth
+not too large; ``blocked`` wins for small scopes (up to 11x11) on larger maps, and up to 23x23 when the value depth
 is 64 or more; ``fft`` wins for the other large scopes on large maps and for global context on large maps, where it
 is the only algorithm below O(n^2). The paper's ``einsum`` and the ``conv`` lambda convolution are exact
 alternatives that never won a measured shape on CPU.
@@ -40,7 +40,7 @@ LOGITS_MAX_ELEMENTS = 1 << 24
 #: ``logits`` computes every (n, m) pair; it is chosen while that is at most this many times the in-scope pairs.
 LOGITS_MAX_WASTE = 3.0
 #: ``blocked`` beats ``fft`` for scope radii (r // 2) up to this ...
-BLOCKED_MAX_HALF = 3
+BLOCKED_MAX_HALF = 5
 #: ... and, for value depths of at least ``BLOCKED_WIDE_MIN_DIM_V``, up to this radius.
 BLOCKED_WIDE_MAX_HALF = 11
 BLOCKED_WIDE_MIN_DIM_V = 64

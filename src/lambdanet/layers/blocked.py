@@ -16,9 +16,11 @@ sum: about twice the work for the blocks chosen here, traded for dense matrix pr
 Two implementations compute the same numbers:
 
 - :func:`blocked_output` (eager): a custom autograd function that walks the batch in cache-sized chunks with
-  preallocated work buffers. The logits are one shared-weight product ``q @ E`` (t per query, no zeros) scattered
-  into Z through a strided view; nothing quadratic is saved for backward (the logits are recomputed chunk by chunk),
-  and the backward pass accumulates halo gradients back onto the map without ``unfold``'s backward.
+  work buffers allocated once per call (fresh large allocations cost page faults on CPU). A query's in-scope
+  entries of Z lie in one run of columns of the same length for every query, so the logits are one shared-weight
+  product ``q @ E_run`` (E_run: the kernel laid out along that run, zeros between rows of the kernel) copied into Z
+  run by run. The content lambda is applied in the same pass. Nothing quadratic is saved for backward (Z is
+  recomputed chunk by chunk) and halo gradients go back onto the map with one ``index_add_`` per chunk.
 - :func:`blocked_output_ops` (traced): the same computation in plain differentiable tensor operations, for
   ``torch.compile`` and ``torch.export``, which do not trace the in-place chunk loop.
 """
@@ -145,11 +147,16 @@ class _Geometry:
 
 
 class _Workspace:
-    """Per-call buffers for one chunk, allocated once and reused (fresh large allocations cost page faults)."""
+    """Per-call buffers for one chunk, allocated once and reused (fresh large allocations cost page faults).
+
+    :meth:`views` hands out the views of the buffers that a chunk of ``samples`` samples uses, built once per chunk
+    size (the loop body then issues only the arithmetic).
+    """
 
     def __init__(self, g: _Geometry, like: Tensor, backward: bool) -> None:
         rows = g.chunk * g.nb
         hp = g.h * g.p
+        self.g, self.backward = g, backward
         self.z = like.new_zeros(rows, hp, g.ell * g.u)  # zeros outside the scope stay zero for every chunk
         self.q = like.new_empty(rows * hp, g.k)
         self.rel = like.new_empty(rows * hp, g.span)
@@ -160,17 +167,54 @@ class _Workspace:
             self.grel = like.new_empty(rows * hp, g.span)
             self.gq = like.new_empty(rows * hp, g.k)
             self.ghalo = like.new_empty(rows, g.ell * g.u, g.dv)
+            self.index = g.halo_index(g.chunk, like.device)
+        self._views: dict[int, _ChunkViews] = {}
+
+    def views(self, samples: int) -> _ChunkViews:
+        if samples not in self._views:
+            self._views[samples] = _ChunkViews(self, samples)
+        return self._views[samples]
 
 
-def _load_chunk(g: _Geometry, ws: _Workspace, qp: Tensor, vp: Tensor, emb: Tensor, s: int, e: int) -> int:
-    """Queries, logits (scattered into Z) and halos of samples s:e into the workspace; returns the block rows."""
-    rows = (e - s) * g.nb
-    hp = g.h * g.p
-    ws.q[: rows * hp].view(e - s, *g.counts, g.h, *g.blocks, g.k).copy_(g.block_view(qp[s:e]))
-    torch.mm(ws.q[: rows * hp], emb, out=ws.rel[: rows * hp])
-    g.span_view(ws.z, rows).copy_(ws.rel[: rows * hp].view(rows, g.h, *g.blocks, g.span))
-    ws.halo[:rows].view(e - s, *g.counts, *g.halos, g.u * g.dv).copy_(g.halo_view(vp[s:e]))
-    return rows
+class _ChunkViews:
+    """Views of the workspace for a chunk of ``samples`` samples (``rows`` blocks)."""
+
+    def __init__(self, ws: _Workspace, samples: int) -> None:
+        g = ws.g
+        rows = samples * g.nb
+        n_q = rows * g.h * g.p
+        self.rows = rows
+        self.q = ws.q[:n_q]
+        self.q_blocks = self.q.view(samples, *g.counts, g.h, *g.blocks, g.k)
+        self.q_samples = self.q.view(samples, -1, g.k)
+        self.rel = ws.rel[:n_q]
+        self.rel_runs = self.rel.view(rows, g.h, *g.blocks, g.span)
+        self.z = ws.z[:rows]
+        self.z_runs = g.span_view(ws.z, rows)
+        self.halo = ws.halo[:rows]
+        self.halo_blocks = self.halo.view(samples, *g.counts, *g.halos, g.u * g.dv)
+        self.y = ws.y[:rows]
+        self.y_samples = self.y.view(samples, -1, g.dv)
+        self.y_blocks = self.y.view(samples, *g.counts, g.h, *g.blocks, g.dv)
+        if ws.backward:
+            self.gz = ws.gz[:rows]
+            self.gz_runs = g.span_view(ws.gz, rows)
+            self.grel = ws.grel[:n_q]
+            self.grel_runs = self.grel.view(rows, g.h, *g.blocks, g.span)
+            self.gq = ws.gq[:n_q]
+            self.gq_samples = self.gq.view(samples, -1, g.k)
+            self.gq_blocks = self.gq.view(samples, *g.counts, g.h, *g.blocks, g.k)
+            self.ghalo = ws.ghalo[:rows]
+            self.ghalo_rows = self.ghalo.view(rows * g.ell, g.u * g.dv)
+            self.index = ws.index[: rows * g.ell]
+
+
+def _load_chunk(g: _Geometry, c: _ChunkViews, qp: Tensor, vp: Tensor, emb: Tensor, s: int, e: int) -> None:
+    """Queries, logits (copied into Z run by run) and halos of samples s:e into the chunk's buffers."""
+    c.q_blocks.copy_(g.block_view(qp[s:e]))
+    torch.mm(c.q, emb, out=c.rel)
+    c.z_runs.copy_(c.rel_runs)
+    c.halo_blocks.copy_(g.halo_view(vp[s:e]))
 
 
 class _BlockedLocal(torch.autograd.Function):
@@ -186,12 +230,12 @@ class _BlockedLocal(torch.autograd.Function):
         y = q.new_empty(g.b, *[c * bs for c, bs in zip(g.counts, g.blocks)], g.h, g.dv)
         for s in range(0, g.b, g.chunk):
             e = min(g.b, s + g.chunk)
-            rows = _load_chunk(g, ws, qp, vp, emb, s, e)
-            torch.bmm(ws.z[:rows], ws.halo[:rows], out=ws.y[:rows])
+            c = ws.views(e - s)
+            _load_chunk(g, c, qp, vp, emb, s, e)
+            torch.bmm(c.z, c.halo, out=c.y)
             if lam_c is not None:  # the content lambda is shared by every position of a sample
-                rows_q = ws.q[: rows * g.h * g.p].view(e - s, -1, g.k)
-                ws.y[:rows].view(e - s, -1, g.dv).baddbmm_(rows_q, lam_c[s:e])
-            g.block_view(y[s:e]).copy_(ws.y[:rows].view(e - s, *g.counts, g.h, *g.blocks, g.dv))
+                c.y_samples.baddbmm_(c.q_samples, lam_c[s:e])
+            g.block_view(y[s:e]).copy_(c.y_blocks)
         ctx.save_for_backward(qp, vp, emb, lam_c)
         ctx.geometry = g
         return g.crop(y)
@@ -200,33 +244,28 @@ class _BlockedLocal(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:  # type: ignore[override]
         qp, vp, emb, lam_c = ctx.saved_tensors
         g: _Geometry = ctx.geometry
-        hp = g.h * g.p
         gp = g.pad_to_blocks(grad)
         ws = _Workspace(g, qp, backward=True)
         grad_q = qp.new_empty(qp.shape)
         grad_emb = torch.zeros_like(emb)
         grad_lam = None if lam_c is None else torch.empty_like(lam_c)
-        # Halo gradients are added back onto the padded map with one index_add per chunk.
-        grad_vp = vp.new_zeros(vp.shape)
-        index = g.halo_index(g.chunk, vp.device)
+        grad_vp = vp.new_zeros(vp.shape)  # halo gradients go back onto the padded map, one index_add per chunk
+        grad_vp_rows = grad_vp.view(g.b, -1, g.u * g.dv)
         for s in range(0, g.b, g.chunk):
             e = min(g.b, s + g.chunk)
-            rows = _load_chunk(g, ws, qp, vp, emb, s, e)
-            gy = ws.y[:rows]
-            gy.view(e - s, *g.counts, g.h, *g.blocks, g.dv).copy_(g.block_view(gp[s:e]))
-            torch.bmm(gy, ws.halo[:rows].transpose(1, 2), out=ws.gz[:rows])
-            torch.bmm(ws.z[:rows].transpose(1, 2), gy, out=ws.ghalo[:rows])
-            grel = ws.grel[: rows * hp]
-            grel.view(rows, g.h, *g.blocks, g.span).copy_(g.span_view(ws.gz, rows))
-            torch.mm(grel, emb.t(), out=ws.gq[: rows * hp])
-            grad_emb.addmm_(ws.q[: rows * hp].t(), grel)
+            c = ws.views(e - s)
+            _load_chunk(g, c, qp, vp, emb, s, e)
+            c.y_blocks.copy_(g.block_view(gp[s:e]))  # c.y holds the output gradient of the chunk
+            torch.bmm(c.y, c.halo.transpose(1, 2), out=c.gz)
+            torch.bmm(c.z.transpose(1, 2), c.y, out=c.ghalo)
+            c.grel_runs.copy_(c.gz_runs)
+            torch.mm(c.grel, emb.t(), out=c.gq)
+            grad_emb.addmm_(c.q.t(), c.grel)
             if lam_c is not None:
-                rows_q, rows_gy = ws.q[: rows * hp].view(e - s, -1, g.k), gy.view(e - s, -1, g.dv)
-                ws.gq[: rows * hp].view(e - s, -1, g.k).baddbmm_(rows_gy, lam_c[s:e].transpose(1, 2))
-                torch.bmm(rows_q.transpose(1, 2), rows_gy, out=grad_lam[s:e])
-            g.block_view(grad_q[s:e]).copy_(ws.gq[: rows * hp].view(e - s, *g.counts, g.h, *g.blocks, g.k))
-            ghalo = ws.ghalo[:rows].view(rows * g.ell, g.u * g.dv)
-            grad_vp[s:e].view(-1, g.u * g.dv).index_add_(0, index[: rows * g.ell], ghalo)
+                c.gq_samples.baddbmm_(c.y_samples, lam_c[s:e].transpose(1, 2))
+                torch.bmm(c.q_samples.transpose(1, 2), c.y_samples, out=grad_lam[s:e])
+            g.block_view(grad_q[s:e]).copy_(c.gq_blocks)
+            grad_vp_rows[s:e].view(-1, g.u * g.dv).index_add_(0, c.index, c.ghalo_rows)
         grad_v = grad_vp[(slice(None), *[slice(c, c + s) for c, s in zip(g.half, g.spatial)])]
         grad_v = grad_v.reshape(g.b, *g.spatial, g.u, g.dv)
         grad_w = g.span_to_kernel(grad_emb)

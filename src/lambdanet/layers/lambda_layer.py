@@ -49,7 +49,8 @@ class LambdaLayer(nn.Module):
         position_bias: add a learned per-key constant to the position lambdas. Not in the paper; only for
             compatibility with implementations built on a biased Conv3d (lambda-networks, d-li14).
         algorithm: ``"auto"`` (fastest exact algorithm for the input shape, see ``docs/algorithms.md``) or one of
-            ``"einsum"``, ``"logits"``, ``"conv"``, ``"fft"``. All give the same result up to rounding.
+            ``"einsum"``, ``"logits"``, ``"blocked"``, ``"conv"``, ``"fft"``. All give the same result up to
+            rounding.
         pos_embed: a :class:`RelativePositionEmbedding` to share with other layers instead of owning one.
 
     Raises:
@@ -60,6 +61,8 @@ class LambdaLayer(nn.Module):
         for queries, the attention scaling absorbed into the projection); embeddings are unit normal.
         Under autocast or with float16/bfloat16 inputs the lambdas are computed and accumulated in float32 and the
         output is cast back, so large activations do not overflow.
+        The layer computes in channels-last memory (faster on CPU, see ``docs/algorithms.md``) and returns the
+        input's memory format: contiguous for a contiguous input, channels-last for a channels-last input.
     """
 
     def __init__(

@@ -18,7 +18,8 @@ algorithm below computes exactly this sum:
 - ``logits``: the same sum contracted queries first: position logits ``a[b, h, n, u, m] = q_n . E[n, m]``, then
   ``y = a @ v``, one large matrix product per sample. Cheaper than ``einsum`` whenever h (k + v) < k v.
 - ``blocked``: ``logits`` restricted to blocks of queries and their halos, for local scopes on larger maps: one
-  embedding table serves every block, so the work is two batched matrix products. Linear in n.
+  embedding pattern serves every block, so a block's output is one matrix product. Linear in n; implemented in
+  :mod:`lambdanet.layers.blocked` (channels-last layout, chunked autograd function).
 - ``conv``: the lambda convolution (Sec. 3.4) as an ordinary N-d convolution with the value depth folded into the
   batch: ``conv(v as (b v, u, *spatial), weight)`` gives ``lambda_p`` as (b v, k, *spatial). Linear in n.
 - ``fft``: the same convolution through real FFTs: O(n log n) whatever the scope, exact up to rounding. Global
@@ -383,6 +384,15 @@ def lambda_output(
         y = blocked_output(q, v, crop_kernel(weight, spatial), lam_c)
         if bias is not None:
             y = y + (q @ bias)[..., None]
+    elif weight is not None and algorithm in ("einsum", "conv", "fft"):
+        # These apply per-position lambdas along n: contiguous (b, h, k, n) queries keep that vectorised.
+        u = v.shape[-2]
+        q = q.reshape(b, n, h, k).permute(0, 2, 3, 1).contiguous()
+        v = v.reshape(b, n, u, dv).permute(0, 2, 3, 1).contiguous()
+        y = position_output(q, v, weight, spatial, algorithm, bias=bias)  # b h v n
+        if lam_c is not None:
+            y = y + torch.einsum("bhkn,bkv->bhvn", q, lam_c)
+        return y.reshape(b, h * dv, *spatial).contiguous(memory_format=memory_format)
     elif lam_c is None or torch.compiler.is_compiling() or torch.jit.is_scripting():
         # Traced graphs avoid splitting (n h) back into positions: shape guards on symbolic sizes.
         y = None if weight is None else position_output(q, v, weight, spatial, algorithm, bias=bias, channels_last=True)
