@@ -134,3 +134,14 @@ def test_backward_keeps_nothing_quadratic() -> None:
 def _per_sample_elements(q, v, w) -> int:
     geometry = blocked._Geometry(q.shape[1:-2], w.shape[2:], q, v)
     return geometry.nb * geometry.h * geometry.p * geometry.ell * geometry.u
+
+
+def test_both_halo_accumulations_agree() -> None:
+    """index_add_ (CPU) and the deterministic accumulating index_put_ (accelerators) add repeated rows alike."""
+    index = torch.tensor([0, 2, 2, 1, 0, 2])
+    src = torch.randn(6, 3, dtype=torch.float64)
+    fast, safe = torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
+    blocked._accumulate_rows(fast, index, src, deterministic=False)
+    blocked._accumulate_rows(safe, index, src, deterministic=True)
+    expected = torch.stack([src[[0, 4]].sum(0), src[3], src[[1, 2, 5]].sum(0)])
+    assert torch.allclose(fast, expected) and torch.allclose(safe, expected)

@@ -217,6 +217,18 @@ def _load_chunk(g: _Geometry, c: _ChunkViews, qp: Tensor, vp: Tensor, emb: Tenso
     c.halo_blocks.copy_(g.halo_view(vp[s:e]))
 
 
+def _accumulate_rows(dst: Tensor, index: Tensor, src: Tensor, deterministic: bool | None = None) -> None:
+    """``dst[index[i]] += src[i]`` with repeated indices. ``index_add_`` is deterministic (and fastest) on CPU; on
+    accelerators under ``torch.use_deterministic_algorithms(True)`` the deterministic accumulating ``index_put_``
+    is used instead."""
+    if deterministic is None:
+        deterministic = dst.device.type != "cpu" and torch.are_deterministic_algorithms_enabled()
+    if deterministic:
+        dst.index_put_((index,), src, accumulate=True)
+    else:
+        dst.index_add_(0, index, src)
+
+
 class _BlockedLocal(torch.autograd.Function):
     """``y = q^T (lambda_c + lambda_p)`` chunk by chunk (see the module docstring); ``lam_c`` may be None."""
 
@@ -265,7 +277,7 @@ class _BlockedLocal(torch.autograd.Function):
                 c.gq_samples.baddbmm_(c.y_samples, lam_c[s:e].transpose(1, 2))
                 torch.bmm(c.q_samples.transpose(1, 2), c.y_samples, out=grad_lam[s:e])
             g.block_view(grad_q[s:e]).copy_(c.gq_blocks)
-            grad_vp_rows[s:e].view(-1, g.u * g.dv).index_add_(0, c.index, c.ghalo_rows)
+            _accumulate_rows(grad_vp_rows[s:e].view(-1, g.u * g.dv), c.index, c.ghalo_rows)
         grad_v = grad_vp[(slice(None), *[slice(c, c + s) for c, s in zip(g.half, g.spatial)])]
         grad_v = grad_v.reshape(g.b, *g.spatial, g.u, g.dv)
         grad_w = g.span_to_kernel(grad_emb)
