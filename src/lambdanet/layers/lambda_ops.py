@@ -296,6 +296,14 @@ def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int], construct
     return x.reshape(b, h, n, u, n)  # b h n u m
 
 
+def _blocked_channels_last(
+    q: Tensor, v: Tensor, weight: Tensor, spatial: Sequence[int], bias: Tensor | None, lam_c: Tensor | None = None
+) -> Tensor:
+    """``blocked`` on (b, S.., h, k) queries and (b, S.., u, v) values, compatibility bias included: (b, S.., h, v)."""
+    y = blocked_output(q, v, crop_kernel(weight, spatial), lam_c)
+    return y if bias is None else y + (q @ bias)[..., None]
+
+
 def position_output(
     q: Tensor,
     v: Tensor,
@@ -328,9 +336,7 @@ def position_output(
         if not channels_last:
             q = q.permute(0, 3, 1, 2).reshape(b, *spatial, *q.shape[1:3])
             v = v.permute(0, 3, 1, 2).reshape(b, *spatial, *v.shape[1:3])
-        y = blocked_output(q, v, crop_kernel(weight, spatial))  # b S.. h v
-        if bias is not None:
-            y = y + (q @ bias)[..., None]
+        y = _blocked_channels_last(q, v, weight, spatial, bias)  # b S.. h v
         if not channels_last:
             y = y.reshape(b, n, *y.shape[-2:]).permute(0, 2, 3, 1)
         return y
@@ -381,9 +387,7 @@ def lambda_output(
     b, h, k, dv = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
     n = math.prod(spatial)
     if weight is not None and algorithm == "blocked":  # content fused into the blocked pass
-        y = blocked_output(q, v, crop_kernel(weight, spatial), lam_c)
-        if bias is not None:
-            y = y + (q @ bias)[..., None]
+        y = _blocked_channels_last(q, v, weight, spatial, bias, lam_c)
     elif weight is not None and algorithm in ("einsum", "conv", "fft"):
         # These apply per-position lambdas along n: contiguous (b, h, k, n) queries keep that vectorised.
         u = v.shape[-2]
