@@ -13,79 +13,74 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lambdanet.train.config import DEFAULT_RECIPE, config_from_dict, list_recipes, load_config, parse_overrides
+from lambdanet._config import config_parser, fail
+from lambdanet.train.config import (
+    DEFAULT_RECIPE,
+    RunConfig,
+    check_hardware,
+    config_from_dict,
+    list_recipes,
+    recipe_layer,
+    resolve,
+    to_dict,
+    to_yaml,
+)
 
 __all__ = ["main"]
 
-_EPILOG = """\
-overrides: any config key as --section.key VALUE (VALUE is YAML), e.g.
-  --optim.lr 0.05 --train.epochs 10 --data.batch_size 128 --model.overrides.scope 7
-  --train.precision bf16-mixed --train.ema_decay 0.9999 --system.devices 2 --system.strategy ddp
-sections: model, data, optim, sched, train, system (see --print-config for every key).
-"""
+PROG = "lambdanet train"
+_OPTIONS = [
+    (("-c", "--config"), {"help": f"recipe name (--list-recipes) or YAML path; repeatable (default {DEFAULT_RECIPE})"}),
+    (("--print-config",), {"action": "store_true", "help": "print the resolved, validated config as YAML and exit"}),
+    (("--list-recipes",), {"action": "store_true", "help": "list the shipped recipes and exit"}),
+    (("--resume",), {"help": "continue a run: its directory or a checkpoint (last.ckpt)"}),
+]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lambdanet train",
-        description="Train a lambda network (default: lambda_net_tiny on the bundled 8x8 digits).",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    p.add_argument("-c", "--config", default=None, help=f"recipe name or YAML path (default: {DEFAULT_RECIPE})")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
-    p.add_argument("--resume", default=None, help="continue a run: its directory or a checkpoint (last.ckpt)")
-    return p
-
-
-def _recipe_task(recipe: str | None) -> str | None:
-    """The top-level ``task`` of a recipe (other tasks, e.g. ``language_model``, have their own runner)."""
-    if not recipe:
-        return None
-    import yaml
-
-    from lambdanet.train.config import find_recipe
-
-    try:
-        data = yaml.safe_load(find_recipe(recipe).read_text())
-    except (ValueError, OSError, yaml.YAMLError):
-        return None  # load_config reports the problem
-    return data.get("task") if isinstance(data, dict) else None
+def _options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The options that are not config keys; the rest of ``argv`` is ``--section.key value`` overrides."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    pre.add_argument("-h", "--help", action="store_true")
+    for flags, kwargs in _OPTIONS:
+        pre.add_argument(*flags, **({**kwargs, "action": "append"} if flags[0] == "-c" else kwargs))
+    return pre.parse_known_args(argv)
 
 
 def main(argv: list[str]) -> int:
-    args, rest = _parser().parse_known_args(argv)
+    try:
+        args, rest = _options(argv)
+    except argparse.ArgumentError as e:
+        return fail(PROG, e)
+    parser = config_parser(
+        RunConfig,
+        prog=PROG,
+        description="Train a lambda network (default: lambda_net_tiny on the bundled 8x8 digits). Every key "
+        "below can be set in a recipe (section: key) or as --section.key VALUE (VALUE is YAML).",
+        usage=f"{PROG} [-c RECIPE] [--print-config] [--resume RUN] [--section.key VALUE ...]",
+        extra=_OPTIONS,
+    )
+    if args.help:
+        parser.print_help()
+        return 0
     if args.list_recipes:
         print("\n".join(list_recipes()))
         return 0
-    if _recipe_task(args.config) == "language_model":
-        if args.resume:
-            print("lambdanet train: error: --resume is not supported for task: language_model", file=sys.stderr)
-            return 2
-        from lambdanet.train import lm
-
-        return int(lm.main(argv) or 0)
     try:
-        overrides = parse_overrides(rest)
         if args.resume and not args.config:
             from lambdanet.train.checkpoint import load_checkpoint
-            from lambdanet.train.config import apply_overrides
             from lambdanet.train.run import resolve_resume
 
             ckpt_path, _ = resolve_resume(args.resume)
-            cfg = apply_overrides(config_from_dict(load_checkpoint(ckpt_path)["lambdanet"]["config"]), overrides)
+            layers = [to_dict(config_from_dict(load_checkpoint(ckpt_path)["lambdanet"]["config"]))]
         else:
-            cfg = load_config(args.config, overrides)
-    except ValueError as e:
-        print(f"lambdanet train: error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        from lambdanet.train.config import to_yaml
-
-        print(to_yaml(cfg), end="")
-        return 0
+            layers = [recipe_layer(name) for name in args.config or [DEFAULT_RECIPE]]
+        cfg = resolve(layers, rest, parser=parser)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        check_hardware(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        return fail(PROG, e)
 
     from lambdanet.train.callbacks import NonFiniteLossError
     from lambdanet.train.run import fit
@@ -93,10 +88,9 @@ def main(argv: list[str]) -> int:
     try:
         fit(cfg, argv=argv, resume=args.resume)
     except NonFiniteLossError as e:
-        print(f"lambdanet train: error: {e}", file=sys.stderr)
-        print("lambdanet train: the last good checkpoint is kept in the run's checkpoints/ folder", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: the last good checkpoint is kept in the run's checkpoints/ folder", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as e:
-        print(f"lambdanet train: error: {e}", file=sys.stderr)
-        return 2
+        return fail(PROG, e)
     return 0

@@ -1,7 +1,10 @@
-"""Run configuration: typed dataclasses, YAML recipes and dotted command-line overrides.
+r"""Run configuration: typed dataclasses, YAML recipes and dotted command-line overrides.
 
 A run's configuration is resolved in three layers: the dataclass defaults, a YAML recipe (a shipped recipe name
-or a path), and ``--section.key value`` overrides. Unknown keys and ill-typed values are errors.
+or a path), and ``--section.key value`` overrides. The parser is built from the dataclasses on jsonargparse
+(:mod:`lambdanet._config`): a field added to a dataclass is a recipe key, an option and a ``--help`` line. Unknown
+keys, ill-typed values and values outside their domain are one-line ``ValueError``\ s naming the key, the value
+and the rule, before anything runs.
 """
 
 from __future__ import annotations
@@ -9,19 +12,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import types
-import typing
+import functools
+import math
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
 
+from lambdanet._config import ConfigError, config_parser, parse, read_yaml_mapping
 from lambdanet.data.loader import DataConfig
 
 __all__ = [
     "DEFAULT_RECIPE",
+    "ConfigError",
     "ModelSpec",
     "OptimConfig",
     "RunConfig",
@@ -29,10 +34,13 @@ __all__ = [
     "SystemConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_hardware",
+    "config_from_dict",
     "find_recipe",
     "list_recipes",
     "load_config",
-    "parse_overrides",
+    "resolve",
+    "run_parser",
     "to_dict",
     "to_yaml",
 ]
@@ -42,7 +50,13 @@ DEFAULT_RECIPE = "digits_tiny"
 
 @dataclass
 class ModelSpec:
-    """A registered model and its builder overrides (``num_classes`` is linked from the data when not given)."""
+    """Model.
+
+    Attributes:
+        name: registered model name (``lambdanet models`` lists them).
+        overrides: keyword arguments of the model builder (``--model.overrides.scope 7``); ``num_classes`` is
+            linked from the data when not given.
+    """
 
     name: str = "lambda_net_tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -168,10 +182,17 @@ class SystemConfig:
 
 @dataclass
 class RunConfig:
-    """Everything a run needs; saved as ``config.yaml`` in the run directory and inside every checkpoint."""
+    """Everything a run needs; saved as ``config.yaml`` in the run directory and inside every checkpoint.
+
+    Attributes:
+        recipe: recipe name (set from the recipe file's name unless the file sets it); names the run directory.
+        seed: seed of the model initialisation, the data order and the augmentation.
+        quiet: no progress bar and no per-epoch lines; warnings and errors only.
+    """
 
     recipe: str = DEFAULT_RECIPE
     seed: int = 0
+    quiet: bool = False
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -180,30 +201,191 @@ class RunConfig:
     system: SystemConfig = field(default_factory=SystemConfig)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` for inconsistent or out-of-range values."""
-        self.data.validate()
-        if self.optim.name not in ("sgd", "adamw", "rmsprop"):
-            raise ValueError(f"optim.name={self.optim.name!r}; expected 'sgd', 'adamw' or 'rmsprop'")
-        if self.optim.lr <= 0:
-            raise ValueError(f"optim.lr={self.optim.lr} must be > 0")
-        if self.sched.name not in ("cosine", "multistep", "exponential", "constant"):
-            raise ValueError(
-                f"sched.name={self.sched.name!r}; expected 'cosine', 'multistep', 'exponential' or 'constant'"
-            )
-        if self.train.epochs < 1:
-            raise ValueError(f"train.epochs={self.train.epochs} must be >= 1")
-        if self.train.accumulate < 1:
-            raise ValueError(f"train.accumulate={self.train.accumulate} must be >= 1")
-        if self.train.ema_decay is not None and not 0 < self.train.ema_decay < 1:
-            raise ValueError(f"train.ema_decay={self.train.ema_decay} must be in (0, 1) or null")
-        precisions = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
-        if str(self.train.precision) not in precisions:
-            raise ValueError(f"train.precision={self.train.precision!r}; expected one of {list(precisions)}")
-        if not 0 <= self.train.label_smoothing < 1:
-            raise ValueError(f"train.label_smoothing={self.train.label_smoothing} must be in [0, 1)")
+        """Raise ``ValueError`` (one line: key, value, rule) for a value outside its domain. See :func:`validate`."""
+        validate(self)
 
 
-# ---------------------------------------------------------------- dict <-> dataclass with type checks
+# ---------------------------------------------------------------------------------------------------- validation
+
+_OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+_SCHEDULES = ("cosine", "multistep", "exponential", "constant")
+_MATMUL = ("highest", "high", "medium")
+_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def _optional(rule: Any) -> Any:
+    return lambda v: v is None or rule(v)
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Any:
+    return lambda v: (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+
+def _safe_name(v: str) -> bool:
+    return bool(v) and v not in (".", "..") and "/" not in v and "\\" not in v and not PurePath(v).is_absolute()
+
+
+def _devices_ok(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return v >= 1 or v == -1
+    if isinstance(v, str):
+        text = v.strip()
+        if text in ("auto", "-1"):
+            return True
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if len(parts) == 1 and parts[0].isdigit():
+            return int(parts[0]) >= 1 or text.endswith(",")  # "3" = three devices, "0," = device 0
+        return bool(parts) and all(p.isdigit() for p in parts)
+    if isinstance(v, list):
+        return bool(v) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+    return False
+
+
+def _precisions() -> tuple[str, ...]:
+    import typing
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    return typing.get_args(_PRECISION_INPUT_STR) + typing.get_args(_PRECISION_INPUT_STR_ALIAS)
+
+
+def _strategies() -> tuple[str, ...]:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ("auto", *StrategyRegistry.available_strategies())
+
+
+# (key, check, rule). Values are read by dotted key; a key that no longer exists is a test failure.
+RULES: list[tuple[str, Any, str]] = [
+    ("seed", _in(0, 2**32 - 1), "must be in [0, 2**32 - 1]"),
+    ("optim.name", lambda v: v in _OPTIMIZERS, f"expected one of {list(_OPTIMIZERS)}"),
+    ("optim.lr", _positive, "must be > 0"),
+    ("optim.lr_base_batch", _optional(lambda v: v >= 1), "must be null or >= 1 (the rate is lr * batch / this)"),
+    ("optim.weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("optim.momentum", lambda v: v >= 0, "must be >= 0"),
+    ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
+    ("optim.eps", _positive, "must be > 0"),
+    ("optim.alpha", _in(0, 1), "must be in [0, 1]"),
+    ("sched.name", lambda v: v in _SCHEDULES, f"expected one of {list(_SCHEDULES)}"),
+    ("sched.warmup_epochs", lambda v: v >= 0, "must be >= 0"),
+    ("sched.warmup_start_factor", _in(0, 1), "must be in [0, 1] (the warm-up rises from this fraction of lr)"),
+    ("sched.milestones", lambda v: all(m >= 0 for m in v), "must be epochs >= 0"),
+    (
+        "sched.gamma",
+        _in(0, 1, lo_open=True),
+        "must be in (0, 1] (above 1 the rate rises, at or below 0 it is not positive)",
+    ),
+    ("sched.decay_every_epochs", _positive, "must be > 0"),
+    ("sched.min_lr_factor", _in(0, 1), "must be in [0, 1] (the final rate as a fraction of the peak)"),
+    ("train.epochs", lambda v: v >= 1, "must be >= 1"),
+    ("train.max_steps", lambda v: v != 0, "leaves nothing to train; use -1 (no limit) or a positive step count"),
+    ("train.max_steps", lambda v: v >= -1, "must be -1 (no limit) or a positive step count"),
+    (
+        "train.limit_train_batches",
+        lambda v: v != 0,
+        "leaves nothing to train; use a batch count >= 1 or a fraction in (0, 1]",
+    ),
+    (
+        "train.limit_train_batches",
+        lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1,
+        "must be a batch count >= 1 or a fraction in (0, 1]",
+    ),
+    ("train.label_smoothing", _in(0, 1, hi_open=True), "must be in [0, 1)"),
+    ("train.grad_clip", _optional(_positive), "must be null or > 0"),
+    ("train.accumulate", lambda v: v >= 1, "must be >= 1"),
+    ("train.ema_decay", _optional(_in(0, 1, lo_open=True, hi_open=True)), "must be null or in (0, 1)"),
+    ("train.bn_momentum", _optional(_in(0, 1)), "must be null or in [0, 1]"),
+    ("train.precision", lambda v: str(v) in _precisions(), "is not a Lightning precision; expected e.g. {choices}"),
+    ("train.val_every_epochs", lambda v: v >= 1, "must be >= 1"),
+    ("train.log_every_steps", lambda v: v >= 1, "must be >= 1"),
+    ("data.batch_size", lambda v: v >= 1, "must be >= 1"),
+    ("data.eval_batch_size", _optional(lambda v: v >= 1), "must be null or >= 1"),
+    ("data.image_size", _optional(lambda v: v >= 1), "must be null or >= 1"),
+    ("data.num_workers", lambda v: v >= 0, "must be >= 0"),
+    ("system.accelerator", lambda v: v in _ACCELERATORS, f"expected one of {list(_ACCELERATORS)}"),
+    ("system.devices", _devices_ok, "expected 'auto', a count >= 1 (-1: all), or a non-empty list of device ids"),
+    ("system.num_nodes", lambda v: v >= 1, "must be >= 1"),
+    ("system.strategy", lambda v: v in _strategies(), "is not a Lightning strategy; did you mean {choices}?"),
+    ("system.out_dir", lambda v: bool(v) and not Path(v).is_file(), "must name a folder (it is empty or a file)"),
+    ("system.run_name", _optional(_safe_name), "must be a plain folder name (no separators, '.', '..' or root)"),
+    ("system.matmul_precision", lambda v: v in _MATMUL, f"expected one of {list(_MATMUL)}"),
+]
+
+_CHOICES = {"train.precision": _precisions, "system.strategy": _strategies}
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _leaves(value: Any, key: str) -> Any:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{key}[{i}]")
+    else:
+        yield key, value
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every value of ``cfg`` before anything runs.
+
+    Non-finite numbers anywhere; learning rates and schedules that go negative, zero or rise; nothing to train;
+    non-positive sizes and intervals; Lightning precision, strategy and device names; a run name that leaves the
+    output folder; the data section's own rules (:meth:`DataConfig.validate`). Hardware: :func:`check_hardware`.
+
+    Raises:
+        ConfigError: (a ``ValueError``) one line naming the key, the value and the rule.
+    """
+    for key, value in _leaves(to_dict(cfg), ""):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+    for key, check, rule in RULES:
+        value = _get(cfg, key)
+        try:
+            ok = bool(check(value))
+        except TypeError:
+            ok = False
+        if not ok:
+            choices = _CHOICES[key]() if key in _CHOICES else ()
+            close = difflib.get_close_matches(str(value), choices, n=3) or list(choices)[:6]
+            raise ConfigError(f"{key}={value!r} {rule.format(choices=', '.join(close))}")
+    try:
+        cfg.data.validate()
+    except ValueError as e:
+        raise ConfigError(" ".join(str(e).split())) from e
+
+
+def check_hardware(cfg: RunConfig) -> None:
+    """Raise ``ConfigError`` when ``system.accelerator`` names hardware this machine does not have."""
+    import torch
+
+    acc = cfg.system.accelerator
+    cuda = torch.cuda.is_available()
+    mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    available = {"cuda": cuda, "gpu": cuda or mps, "mps": mps}
+    if acc == "tpu":
+        from lightning.pytorch.accelerators import XLAAccelerator
+
+        available["tpu"] = XLAAccelerator.is_available()
+    if acc in available and not available[acc]:
+        raise ConfigError(f"system.accelerator={acc!r} but this machine has no such device; use 'cpu' or 'auto'")
+    devices = cfg.system.devices
+    if acc in ("cuda", "gpu") and cuda and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(f"system.devices={devices} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+# ---------------------------------------------------------------------------------------------------- conversion
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -215,164 +397,65 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+@functools.cache
+def run_parser() -> Any:
+    """The jsonargparse parser of :class:`RunConfig` (options ``--section.key``)."""
+    return config_parser(RunConfig, prog="lambdanet train", description="Run configuration.")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against annotation ``tp`` (with int -> float widening); raise ValueError naming ``key``."""
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arm in typing.get_args(tp):
-            if arm is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _coerce(value, arm, key)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
-    if origin is list:
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ValueError(f"{key}={value!r} must be a list")
-        (arm,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, arm, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}={value!r} must be a mapping")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{key}={value!r} must be true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"{key}={value!r} must be an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"{key}={value!r} must be a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"{key}={value!r} must be a string")
-    return value
+def _build(parser: Any, ns: Any) -> RunConfig:
+    init = parser.instantiate(ns)
+    return RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        key = f"{prefix}{unknown[0]}"
-        close = difflib.get_close_matches(unknown[0], names, n=3)
-        hint = f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-        raise ValueError(f"unknown config key {key!r}; valid keys here: {', '.join(names)}.{hint}")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
-    return cls(**kwargs)
+def resolve(
+    layers: list[dict[str, Any]], argv: list[str] | None = None, *, parser: Any = None, check: bool = True
+) -> RunConfig:
+    """Defaults <- each mapping of ``layers`` <- the command line ``argv`` (``--section.key value`` words).
+
+    Raises:
+        ConfigError: unknown key, ill-typed value or (``check``) a value outside its domain.
+    """
+    parser = parser or run_parser()
+    cfg = _build(parser, parse(parser, layers, argv))
+    if check:
+        cfg.validate()
+    return cfg
 
 
-def _merge(
-    base: dict[str, Any], update: dict[str, Any], free: tuple[str, ...] = ("model.overrides",), path: str = ""
-) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        key = f"{path}{k}"
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and key not in free:
-            out[k] = _merge(out[k], v, free, f"{key}.")
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}
-        else:
-            out[k] = v
-    return out
+# ---------------------------------------------------------------------------------------------------- recipes
 
 
-# ---------------------------------------------------------------- recipes
-
-
-def _recipe_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "configs" / "train"]
-    with contextlib.suppress(ModuleNotFoundError, TypeError):
-        dirs.append(Path(str(resources.files("lambdanet.train") / "recipes")))
-    return dirs
+def _recipe_dir() -> Path:
+    return Path(str(resources.files("lambdanet.train") / "recipes"))
 
 
 def list_recipes() -> list[str]:
-    """Names of the shipped recipes (package data; ``configs/train`` in a checkout holds the same files)."""
-    names: set[str] = set()
-    for d in _recipe_dirs():
-        if d.is_dir():
-            names.update(p.stem for p in d.glob("*.yaml"))
-    return sorted(names)
+    """Names of the shipped recipes (package data under ``lambdanet/train/recipes``)."""
+    with contextlib.suppress(ModuleNotFoundError, TypeError, OSError):
+        return sorted(p.stem for p in _recipe_dir().glob("*.yaml"))
+    return []
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """Resolve a recipe: an existing YAML path, else a name in ``./configs/train`` or the shipped recipes."""
+    """Resolve a recipe: an existing YAML path, else the name of a shipped recipe."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.is_file():
         return path
-    if path.suffix in (".yaml", ".yml") and (path.parent != Path(".") or path.is_absolute()):
-        raise ValueError(f"recipe file {path} does not exist")
-    stem = path.stem if path.suffix in (".yaml", ".yml") else name_or_path
-    for d in _recipe_dirs():
-        candidate = d / f"{stem}.yaml"
-        if candidate.is_file():
-            return candidate
-    raise ValueError(f"unknown recipe {name_or_path!r}: not a YAML file and not one of {list_recipes()}")
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        raise ConfigError(f"recipe file {str(path)!r} does not exist")
+    candidate = _recipe_dir() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(f"unknown recipe {name_or_path!r}: not a YAML file and not one of {list_recipes()}")
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["--optim.lr", "0.2", "--model.overrides.scope=7"]`` -> nested dict; values are parsed as YAML."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or len(arg) < 3:
-            raise ValueError(f"unexpected argument {arg!r}; overrides look like --section.key value")
-        key, eq, raw = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(args):
-                raise ValueError(f"override --{key} needs a value")
-            raw = args[i + 1]
-            i += 1
-        i += 1
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ValueError(f"cannot parse the value {raw!r} of --{key}: {e}") from e
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override --{key} conflicts with another override of {part}")
-        node[parts[-1]] = value
-    return out
-
-
-def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """A new :class:`RunConfig` with nested ``overrides`` merged in (validated)."""
-    merged = _merge(to_dict(cfg), overrides)
-    new = _build(RunConfig, merged, "")
-    new.validate()
-    return new
+def recipe_layer(name_or_path: str) -> dict[str, Any]:
+    """The mapping of a recipe (bounded YAML), with ``recipe`` set to the file's name unless the file sets it."""
+    path = find_recipe(name_or_path)
+    data = read_yaml_mapping(path, "recipe")
+    data.setdefault("recipe", path.stem)
+    return data
 
 
 def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -380,27 +463,20 @@ def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = No
 
     Args:
         recipe: recipe name (see :func:`list_recipes`) or YAML path; default :data:`DEFAULT_RECIPE`.
-        overrides: nested dict, e.g. from :func:`parse_overrides`.
+        overrides: nested dict, e.g. ``{"optim": {"lr": 0.05}, "model": {"overrides": {"scope": 7}}}``
+            (a mapping for ``model.overrides`` updates the recipe's).
 
     Raises:
-        ValueError: unknown recipe, unknown key or ill-typed value.
+        ValueError: unknown recipe, unknown key, ill-typed or out-of-range value (one line).
     """
-    path = find_recipe(recipe or DEFAULT_RECIPE)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"recipe {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"recipe {path} must hold a mapping of sections, got {type(data).__name__}")
-    data.setdefault("recipe", path.stem)
-    merged = _merge(to_dict(RunConfig()), data)
-    if overrides:
-        merged = _merge(merged, overrides)
-    cfg = _build(RunConfig, merged, "")
-    cfg.validate()
-    return cfg
+    return resolve([recipe_layer(recipe or DEFAULT_RECIPE), overrides or {}])
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A new validated :class:`RunConfig`: ``cfg`` with the nested ``overrides`` merged in."""
+    return resolve([to_dict(cfg), overrides])
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a :class:`RunConfig` saved with :func:`to_dict` (e.g. from a checkpoint)."""
-    return _build(RunConfig, _merge(to_dict(RunConfig()), data), "")
+    """Rebuild a :class:`RunConfig` saved with :func:`to_dict` (e.g. from a checkpoint); keys it lacks default."""
+    return resolve([data], check=False)
