@@ -202,10 +202,16 @@ def config_parser(
     for flags, kwargs in extra:
         parser.add_argument(*flags, **kwargs)
     parser.lambdanet_keys = {}  # type: ignore[attr-defined]
+    parser.lambdanet_required = []  # type: ignore[attr-defined]
     for group in groups:
         key, cls = group if isinstance(group, tuple) else (None, group)
         parser.add_class_arguments(cls, nested_key=key, fail_untyped=True, instantiate=False, as_positional=True)
         parser.lambdanet_keys.update(field_types(cls, f"{key}." if key else ""))  # type: ignore[attr-defined]
+        parser.lambdanet_required += [  # type: ignore[attr-defined]
+            f"{key}.{f.name}" if key else f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
     return parser
 
 
@@ -300,6 +306,9 @@ def parse(parser: ArgumentParser, layers: Iterable[Mapping[str, Any]] = (), argv
         if _refused:
             line = f"{line.split('=')[0]}: {_refused[-1]}"
         raise ConfigError(line) from e
+    missing = [k for k in parser.lambdanet_required if ns.get(k) is None]  # type: ignore[attr-defined]
+    if missing:
+        raise ConfigError(f"{missing[0]} is required ({parser.prog} --help)")
     return ns
 
 

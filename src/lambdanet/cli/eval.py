@@ -11,89 +11,145 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
-__all__ = ["main"]
+from jsonargparse import ArgumentParser
+
+from lambdanet._config import ConfigError, config_parser, fail, parse, split_section
+from lambdanet.data.loader import DataConfig
+
+__all__ = ["EvalOptions", "main"]
+
+PROG = "lambdanet eval"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lambdanet eval",
-        description="Evaluate a lambdanet training checkpoint on a dataset split.",
-        epilog="data overrides: --data.KEY VALUE (e.g. --data.name cifar10 --data.root ~/data)",
-        allow_abbrev=False,
+@dataclass
+class EvalOptions:
+    """Evaluation.
+
+    Attributes:
+        checkpoint: a ``.ckpt`` of ``lambdanet train`` (``best.ckpt``, ``last.ckpt``) or ``lambdanet convert``.
+        split: split to evaluate.
+        weights: EMA or raw weights (``auto``: the EMA copy when the checkpoint has one).
+        batch_size: batch size (default: the recipe's evaluation batch).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+        num_workers: data-loader workers (default: the recipe's).
+        max_batches: stop after this many batches.
+        channels_last: NHWC memory format.
+        json: also write the results to this JSON file (parent folders are created).
+    """
+
+    checkpoint: str
+    split: Literal["test", "val", "train"] = "test"
+    weights: Literal["auto", "ema", "model"] = "auto"
+    batch_size: int | None = None
+    device: str = "auto"
+    num_workers: int | None = None
+    max_batches: int | None = None
+    channels_last: bool = False
+    json: str | None = None
+
+
+def _parser() -> ArgumentParser:
+    return config_parser(
+        EvalOptions,
+        ("data", DataConfig),
+        prog=PROG,
+        description="Evaluate a lambdanet training checkpoint on a dataset split. The --data.* keys default to the "
+        "checkpoint's own data settings.",
+        usage=f"{PROG} CHECKPOINT [--split test] [--json FILE] [--data.key VALUE ...]",
     )
-    p.add_argument("checkpoint", help="a .ckpt written by lambdanet train (best.ckpt or last.ckpt)")
-    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split to evaluate (test)")
-    p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto", help="EMA or raw weights (auto)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's eval batch)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--num-workers", type=int, default=None, help="data-loader workers (default: the recipe's)")
-    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    return p
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"device={name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available; use cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
+def _options(argv: list[str]) -> tuple[EvalOptions, list[str]]:
+    data_argv, rest = split_section(argv, "data")
+    parser = _parser()
+    ns = parse(parser, [], rest)
+    opts = EvalOptions(**{k: v for k, v in ns.items() if "." not in k and k != "data"})
+    for key in ("batch_size", "max_batches"):
+        value = getattr(opts, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1")
+    if opts.num_workers is not None and opts.num_workers < 0:
+        raise ConfigError(f"num_workers={opts.num_workers} must be >= 0")
+    if opts.json is not None and Path(opts.json).is_dir():
+        raise ConfigError(f"json={opts.json!r} is a folder; expected a file path")
+    opts.device = _device(opts.device)
+    return opts, data_argv
 
 
 def main(argv: list[str]) -> int:
-    args, rest = _parser().parse_known_args(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        _parser().print_help()
+        return 0
     from lambdanet.data.datasets import DataError
     from lambdanet.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-    from lambdanet.train.config import apply_overrides, config_from_dict, parse_overrides
+    from lambdanet.train.config import config_from_dict, resolve, to_dict
 
     try:
-        overrides = parse_overrides(rest)
-        bad = [k for k in overrides if k != "data"]
-        if bad:
-            raise ValueError(f"lambdanet eval takes only --data.* overrides, got --{bad[0]}")
-        ckpt = load_checkpoint(args.checkpoint)
+        opts, data_argv = _options(argv)
+        ckpt = load_checkpoint(opts.checkpoint)
         meta = ckpt["lambdanet"]
-        cfg = apply_overrides(config_from_dict(meta["config"]), overrides)
-        model = model_from_checkpoint(ckpt, args.checkpoint, args.weights)
+        cfg = resolve([to_dict(config_from_dict(meta["config"]))], data_argv)
+        model = model_from_checkpoint(ckpt, opts.checkpoint, opts.weights)
         from lambdanet.data.loader import build_splits, data_info, prepare
 
         info = data_info(cfg.data)
         trained = int(meta.get("num_classes", info.num_classes))
         if info.num_classes != trained:
             raise ValueError(
-                f"checkpoint {args.checkpoint} was trained on {trained} classes but data.name={cfg.data.name!r} "
+                f"checkpoint {opts.checkpoint} was trained on {trained} classes but data.name={cfg.data.name!r} "
                 f"has {info.num_classes}"
             )
         prepare(cfg.data)  # --data.download true fetches and verifies the CIFAR archive
         splits = build_splits(cfg.data, cfg.seed)
-        dataset = getattr(splits, args.split)
+        dataset = getattr(splits, opts.split)
     except (CheckpointError, DataError, ValueError) as e:
-        print(f"lambdanet eval: error: {e}", file=sys.stderr)
-        return 2
-
-    import torch
+        return fail(PROG, e)
 
     from lambdanet.train.evaluate import evaluate
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    batch = args.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
-    workers = cfg.data.num_workers if args.num_workers is None else args.num_workers
-    result = evaluate(model, dataset, batch, device, workers, args.max_batches, args.channels_last)
+    batch = opts.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
+    workers = cfg.data.num_workers if opts.num_workers is None else opts.num_workers
+    result = evaluate(model, dataset, batch, opts.device, workers, opts.max_batches, opts.channels_last)
     result.update(
         {
-            "checkpoint": str(args.checkpoint),
+            "checkpoint": str(opts.checkpoint),
             "model": meta.get("model_name"),
             "data": cfg.data.name,
-            "split": args.split,
-            "device": str(device),
+            "split": opts.split,
+            "device": str(opts.device),
         }
     )
     print(
-        f"{meta.get('model_name')} on {cfg.data.name}/{args.split}: top-1 {result['top1']:.4f}  "
+        f"{meta.get('model_name')} on {cfg.data.name}/{opts.split}: top-1 {result['top1']:.4f}  "
         f"top-5 {result['top5']:.4f}  loss {result['loss']:.4f}  {result['images']} images  "
-        f"{result['images_per_second']:.1f} img/s ({device}, batch {batch})"
+        f"{result['images_per_second']:.1f} img/s ({opts.device}, batch {batch})"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+    if opts.json:
+        path = Path(opts.json)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as e:
+            return fail(PROG, f"json={opts.json!r} cannot be written: {e.strerror or e}")
     return 0
