@@ -206,6 +206,7 @@ def config_parser(
     for group in groups:
         key, cls = group if isinstance(group, tuple) else (None, group)
         parser.add_class_arguments(cls, nested_key=key, fail_untyped=True, instantiate=False, as_positional=True)
+        _shared_docs(parser, cls, key)
         parser.lambdanet_keys.update(field_types(cls, f"{key}." if key else ""))  # type: ignore[attr-defined]
         parser.lambdanet_required += [  # type: ignore[attr-defined]
             f"{key}.{f.name}" if key else f.name
@@ -213,6 +214,21 @@ def config_parser(
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
     return parser
+
+
+def _shared_docs(parser: ArgumentParser, cls: type, key: str | None) -> None:
+    """Help for fields documented together (``batch, dim: layer shape.``), which docstring_parser keeps as one."""
+    import docstring_parser
+
+    docs = {}
+    for param in docstring_parser.parse(cls.__doc__ or "").params:
+        names = [n.strip() for n in param.arg_name.split(",")]
+        if len(names) > 1:
+            docs.update(dict.fromkeys(names, param.description))
+    for action in parser._actions:
+        name = action.dest.removeprefix(f"{key}.") if key else action.dest
+        if name in docs and not action.help:
+            action.help = docs[name]
 
 
 def split_section(argv: list[str], section: str) -> tuple[list[str], list[str]]:

@@ -14,15 +14,19 @@ Defaults can come from a YAML file (``--config configs/bench/layer_cpu.yaml``) w
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentParser
 
-__all__ = ["CONTENDER_ALIASES", "main"]
+from lambdanet._config import ConfigError, config_parser, parse, read_yaml_mapping
+
+__all__ = ["CONTENDER_ALIASES", "MemoryOptions", "Output", "main"]
 
 CONTENDER_ALIASES = {
     "einsum": "lambda einsum",
@@ -37,139 +41,138 @@ CONTENDER_ALIASES = {
 }
 
 
-def _common(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--config", type=Path, help="YAML file of option defaults (keys = option names, '-' or '_')")
-    p.add_argument("--out", type=Path, default=Path(out), help=f"folder for JSON, CSV and plots (default {out})")
-    p.add_argument("--no-plot", action="store_true", help="skip the matplotlib plots")
-    p.add_argument("--markdown", action="store_true", help="print markdown tables")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+@dataclass
+class Output:
+    """Output of every benchmark.
+
+    Attributes:
+        config: YAML file of option values (keys are option names, ``-`` or ``_``; ``command`` names the benchmark);
+            options on the command line win.
+        out: folder for JSON, CSV and plots (default ``bench-results/<command>``).
+        plot: write the matplotlib plots (``--no-plot`` skips them).
+        markdown: print markdown tables.
+        threads: torch intra-op threads (default: torch's).
+        quiet: no progress lines on stderr.
+    """
+
+    config: str | None = None
+    out: str | None = None
+    plot: bool = True
+    markdown: bool = False
+    threads: int | None = None
+    quiet: bool = False
 
 
-def _device_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 = autocast")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile every module")
-    p.add_argument("--reps", type=int, help="timed repetitions (median)")
-    p.add_argument("--warmup", type=int, help="untimed warm-up calls")
+@dataclass
+class MemoryOptions:
+    """The memory model (Table 4).
+
+    Attributes:
+        batch: batch of the Table 4 model (paper: 128).
+        check: check the model against measured memory at small sizes (``--no-check`` skips it).
+        peak: also measure peak live bytes in the check.
+    """
+
+    batch: int = 128
+    check: bool = True
+    peak: bool = False
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lambdanet bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+# Earlier option names of the benchmark dataclasses' fields.
+_ALIASES = {"--peak": "--measure_peak", "--no-peak": "--measure_peak=false", "--no_peak": "--measure_peak=false"}
+
+
+def _commands() -> dict[str, tuple[str, tuple[type, ...]]]:
+    from lambdanet.bench.layer import LayerBenchConfig
+    from lambdanet.bench.model import ModelBenchConfig
+
+    return {
+        "layer": ("one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks", (LayerBenchConfig,)),
+        "model": ("models: training/inference images per second, memory, params, MACs", (ModelBenchConfig,)),
+        "memory": ("the paper's Table 4 from the memory model, checked against measurement", (MemoryOptions,)),
+    }
+
+
+def _parser(command: str | None = None) -> ArgumentParser:
+    """The parser of ``bench <command>``; without a command, the parser of ``bench`` with the three subcommands."""
+    if command is None:
+        top = ArgumentParser(prog="lambdanet bench", description=__doc__.split("\n\n")[0], exit_on_error=False)
+        sub = top.add_subcommands(dest="command")
+        for name, (text, _) in _commands().items():
+            sub.add_subcommand(name, _parser(name), help=text)
+        return top
+    text, groups = _commands()[command]
+    return config_parser(
+        *groups,
+        Output,
+        prog=f"lambdanet bench {command}",
+        description=f"{text}. Options are the fields below (``--dim-k`` = ``--dim_k``; a boolean alone is true, "
+        "``--no-X`` false; a list takes several words, ``--sides 8 16``).",
+        usage=f"lambdanet bench {command} [--config FILE] [--KEY VALUE ...]",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    layer = sub.add_parser("layer", help="one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks")
-    _common(layer, "bench-results/layer")
-    _device_options(layer)
-    layer.add_argument("--sides", type=int, nargs="+", default=[8, 16, 32], help="map sides S (n = S^2)")
-    layer.add_argument("--batch", type=int, default=2)
-    layer.add_argument("--dim", type=int, default=64)
-    layer.add_argument("--heads", type=int, default=4)
-    layer.add_argument("--dim-k", type=int, default=16)
-    layer.add_argument("--scope", type=int, default=7, help="local scope of the 'local' context")
-    layer.add_argument("--contexts", nargs="+", choices=("global", "local"), default=["global", "local"])
-    layer.add_argument(
-        "--contenders", nargs="+", metavar="NAME", help=f"subset of {', '.join(CONTENDER_ALIASES)} (default all)"
-    )
-    layer.add_argument("--memory-budget-mib", type=float, default=2048.0, help="skip cases modelled above this")
-    layer.add_argument("--max-call-s", type=float, default=5.0, help="skip cases whose first call is slower")
-    layer.add_argument("--budget-s", type=float, default=10.0, help="timing budget per measurement")
-    layer.add_argument("--no-peak", action="store_true", help="skip the (slow on CPU) peak-memory measurement")
-
-    model = sub.add_parser("model", help="models: training/inference images per second, memory, params, MACs")
-    _common(model, "bench-results/model")
-    _device_options(model)
-    model.add_argument(
-        "--models", nargs="+", help="registry names with optional overrides, e.g. lambda_resnet50:placement=CCLL"
-    )
-    model.add_argument("--batch", type=int, default=8)
-    model.add_argument("--image-size", type=int, help="square input side (default: each model's own)")
-    model.add_argument("--no-train", action="store_true", help="inference only")
-    model.add_argument("--no-infer", action="store_true", help="training only")
-    model.add_argument("--budget-s", type=float, default=30.0, help="timing budget per measurement")
-    model.add_argument("--peak", action="store_true", help="also measure peak live bytes of a training step (CPU)")
-
-    memory = sub.add_parser("memory", help="the paper's Table 4 from the memory model, checked against measurement")
-    _common(memory, "bench-results/memory")
-    memory.add_argument("--batch", type=int, default=128, help="batch of the Table 4 model (paper: 128)")
-    memory.add_argument("--no-check", action="store_true", help="skip the measurement at small sizes")
-    memory.add_argument("--peak", action="store_true", help="also measure peak live bytes in the check")
-    return parser
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    args = parser.parse_args(argv)
-    if args.config is None:
-        return args
-    import yaml
-
-    if not args.config.is_file():
-        raise SystemExit(f"lambdanet bench: --config {args.config} is not a file")
-    data = yaml.safe_load(args.config.read_text()) or {}
-    if not isinstance(data, dict):
-        raise SystemExit(f"lambdanet bench: --config {args.config} must hold a mapping of option names to values")
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
-    known = {a.dest for a in sub._actions}
-    command = data.pop("command", args.command)
-    if command != args.command:
-        raise SystemExit(f"lambdanet bench: --config {args.config} is for 'bench {command}', not '{args.command}'")
-    defaults = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(defaults) - known)
+def _config_layer(path: str, command: str, keys: set[str]) -> dict[str, Any]:
+    data = {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path, "--config").items()}
+    wanted = data.pop("command", command)
+    if wanted != command:
+        raise ConfigError(f"--config {path} is for 'bench {wanted}', not '{command}'")
+    unknown = sorted(set(data) - keys)
     if unknown:
-        raise SystemExit(f"lambdanet bench: --config {args.config} has unknown options {unknown}")
-    sub.set_defaults(**defaults)
-    return parser.parse_args(argv)  # command-line options still win
+        raise ConfigError(f"--config {path} has unknown options {unknown}; valid: {sorted(keys)}")
+    return data
 
 
-def _timing_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("reps", "warmup") if getattr(args, k) is not None}
+def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
+    """The options of ``bench <command>``: the --config file, then the command line."""
+    parser = _parser(command)
+    keys = parser.lambdanet_keys  # type: ignore[attr-defined]
+    argv = [_ALIASES.get(a, a) if "measure_peak" in keys else a for a in argv]
+    if command == "layer" and "--contenders" in argv:  # aliases of the contenders (conv -> lambda conv)
+        argv = _contenders(argv)
+    first = parse(parser, [], argv)
+    layers = [_config_layer(first.config, command, set(keys) - {"config"})] if first.config else []
+    ns = parse(parser, layers, argv)
+    values = {k: v for k, v in ns.items() if k in keys}
+    output = Output(**{f.name: values.pop(f.name) for f in dataclasses.fields(Output)})
+    if output.threads is not None and output.threads < 1:
+        raise ConfigError(f"threads={output.threads} must be >= 1")
+    output.out = output.out or f"bench-results/{command}"
+    (cls,) = _commands()[command][1]
+    return output, cls(**values)
+
+
+def _contenders(argv: list[str]) -> list[str]:
+    from lambdanet.bench.layer import contender_names
+
+    names = contender_names()
+    out, inside = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            inside = arg == "--contenders"
+        elif inside:
+            name = CONTENDER_ALIASES.get(arg, arg)
+            if name not in names:
+                raise ConfigError(
+                    f"--contenders {arg!r} is not available; expected some of "
+                    f"{[a for a, n in CONTENDER_ALIASES.items() if n in names]}"
+                )
+            arg = name
+        out.append(arg)
+    return out
 
 
 def _print(text: str) -> None:
     print(text, flush=True)
 
 
-def _run_layer(args: argparse.Namespace) -> int:
-    from lambdanet.bench.layer import LayerBenchConfig, contender_names, growth_exponent, run_layer_bench
+def _run_layer(output: Output, cfg: Any) -> int:
+    from lambdanet.bench.layer import growth_exponent, run_layer_bench
     from lambdanet.bench.report import format_table, plot_sweep, write_csv, write_json
 
-    names = list(contender_names())
-    if args.contenders:
-        picked = []
-        for alias in args.contenders:
-            name = CONTENDER_ALIASES.get(alias, alias)
-            if name not in names:
-                raise SystemExit(
-                    f"lambdanet bench layer: --contenders {alias!r} is not available; expected some of "
-                    f"{[a for a, n in CONTENDER_ALIASES.items() if n in names]}"
-                )
-            picked.append(name)
-        names = picked
-    cfg = LayerBenchConfig(
-        sides=args.sides,
-        batch=args.batch,
-        dim=args.dim,
-        heads=args.heads,
-        dim_k=args.dim_k,
-        scope=args.scope,
-        contexts=args.contexts,
-        contenders=names,
-        budget_s=args.budget_s,
-        memory_budget_mib=args.memory_budget_mib,
-        max_call_s=args.max_call_s,
-        device=args.device,
-        dtype=args.dtype,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        measure_peak=not args.no_peak,
-        **_timing_kwargs(args),
-    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.meshgrid")  # raised inside lambda-networks
-        result = run_layer_bench(cfg, progress=not args.quiet)
+        result = run_layer_bench(cfg, progress=not output.quiet)
     rows = result["rows"]
     columns = [
         ("context", "context"),
@@ -181,7 +184,7 @@ def _run_layer(args: argparse.Namespace) -> int:
         ("peak_mib", "peak MiB"),
         ("model_mib", "model MiB"),
     ]
-    _print(format_table(rows, columns, markdown=args.markdown))
+    _print(format_table(rows, columns, markdown=output.markdown))
     growth = []
     for context in cfg.contexts:
         for name in cfg.contenders:
@@ -196,14 +199,14 @@ def _run_layer(args: argparse.Namespace) -> int:
             format_table(
                 growth,
                 [("context", "context"), ("name", "implementation"), ("fwd_bwd_ms", "time"), ("saved_mib", "memory")],
-                markdown=args.markdown,
+                markdown=output.markdown,
             )
         )
     for note in result["notes"]:
         _print(f"note: {note}")
     result["growth"] = growth
-    files = [write_json(args.out / "layer.json", result), write_csv(args.out / "layer.csv", rows)]
-    if not args.no_plot:
+    files = [write_json(Path(output.out) / "layer.json", result), write_csv(Path(output.out) / "layer.csv", rows)]
+    if output.plot:
         for context in cfg.contexts:
             title = f"{context} context, b={cfg.batch}, d={cfg.dim}, {cfg.device} {cfg.dtype}"
             if context == "local":
@@ -211,31 +214,17 @@ def _run_layer(args: argparse.Namespace) -> int:
             metrics = [("fwd_bwd_ms", "forward + backward (ms)"), ("saved_mib", "saved for backward (MiB)")]
             if cfg.measure_peak:
                 metrics.append(("peak_mib", "peak, CUDA allocator or live tensors (MiB)"))
-            path = args.out / f"layer_{context}.png"
+            path = Path(output.out) / f"layer_{context}.png"
             files.append(plot_sweep(rows, path, metrics=metrics, context=context, title=title))
     _print("wrote " + ", ".join(str(f) for f in files if f is not None))
     return 0
 
 
-def _run_model(args: argparse.Namespace) -> int:
-    from lambdanet.bench.model import DEFAULT_MODELS, ModelBenchConfig, run_model_bench
+def _run_model(output: Output, cfg: Any) -> int:
+    from lambdanet.bench.model import run_model_bench
     from lambdanet.bench.report import format_table, write_csv, write_json
 
-    cfg = ModelBenchConfig(
-        models=tuple(args.models or DEFAULT_MODELS),
-        batch=args.batch,
-        image_size=args.image_size,
-        train=not args.no_train,
-        infer=not args.no_infer,
-        budget_s=args.budget_s,
-        device=args.device,
-        dtype=args.dtype,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        measure_peak=args.peak,
-        **_timing_kwargs(args),
-    )
-    result = run_model_bench(cfg, progress=not args.quiet)
+    result = run_model_bench(cfg, progress=not output.quiet)
     columns = [
         ("model", "model"),
         ("input", "input"),
@@ -247,7 +236,7 @@ def _run_model(args: argparse.Namespace) -> int:
         ("peak_mib", "peak MiB"),
         ("paper_ex_s", "paper ex/s"),
     ]
-    _print(format_table(result["rows"], columns, markdown=args.markdown))
+    _print(format_table(result["rows"], columns, markdown=output.markdown))
     first = result["rows"][0] if result["rows"] else {}
     for key, label in (("infer_img_s", "inference"), ("train_img_s", "training"), ("paper_ex_s", "paper Table 13")):
         if first.get(key):
@@ -256,12 +245,13 @@ def _run_model(args: argparse.Namespace) -> int:
                 _print(f"{label} slowdown against {first['model']}: {ratios}")
     for note in result["notes"]:
         _print(f"note: {note}")
-    files = [write_json(args.out / "model.json", result), write_csv(args.out / "model.csv", result["rows"])]
+    out = Path(str(output.out))
+    files = [write_json(out / "model.json", result), write_csv(out / "model.csv", result["rows"])]
     _print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 
-def _run_memory(args: argparse.Namespace) -> int:
+def _run_memory(output: Output, args: MemoryOptions) -> int:
     from lambdanet.bench.memory import (
         CONTENDERS,
         PAPER_TABLE4_GB,
@@ -276,14 +266,14 @@ def _run_memory(args: argparse.Namespace) -> int:
     from lambdanet.bench.report import format_table, plot_sweep, write_csv, write_json
 
     if args.batch < 1:
-        raise SystemExit(f"lambdanet bench memory: --batch {args.batch} must be >= 1")
+        raise ConfigError(f"batch={args.batch} must be >= 1")
     table4 = paper_table4(batch=args.batch)
     rows4 = []
     for name, gib in table4.items():
         paper = PAPER_TABLE4_GB[name]
         rows4.append({"layer": name, "paper GB": paper, "model GiB": gib, "model / paper": gib / paper})
     _print(f"Table 4 (ResNet-50, 224 px, batch {args.batch}, float32): position-interaction tensors only")
-    _print(format_table(rows4, [(k, k) for k in rows4[0]], markdown=args.markdown))
+    _print(format_table(rows4, [(k, k) for k in rows4[0]], markdown=output.markdown))
 
     ours = []
     for kind in CONTENDERS:
@@ -305,28 +295,28 @@ def _run_memory(args: argparse.Namespace) -> int:
         f"\nModelled memory saved for backward by the 16 replaced layers of ResNet-50 (batch {args.batch}, "
         "float32, whole layers):"
     )
-    _print(format_table(ours, [(k, k) for k in ours[0]], markdown=args.markdown))
+    _print(format_table(ours, [(k, k) for k in ours[0]], markdown=output.markdown))
 
     d2 = [{"App. D.2 (LambdaResNet-420 c4, 20x20, b=32, bf16)": k, "MiB": v} for k, v in paper_appendix_d2().items()]
     _print("\npaper: lambda layers 38.4 MB (4.8 MB shared), attention layers 0.625 GB")
-    _print(format_table(d2, [(k, k) for k in d2[0]], markdown=args.markdown))
+    _print(format_table(d2, [(k, k) for k in d2[0]], markdown=output.markdown))
 
     result: dict[str, Any] = {"table4": rows4, "resnet50": ours, "appendix_d2": d2, "batch": args.batch}
     files = []
-    if not args.no_check:
+    if args.check:
         check = check_model(measure_peak=args.peak)
         cols = [("shape", "shape"), ("scope", "scope"), ("kind", "layer"), ("model_mib", "model MiB")]
         cols += [("saved_mib", "saved MiB"), ("ratio", "saved / model")]
         cols += [("peak_mib", "peak MiB")] if args.peak else []
         cols += [("dominant term", "dominant term")]
         _print("\nModel against measurement (memory saved for backward, one layer):")
-        _print(format_table(check, cols, markdown=args.markdown))
+        _print(format_table(check, cols, markdown=output.markdown))
         worst = max(check, key=lambda r: abs(float(r["ratio"]) - 1))  # type: ignore[arg-type]
         _print(f"largest deviation: {worst['kind']} at {worst['shape']}: measured / model = {worst['ratio']:.2f}")
         result["check"] = check
-        files.append(write_csv(args.out / "memory_check.csv", check))
-    files += [write_json(args.out / "memory.json", result), write_csv(args.out / "table4.csv", rows4)]
-    if not args.no_plot:
+        files.append(write_csv(Path(output.out) / "memory_check.csv", check))
+    files += [write_json(Path(output.out) / "memory.json", result), write_csv(Path(output.out) / "table4.csv", rows4)]
+    if output.plot:
         curve = []
         for kind in (k for k in CONTENDERS if k != "lambda blocked"):  # blocked is a local-scope algorithm
             for side in (7, 14, 28, 56, 112):
@@ -336,7 +326,7 @@ def _run_memory(args: argparse.Namespace) -> int:
         files.append(
             plot_sweep(
                 curve,
-                args.out / "memory_model.png",
+                Path(output.out) / "memory_model.png",
                 metrics=(("model_mib", "modelled saved MiB (one layer)"),),
                 title="memory model: b=128, d=256, global context",
             )
@@ -367,20 +357,39 @@ def _auto_gib(batch: int, scope: int | None) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``lambdanet bench``; returns the exit status."""
-    parser = _parser()
-    args = _apply_config(parser, list(sys.argv[1:] if argv is None else argv))
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"lambdanet bench: --threads {args.threads} must be >= 1")
-        torch.set_num_threads(args.threads)
+    """Entry point of ``lambdanet bench``; returns the exit status (2 with a one-line message for bad options)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _commands()
+    if not argv or argv[0] in ("-h", "--help"):
+        _parser().print_help()
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in commands:
+        raise _Exit(f"lambdanet bench: unknown command {command!r}; expected one of {list(commands)}")
+    if any(a in ("-h", "--help") for a in rest):
+        _parser(command).print_help()
+        return 0
+    try:
+        output, cfg = _parse(command, rest)
+    except ValueError as err:  # ConfigError, or a benchmark dataclass refusing a value
+        raise _Exit(f"lambdanet bench {command}: {' '.join(str(err).split())}") from err
+    if output.threads is not None:
+        torch.set_num_threads(output.threads)
     torch.manual_seed(0)
     try:
-        run = {"layer": _run_layer, "model": _run_model, "memory": _run_memory}[args.command]
-        return run(args)
+        return {"layer": _run_layer, "model": _run_model, "memory": _run_memory}[command](output, cfg)
     except ValueError as err:
-        print(f"lambdanet bench {args.command}: {err}", file=sys.stderr)
+        print(f"lambdanet bench {command}: error: {err}", file=sys.stderr)
         return 2
+
+
+class _Exit(SystemExit):
+    """A one-line usage error: printed on stderr, exit status 2 (``SystemExit`` so that callers see the message)."""
+
+    def __init__(self, message: str) -> None:
+        print(message.replace(": ", ": error: ", 1), file=sys.stderr)
+        super().__init__(message)
+        self.code = 2
 
 
 if __name__ == "__main__":
