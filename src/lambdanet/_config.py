@@ -26,6 +26,7 @@ from jsonargparse import ArgumentParser, Namespace, set_loader, set_parsing_sett
 __all__ = [
     "MAX_YAML_NODES",
     "ConfigError",
+    "build",
     "config_parser",
     "fail",
     "field_types",
@@ -174,6 +175,8 @@ def _is_dict(tp: Any) -> bool:
 
 
 def type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if isinstance(tp, type) and not typing.get_args(tp):
         return tp.__name__
     return str(tp).replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
@@ -326,6 +329,11 @@ def parse(parser: ArgumentParser, layers: Iterable[Mapping[str, Any]] = (), argv
     if missing:
         raise ConfigError(f"{missing[0]} is required ({parser.prog} --help)")
     return ns
+
+
+def build(cls: type, ns: Namespace) -> Any:
+    """An instance of the flat dataclass ``cls`` from the top-level values of a parsed namespace."""
+    return cls(**{f.name: ns.get(f.name) for f in dataclasses.fields(cls)})
 
 
 def _copy(data: Any) -> Any:

@@ -16,30 +16,36 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+from lambdanet._config import build, config_parser, fail, parse
+
+__all__ = ["ConvertOptions", "main"]
+
+PROG = "lambdanet convert"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lambdanet convert",
-        description="Convert a published checkpoint (d-li14 Lambda-ResNet-50) into a lambdanet checkpoint.",
-    )
-    p.add_argument("src", help="the published checkpoint (torch.save'd dict with a state_dict; 'module.' prefix ok)")
-    p.add_argument("dst", help="the lambdanet checkpoint to write (.ckpt)")
-    p.add_argument("--model", default="lambda_resnet50", help="registered model the weights are for (lambda_resnet50)")
-    p.add_argument(
-        "--recipe",
-        default="imagenet_lambda_resnet50",
-        help="training recipe whose data settings lambdanet eval uses (imagenet_lambda_resnet50)",
-    )
-    p.add_argument("--data-root", default=None, help="image-folder root stored in the config (root/train, root/val)")
-    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
-    return p
+@dataclass
+class ConvertOptions:
+    """Conversion.
+
+    Attributes:
+        src: the published checkpoint (a ``torch.save``'d dict with a state_dict; a ``module.`` prefix is fine).
+        dst: the lambdanet checkpoint to write (``.ckpt``).
+        model: registered model the weights are for.
+        recipe: training recipe whose data settings ``lambdanet eval`` uses.
+        data_root: image-folder root stored in the config (``root/train``, ``root/val``).
+        force: overwrite ``dst`` if it exists.
+    """
+
+    src: str
+    dst: str
+    model: str = "lambda_resnet50"
+    recipe: str = "imagenet_lambda_resnet50"
+    data_root: str | None = None
+    force: bool = False
 
 
 def _config(recipe: str, model: str, overrides: dict[str, Any], data_root: str | None) -> dict[str, Any]:
@@ -52,7 +58,19 @@ def _config(recipe: str, model: str, overrides: dict[str, Any], data_root: str |
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    parser = config_parser(
+        ConvertOptions,
+        prog=PROG,
+        description="Convert a published checkpoint (d-li14 Lambda-ResNet-50) into a lambdanet checkpoint.",
+        usage=f"{PROG} SRC DST [--model NAME] [--recipe NAME] [--data-root DIR] [--force]",
+    )
+    if any(a in ("-h", "--help") for a in argv):
+        parser.print_help()
+        return 0
+    try:
+        args = build(ConvertOptions, parse(parser, [], argv))
+    except ValueError as e:
+        return fail(PROG, e)
     import torch
 
     import lambdanet
@@ -69,8 +87,7 @@ def main(argv: list[str]) -> int:
         overrides = dict(model.model_overrides)
         config = _config(args.recipe, args.model, overrides, args.data_root)
     except ValueError as e:
-        print(f"lambdanet convert: error: {e}", file=sys.stderr)
-        return 2
+        return fail(PROG, e)
     state = {"model." + k: v for k, v in model.state_dict().items()}
     num_classes = int(getattr(model, "num_classes", config["model"]["overrides"].get("num_classes", 0)) or 0)
     meta = {

@@ -18,7 +18,7 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser
 
-from lambdanet._config import ConfigError, config_parser, fail, parse, split_section
+from lambdanet._config import ConfigError, build, config_parser, fail, parse, split_section
 from lambdanet.data.loader import DataConfig
 
 __all__ = ["EvalOptions", "main"]
@@ -84,7 +84,7 @@ def _options(argv: list[str]) -> tuple[EvalOptions, list[str]]:
     data_argv, rest = split_section(argv, "data")
     parser = _parser()
     ns = parse(parser, [], rest)
-    opts = EvalOptions(**{k: v for k, v in ns.items() if "." not in k and k != "data"})
+    opts = build(EvalOptions, ns)
     for key in ("batch_size", "max_batches"):
         value = getattr(opts, key)
         if value is not None and value < 1:

@@ -12,31 +12,60 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["main"]
+from lambdanet._config import build, config_parser, fail, parse
+
+__all__ = ["ExportOptions", "main"]
+
+PROG = "lambdanet export"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lambdanet export", description="Export a registered model to ONNX or torch.export."
-    )
-    p.add_argument("model", help="registered model name (see lambdanet models)")
-    p.add_argument("--format", choices=("onnx", "torch-export"), required=True, help="output format")
-    p.add_argument("--output", required=True, help="file to write (.onnx or .pt2)")
-    p.add_argument("--checkpoint", default=None, help="weights to load (any file create_model(checkpoint=...) reads)")
-    p.add_argument("--input-size", type=int, nargs=3, default=None, metavar=("C", "H", "W"), help="example input size")
-    p.add_argument("--batch", type=int, default=2, help="batch of the example input (>= 2; the batch stays dynamic)")
-    p.add_argument("--algorithm", default=None, help="position algorithm of every lambda layer (default: conv)")
-    p.add_argument("--static-spatial", action="store_true", help="fix height and width to the example's")
-    p.add_argument("--no-check", action="store_true", help="skip the comparison with eager PyTorch")
-    return p
+@dataclass
+class ExportOptions:
+    """Export.
+
+    Attributes:
+        model: registered model name (``lambdanet models`` lists them).
+        format: ``onnx`` or ``torch-export`` (a ``.pt2`` program).
+        output: file to write (default ``<model>.onnx`` or ``<model>.pt2``).
+        checkpoint: weights to load (any file ``create_model(checkpoint=...)`` reads).
+        input_size: example input size C H W (default: the model's own).
+        batch: batch of the example input (>= 2; the batch stays dynamic).
+        algorithm: position algorithm of every lambda layer (default: conv).
+        static_spatial: fix height and width to the example's.
+        check: compare the exported graph with eager PyTorch on a random input (``--no-check`` skips it).
+    """
+
+    model: str
+    format: Literal["onnx", "torch-export"] = "onnx"
+    output: str | None = None
+    checkpoint: str | None = None
+    input_size: tuple[int, int, int] | None = None
+    batch: int = 2
+    algorithm: str | None = None
+    static_spatial: bool = False
+    check: bool = True
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    parser = config_parser(
+        ExportOptions,
+        prog=PROG,
+        description="Export a registered model to ONNX or torch.export.",
+        usage=f"{PROG} MODEL [--format onnx|torch-export] [--output FILE] [--KEY VALUE ...]",
+    )
+    if any(a in ("-h", "--help") for a in argv):
+        parser.print_help()
+        return 0
+    try:
+        args = build(ExportOptions, parse(parser, [], argv))
+    except ValueError as e:
+        return fail(PROG, e)
+    args.output = args.output or f"{args.model}.{'onnx' if args.format == 'onnx' else 'pt2'}"
     import torch
 
     import lambdanet
@@ -45,6 +74,11 @@ def main(argv: list[str]) -> int:
     try:
         model = lambdanet.create_model(args.model, checkpoint=args.checkpoint).eval()
         size = tuple(args.input_size or lambdanet.model_info(args.model).input_size)
+        with torch.no_grad():
+            try:
+                model(torch.zeros(1, *size))
+            except RuntimeError as e:
+                raise ValueError(f"input_size={list(size)} does not fit {args.model}: {str(e).splitlines()[0]}") from e
         spatial = False if args.static_spatial else "auto"
         start = time.perf_counter()
         if args.format == "onnx":
@@ -61,11 +95,10 @@ def main(argv: list[str]) -> int:
             run = module
         seconds = time.perf_counter() - start
     except ValueError as e:
-        print(f"lambdanet export: error: {e}", file=sys.stderr)
-        return 2
+        return fail(PROG, e)
     dynamic = "batch" + ("" if args.static_spatial or ex.fixed_spatial(model) else ", height, width")
     print(f"exported {args.model} ({args.format}, dynamic {dynamic}) to {path} in {seconds:.1f} s")
-    if not args.no_check:
+    if args.check:
         x = torch.randn(args.batch + 1, *size)
         with torch.no_grad():
             ref = model(x)
@@ -75,6 +108,6 @@ def main(argv: list[str]) -> int:
         ok = err <= 1e-4 * max(scale, 1e-3)
         print(f"check on batch {args.batch + 1}: max |exported - eager| = {err:.3g} (max |eager| = {scale:.3g})")
         if not ok:
-            print("lambdanet export: error: exported outputs differ from eager PyTorch", file=sys.stderr)
+            print(f"{PROG}: error: exported outputs differ from eager PyTorch", file=sys.stderr)
             return 1
     return 0
