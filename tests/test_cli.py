@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from lambdanet.cli import main
@@ -41,3 +44,95 @@ def test_readme_model_table_lists_every_registered_model() -> None:
     table = readme.split("<!-- models-table")[1].split("<!-- /models-table -->")[0]
     missing = [name for name in lambdanet.list_models() if f"`{name}`" not in table]
     assert not missing, f"README model table lacks {missing}; run `lambdanet models --format markdown`"
+
+
+# ----------------------------------------------------------------------------------------------- eval, export, bench
+
+
+def _checkpoint(path: Path) -> Path:
+    """A lambdanet checkpoint of an untrained lambda_net_tiny for the digits recipe (the layout `convert` writes)."""
+    import torch
+
+    import lambdanet
+    from lambdanet.train.config import load_config, to_dict
+
+    overrides = {"in_chans": 1, "num_classes": 10}
+    model = lambdanet.create_model("lambda_net_tiny", **overrides)
+    meta = {"model_name": "lambda_net_tiny", "model_overrides": overrides, "num_classes": 10}
+    meta["config"] = to_dict(load_config("digits_tiny"))
+    torch.save({"lambdanet": meta, "state_dict": {"model." + k: v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "convert"])
+def test_help_lists_keys_with_docs(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    expected = {
+        "eval": ["--max_batches MAX_BATCHES stop after this many batches. (type: int | null", "--data.batch_size"],
+        "export": ["--format {onnx,torch-export}", "--input_size INPUT_SIZE example input size C H W"],
+        "convert": ["--data_root DATA_ROOT image-folder root", "--force {true,false} overwrite"],
+    }[command]
+    for text in expected:
+        assert text in flat
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-batches", "0"], "max_batches=0 must be >= 1"),
+        (["--batch-size", "0"], "batch_size=0 must be >= 1"),
+        (["--num-workers", "-1"], "num_workers=-1 must be >= 0"),
+        (["--split", "dev"], "split=dev: expected one of 'test', 'val', 'train'"),
+        (["--data.batch_size", "0"], "data.batch_size=0 must be >= 1"),
+        (["--data.nam", "cifar10"], "unknown key 'data.nam'; did you mean data.name"),
+        (["--device", "tpu:x"], "device='tpu:x' is not a torch device"),
+    ],
+)
+def test_eval_option_errors_are_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = _checkpoint(tmp_path / "tiny.ckpt")
+    assert main(["eval", str(ckpt), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lambdanet eval: error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_eval_cuda_without_cuda_and_json_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    ckpt = _checkpoint(tmp_path / "tiny.ckpt")
+    if not torch.cuda.is_available():
+        assert main(["eval", str(ckpt), "--device", "cuda"]) == 2
+        assert "device='cuda' but CUDA is not available" in capsys.readouterr().err
+    result = tmp_path / "new" / "folder" / "result.json"
+    assert main(["eval", str(ckpt), "--max-batches", "1", "--batch-size", "8", "--json", str(result)]) == 0
+    assert json.loads(result.read_text())["images"] == 8
+    (tmp_path / "file").write_text("")
+    bad = tmp_path / "file" / "result.json"  # parent is a file: the write fails
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--max-batches", "1", "--batch-size", "8", "--json", str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "cannot be written" in err[0]
+
+
+def test_bench_config_file_and_command_line_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lambdanet.cli.bench import _parse
+
+    root = Path(__file__).resolve().parents[1]
+    output, cfg = _parse("layer", ["--config", str(root / "configs/bench/layer_cpu.yaml"), "--dim", "32", "--no-peak"])
+    assert (cfg.sides, cfg.dim_k, cfg.budget_s, output.threads) == ([8, 16, 24, 32, 48, 64, 96], 16, 6.0, 2)
+    assert (cfg.dim, cfg.measure_peak) == (32, False)  # the command line wins over the file
+    output, cfg = _parse("model", ["--config", str(root / "configs/bench/model_cpu.yaml"), "--no-infer", "--peak"])
+    assert cfg.models == ("resnet50", "lambda_resnet50", "lambda_resnet50:placement=CCLL")
+    assert (cfg.image_size, cfg.infer, cfg.train, cfg.measure_peak) == (224, False, True, True)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("command: layer\ndim: [1\n")
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "layer", "--config", str(bad)])
+    assert info.value.code == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "model", "--batch", "0", "--out", str(tmp_path)])
+    assert info.value.code == 2 and "batch=0 must be >= 1" in capsys.readouterr().err

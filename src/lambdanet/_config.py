@@ -200,6 +200,7 @@ def config_parser(
         description=description,
         usage=usage or f"{prog} [--KEY VALUE ...] (--help lists every key)",
         exit_on_error=False,
+        allow_abbrev=False,
         parser_mode=_MODE,
     )
     for flags, kwargs in extra:
