@@ -280,6 +280,7 @@ def test_cli_exit_status_in_a_subprocess() -> None:
             "-c",
             "import sys; from lambdanet.cli import main; sys.exit(main())",
             "train",
+            "--print-config",
             "--sched.gamma",
             "1.5",
         ],
