@@ -40,6 +40,7 @@ MAX_YAML_NODES = 100_000
 """A YAML document may expand (aliases followed) to at most this many nodes; recipes have about a hundred."""
 
 _MODE = "lambdanet_yaml"
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off")
 
 # A value that names a class (``class_path``) stays a plain dict: no file or option we read may import or run code.
 set_parsing_settings(instantiate_subclass_spec_in_any=False, docstring_parse_attribute_docstrings=True)
@@ -268,21 +269,27 @@ def normalize_argv(keys: Mapping[str, Any], argv: list[str]) -> list[str]:
         elif under.startswith("no_") and under[3:] in keys and _is_bool(keys[under[3:]]) and not eq:
             out.append(f"--{under[3:]}=false")
             continue
-        tp = keys.get(name)
-        if tp is None or eq:
-            out.append(f"--{name}{eq}{value}")
+        if eq:
+            out.append(f"--{name}={value}")
             continue
         words = []
         while i < len(argv) and not argv[i].startswith("--"):
             words.append(argv[i])
             i += 1
-        if _is_bool(tp) and not words:
-            out.append(f"--{name}=true")
-        elif _is_list(tp) and words and not (len(words) == 1 and words[0].lstrip().startswith(("[", "("))):
+        tp = keys.get(name)
+        if tp is not None and _is_bool(tp):
+            if words and words[0].lower() in _BOOL_WORDS:
+                out.append(f"--{name}={words.pop(0)}")
+            else:
+                out.append(f"--{name}=true")
+        elif tp is not None and _is_list(tp) and words and not words[0].lstrip().startswith(("[", "(")):
             out.append(f"--{name}={json.dumps(words)}")
+            words = []
+        elif words:  # one value; "--key=value" keeps argparse from reading "-1e-4" as an option
+            out.append(f"--{name}={words.pop(0)}")
         else:
             out.append(f"--{name}")
-            out.extend(words)
+        out.extend(words)  # positionals
     return out
 
 
