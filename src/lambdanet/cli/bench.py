@@ -128,8 +128,6 @@ def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
     parser = _parser(command)
     keys = parser.lambdanet_keys  # type: ignore[attr-defined]
     argv = [_ALIASES.get(a, a) if "measure_peak" in keys else a for a in argv]
-    if command == "layer" and "--contenders" in argv:  # aliases of the contenders (conv -> lambda conv)
-        argv = _contenders(argv)
     first = parse(parser, [], argv)
     layers = [_config_layer(first.config, command, set(keys) - {"config"})] if first.config else []
     ns = parse(parser, layers, argv)
@@ -138,28 +136,17 @@ def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
     if output.threads is not None and output.threads < 1:
         raise ConfigError(f"threads={output.threads} must be >= 1")
     output.out = output.out or f"bench-results/{command}"
+    if command == "layer":  # short names of the contenders (conv -> lambda conv)
+        from lambdanet.bench.layer import contender_names
+
+        known = contender_names()
+        values["contenders"] = [CONTENDER_ALIASES.get(a, a) for a in values["contenders"]]
+        bad = [a for a in values["contenders"] if a not in known]
+        if bad:
+            short = [a for a, n in CONTENDER_ALIASES.items() if n in known]
+            raise ConfigError(f"--contenders {bad[0]!r} is not available; expected some of {short}")
     (cls,) = _commands()[command][1]
     return output, cls(**values)
-
-
-def _contenders(argv: list[str]) -> list[str]:
-    from lambdanet.bench.layer import contender_names
-
-    names = contender_names()
-    out, inside = [], False
-    for arg in argv:
-        if arg.startswith("--"):
-            inside = arg == "--contenders"
-        elif inside:
-            name = CONTENDER_ALIASES.get(arg, arg)
-            if name not in names:
-                raise ConfigError(
-                    f"--contenders {arg!r} is not available; expected some of "
-                    f"{[a for a, n in CONTENDER_ALIASES.items() if n in names]}"
-                )
-            arg = name
-        out.append(arg)
-    return out
 
 
 def _print(text: str) -> None:

@@ -30,7 +30,7 @@ __all__ = ["main"]
 
 PROG = "lambdanet train"
 _OPTIONS = [
-    (("-c", "--config"), {"help": f"recipe name (--list-recipes) or YAML path; repeatable (default {DEFAULT_RECIPE})"}),
+    (("-c", "--config"), {"default": DEFAULT_RECIPE, "help": "recipe name (--list-recipes) or YAML path; repeatable"}),
     (("--print-config",), {"action": "store_true", "help": "print the resolved, validated config as YAML and exit"}),
     (("--list-recipes",), {"action": "store_true", "help": "list the shipped recipes and exit"}),
     (("--resume",), {"help": "continue a run: its directory or a checkpoint (last.ckpt)"}),
@@ -42,7 +42,7 @@ def _options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     pre.add_argument("-h", "--help", action="store_true")
     for flags, kwargs in _OPTIONS:
-        pre.add_argument(*flags, **({**kwargs, "action": "append"} if flags[0] == "-c" else kwargs))
+        pre.add_argument(*flags, **({**kwargs, "action": "append", "default": None} if flags[0] == "-c" else kwargs))
     return pre.parse_known_args(argv)
 
 
