@@ -103,6 +103,8 @@ def load_yaml(text: str, source: str = "YAML") -> Any:
         raise ConfigError(f"{source} is not valid YAML: {' '.join(str(e).split())}") from e
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{source} is nested too deeply; refused") from e
     finally:
         loader.dispose()
 

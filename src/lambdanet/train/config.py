@@ -403,7 +403,7 @@ def run_parser() -> Any:
     return config_parser(RunConfig, prog="lambdanet train", description="Run configuration.")
 
 
-def _build(parser: Any, ns: Any) -> RunConfig:
+def _instantiate(parser: Any, ns: Any) -> RunConfig:
     init = parser.instantiate(ns)
     return RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
 
@@ -417,7 +417,7 @@ def resolve(
         ConfigError: unknown key, ill-typed value or (``check``) a value outside its domain.
     """
     parser = parser or run_parser()
-    cfg = _build(parser, parse(parser, layers, argv))
+    cfg = _instantiate(parser, parse(parser, layers, argv))
     if check:
         cfg.validate()
     return cfg
