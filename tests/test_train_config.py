@@ -239,6 +239,12 @@ def test_empty_or_malformed_recipe_is_an_error(tmp_path: Path, capsys: pytest.Ca
     recipe.write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
         load_config(str(recipe))
+    recipe.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ValueError, match=r"^recipe .*empty.yaml: unknown key 'optim.lrr'; did you mean optim.lr"):
+        load_config(str(recipe))
+    recipe.write_text("train:\n  epochs: ten\n")
+    with pytest.raises(ValueError, match=r"^recipe .*empty.yaml: train.epochs=ten: expected int$"):
+        load_config(str(recipe))
     recipe.write_text("optim: {lr: [\n")
     code, _, err = _train(["-c", str(recipe)], capsys)
     assert code == 2 and err.count("\n") == 1 and "is not valid YAML" in err

@@ -312,22 +312,41 @@ def _merge_dict_fields(keys: Mapping[str, Any], base: Namespace, data: Mapping[s
                 data[k] = {**current, **v}  # type: ignore[index]
 
 
-def parse(parser: ArgumentParser, layers: Iterable[Mapping[str, Any]] = (), argv: list[str] | None = None) -> Namespace:
+def parse(
+    parser: ArgumentParser,
+    layers: Iterable[Mapping[str, Any] | tuple[str, Mapping[str, Any]]] = (),
+    argv: list[str] | None = None,
+) -> Namespace:
     """Defaults <- each mapping of ``layers`` <- the command line ``argv``, type-checked, as a Namespace.
+
+    A layer is a mapping or ``(source, mapping)``; errors in it start with ``source:`` (e.g. the recipe's path).
 
     Raises:
         ConfigError: one line for an unknown key (with the closest valid ones), an ill-typed value or a bad file.
     """
     keys: dict[str, Any] = parser.lambdanet_keys  # type: ignore[attr-defined]
+    ns = parser.get_defaults()
+    for layer in layers:
+        source, data = layer if isinstance(layer, tuple) else ("", layer)
+        data = _copy(data)
+        try:
+            _merge_dict_fields(keys, ns, data)
+            ns = _parse_step(keys, lambda: parser.parse_object(data, namespace=ns))  # noqa: B023
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}" if source else str(e)) from e
+    if argv:
+        args = normalize_argv(keys, argv)
+        ns = _parse_step(keys, lambda: parser.parse_args(args, namespace=ns))
+    missing = [k for k in parser.lambdanet_required if ns.get(k) is None]  # type: ignore[attr-defined]
+    if missing:
+        raise ConfigError(f"{missing[0]} is required ({parser.prog} --help)")
+    return ns
+
+
+def _parse_step(keys: Mapping[str, Any], step: Any) -> Namespace:
     _refused.clear()
     try:
-        ns = parser.get_defaults()
-        for layer in layers:
-            data = _copy(layer)
-            _merge_dict_fields(keys, ns, data)
-            ns = parser.parse_object(data, namespace=ns)
-        if argv:
-            ns = parser.parse_args(normalize_argv(keys, argv), namespace=ns)
+        return step()
     except ConfigError:
         raise
     except Exception as e:  # jsonargparse raises ArgumentError (and TypeError/ValueError from loaders)
@@ -335,10 +354,6 @@ def parse(parser: ArgumentParser, layers: Iterable[Mapping[str, Any]] = (), argv
         if _refused:
             line = f"{line.split('=')[0]}: {_refused[-1]}"
         raise ConfigError(line) from e
-    missing = [k for k in parser.lambdanet_required if ns.get(k) is None]  # type: ignore[attr-defined]
-    if missing:
-        raise ConfigError(f"{missing[0]} is required ({parser.prog} --help)")
-    return ns
 
 
 def build(cls: type, ns: Namespace) -> Any:

@@ -129,7 +129,11 @@ def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
     keys = parser.lambdanet_keys  # type: ignore[attr-defined]
     argv = [_ALIASES.get(a, a) if "measure_peak" in keys else a for a in argv]
     first = parse(parser, [], argv)
-    layers = [_config_layer(first.config, command, set(keys) - {"config"})] if first.config else []
+    layers = (
+        [(f"--config {first.config}", _config_layer(first.config, command, set(keys) - {"config"}))]
+        if first.config
+        else []
+    )
     ns = parse(parser, layers, argv)
     values = {k: v for k, v in ns.items() if k in keys}
     output = Output(**{f.name: values.pop(f.name) for f in dataclasses.fields(Output)})

@@ -408,10 +408,9 @@ def _instantiate(parser: Any, ns: Any) -> RunConfig:
     return RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
 
 
-def resolve(
-    layers: list[dict[str, Any]], argv: list[str] | None = None, *, parser: Any = None, check: bool = True
-) -> RunConfig:
-    """Defaults <- each mapping of ``layers`` <- the command line ``argv`` (``--section.key value`` words).
+def resolve(layers: list[Any], argv: list[str] | None = None, *, parser: Any = None, check: bool = True) -> RunConfig:
+    """Defaults <- each layer (a mapping or ``(source, mapping)``) <- the command line ``argv`` (``--section.key
+    value`` words).
 
     Raises:
         ConfigError: unknown key, ill-typed value or (``check``) a value outside its domain.
@@ -450,12 +449,12 @@ def find_recipe(name_or_path: str) -> Path:
     raise ConfigError(f"unknown recipe {name_or_path!r}: not a YAML file and not one of {list_recipes()}")
 
 
-def recipe_layer(name_or_path: str) -> dict[str, Any]:
-    """The mapping of a recipe (bounded YAML), with ``recipe`` set to the file's name unless the file sets it."""
+def recipe_layer(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """``("recipe <path>", mapping)`` of a recipe (bounded YAML); ``recipe`` is the file's name unless it sets it."""
     path = find_recipe(name_or_path)
     data = read_yaml_mapping(path, "recipe")
     data.setdefault("recipe", path.stem)
-    return data
+    return f"recipe {path}", data
 
 
 def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
