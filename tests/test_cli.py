@@ -106,6 +106,8 @@ def test_eval_cuda_without_cuda_and_json_folders(tmp_path: Path, capsys: pytest.
     if not torch.cuda.is_available():
         assert main(["eval", str(ckpt), "--device", "cuda"]) == 2
         assert "device='cuda' but CUDA is not available" in capsys.readouterr().err
+    assert main(["eval", "--data.batch_size", "0", str(ckpt)]) == 2  # the checkpoint may follow a --data option
+    assert "data.batch_size=0 must be >= 1" in capsys.readouterr().err
     result = tmp_path / "new" / "folder" / "result.json"
     assert main(["eval", str(ckpt), "--max-batches", "1", "--batch-size", "8", "--json", str(result)]) == 0
     assert json.loads(result.read_text())["images"] == 8

@@ -239,14 +239,20 @@ def _shared_docs(parser: ArgumentParser, cls: type, key: str | None) -> None:
 
 
 def split_section(argv: list[str], section: str) -> tuple[list[str], list[str]]:
-    """``argv`` as (the ``--section.*`` options with their values, the rest)."""
+    """``argv`` as (the ``--section.*`` options with their values, the rest); such an option takes one value."""
     mine: list[str] = []
     rest: list[str] = []
-    target = rest
+    take = False
     for arg in argv:
-        if arg.startswith("--"):
-            target = mine if arg[2:].startswith(section + ".") else rest
-        target.append(arg)
+        if arg.startswith("--") and arg[2:].startswith(section + "."):
+            mine.append(arg)
+            take = "=" not in arg
+        elif take and not arg.startswith("--"):
+            mine.append(arg)
+            take = False
+        else:
+            rest.append(arg)
+            take = False
     return mine, rest
 
 
