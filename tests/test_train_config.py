@@ -231,6 +231,15 @@ def test_alias_bomb_is_refused_fast(tmp_path: Path) -> None:
     }
 
 
+def test_values_naming_classes_stay_data_and_import_nothing() -> None:
+    spec = {"class_path": "this.Zen", "init_args": {"x": 1}}  # importing `this` would print the Zen of Python
+    cfg = load_config(None, {"model": {"overrides": {"x": spec}}})
+    assert cfg.model.overrides["x"] == spec
+    with pytest.raises(ValueError, match=r"^system.devices=\{'class_path': 'this.Zen'"):
+        load_config(None, {"system": {"devices": spec}})
+    assert "this" not in sys.modules
+
+
 def test_empty_or_malformed_recipe_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = tmp_path / "empty.yaml"
     recipe.write_text("# nothing\n")

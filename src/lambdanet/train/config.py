@@ -404,7 +404,10 @@ def run_parser() -> Any:
 
 
 def _instantiate(parser: Any, ns: Any) -> RunConfig:
-    init = parser.instantiate(ns)
+    try:
+        init = parser.instantiate(ns)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(" ".join(str(e).split())) from e
     return RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
 
 
