@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-root", default=None, help="image-folder root stored in the config (root/train, root/val)")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    p.add_argument("--unsafe-load", action="store_true", help="allow a pickle the safe loader refuses (runs its code)")
     return p
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     import lambdanet
-    from lambdanet.interop import read_checkpoint
+    from lambdanet.checkpoint import read_checkpoint, seal
 
     dst = Path(args.dst)
     try:
@@ -64,8 +65,8 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"dst={str(dst)!r} exists; pass --force to overwrite it")
         if Path(args.src).resolve() == dst.resolve():
             raise ValueError(f"dst={str(dst)!r} is the source file; choose another path")
-        ckpt = read_checkpoint(args.src)
-        model = lambdanet.create_model(args.model, checkpoint=ckpt.path)
+        ckpt = read_checkpoint(args.src, allow_pickle=args.unsafe_load)
+        model = lambdanet.create_model(args.model, checkpoint=ckpt)
         overrides = dict(model.model_overrides)
         config = _config(args.recipe, args.model, overrides, args.data_root)
     except ValueError as e:
@@ -81,7 +82,9 @@ def main(argv: list[str]) -> int:
         "source": {"path": str(args.src), "kind": ckpt.kind, **ckpt.extra},
     }
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"lambdanet": meta, "model_name": args.model, "model_overrides": overrides, "state_dict": state}, dst)
+    torch.save(
+        seal({"lambdanet": meta, "model_name": args.model, "model_overrides": overrides, "state_dict": state}), dst
+    )
     params = sum(p.numel() for p in model.parameters())
     print(
         f"converted {args.src} ({ckpt.kind}, {len(ckpt.state_dict)} tensors) -> {dst}: {args.model} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 __all__ = ["main"]
@@ -34,13 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--unsafe-load", action="store_true", help="allow a pickle the safe loader refuses (runs its code)")
     return p
 
 
 def main(argv: list[str]) -> int:
     args, rest = _parser().parse_known_args(argv)
+    import lambdanet
+    from lambdanet.checkpoint import CHECKPOINT_KEY, CheckpointError, read_checkpoint
     from lambdanet.data.datasets import DataError
-    from lambdanet.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
     from lambdanet.train.config import apply_overrides, config_from_dict, parse_overrides
 
     try:
@@ -48,10 +51,12 @@ def main(argv: list[str]) -> int:
         bad = [k for k in overrides if k != "data"]
         if bad:
             raise ValueError(f"lambdanet eval takes only --data.* overrides, got --{bad[0]}")
-        ckpt = load_checkpoint(args.checkpoint)
-        meta = ckpt["lambdanet"]
+        ckpt = read_checkpoint(args.checkpoint, weights=args.weights, allow_pickle=args.unsafe_load)
+        if ckpt.kind != CHECKPOINT_KEY or "config" not in ckpt.meta:
+            raise CheckpointError(f"{args.checkpoint} is not a lambdanet training checkpoint (it holds no run config)")
+        meta = ckpt.meta
         cfg = apply_overrides(config_from_dict(meta["config"]), overrides)
-        model = model_from_checkpoint(ckpt, args.checkpoint, args.weights)
+        model = lambdanet.create_model(str(ckpt.model_name), checkpoint=ckpt)
         from lambdanet.data.loader import build_splits, data_info, prepare
 
         info = data_info(cfg.data)
@@ -78,6 +83,9 @@ def main(argv: list[str]) -> int:
     batch = args.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
     workers = cfg.data.num_workers if args.num_workers is None else args.num_workers
     result = evaluate(model, dataset, batch, device, workers, args.max_batches, args.channels_last)
+    if not math.isfinite(result["loss"]):
+        print(f"lambdanet eval: error: the model gives NaN or Inf (loss {result['loss']})", file=sys.stderr)
+        return 1
     result.update(
         {
             "checkpoint": str(args.checkpoint),

@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default=None, help="position algorithm of every lambda layer (default: conv)")
     p.add_argument("--static-spatial", action="store_true", help="fix height and width to the example's")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with eager PyTorch")
+    p.add_argument("--unsafe-load", action="store_true", help="allow a pickle the safe loader refuses (runs its code)")
     return p
 
 
@@ -43,8 +44,9 @@ def main(argv: list[str]) -> int:
     from lambdanet.interop import export as ex
 
     try:
-        model = lambdanet.create_model(args.model, checkpoint=args.checkpoint).eval()
-        size = tuple(args.input_size or lambdanet.model_info(args.model).input_size)
+        model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
+        stored = getattr(model, "pretrained_cfg", {}).get("input_size")  # the checkpoint's channels and size
+        size = tuple(args.input_size or stored or lambdanet.model_info(args.model).input_size)
         spatial = False if args.static_spatial else "auto"
         start = time.perf_counter()
         if args.format == "onnx":

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
     p.add_argument("--resume", default=None, help="continue a run: its directory or a checkpoint (last.ckpt)")
+    p.add_argument("--init-from", default=None, help="fine-tune: start from these weights (a new head if needed)")
     return p
 
 
@@ -69,8 +70,10 @@ def main(argv: list[str]) -> int:
         return int(lm.main(argv) or 0)
     try:
         overrides = parse_overrides(rest)
+        if args.init_from:
+            overrides.setdefault("train", {})["init_from"] = args.init_from
         if args.resume and not args.config:
-            from lambdanet.train.checkpoint import load_checkpoint
+            from lambdanet.checkpoint import load_checkpoint
             from lambdanet.train.config import apply_overrides
             from lambdanet.train.run import resolve_resume
 
@@ -78,6 +81,8 @@ def main(argv: list[str]) -> int:
             cfg = apply_overrides(config_from_dict(load_checkpoint(ckpt_path)["lambdanet"]["config"]), overrides)
         else:
             cfg = load_config(args.config, overrides)
+        if args.resume:
+            cfg.train.init_from = None  # the resumed checkpoint holds the weights
     except ValueError as e:
         print(f"lambdanet train: error: {e}", file=sys.stderr)
         return 2

@@ -19,8 +19,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import lambdanet
+from lambdanet.checkpoint import CHECKPOINT_KEY
+from lambdanet.inference import describe_checkpoint
 from lambdanet.train.callbacks import NonFiniteLossError, convert_global_batchnorm
-from lambdanet.train.checkpoint import CHECKPOINT_KEY
 from lambdanet.train.config import RunConfig, to_dict
 from lambdanet.train.optim import build_optimizer, lr_lambda
 
@@ -207,6 +208,7 @@ class LambdaModule(pl.LightningModule):
             "ema": self.ema is not None,
             "torch_rng_state": torch.get_rng_state(),
         }
+        describe_checkpoint(checkpoint, self.cfg.data, getattr(self._trainer, "datamodule", None))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY)
