@@ -173,9 +173,13 @@ def torch_load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> A
 
 # ---------------------------------------------------------------------------------------------- integrity
 def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
-    """SHA-256 over a state dict in key order: each key, dtype and shape, then the tensor's bytes (row-major)."""
+    """SHA-256 over a state dict in sorted key order: each key, dtype and shape, then the tensor's bytes (row-major).
+
+    Sorted, so that formats that reorder keys (safetensors) give the same checksum as the model's state dict.
+    """
     h = hashlib.sha256()
-    for key, value in state_dict.items():
+    for key in sorted(state_dict):
+        value = state_dict[key]
         h.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
         data = value.detach().cpu().contiguous().reshape(-1)
         if data.numel():

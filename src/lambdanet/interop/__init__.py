@@ -24,6 +24,7 @@ from lambdanet.interop.export import (
     fixed_spatial,
     load_program,
     onnx_forward,
+    onnx_metadata,
     save_program,
     tracing_setup,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "load_program",
     "load_state_dict_checked",
     "onnx_forward",
+    "onnx_metadata",
     "read_checkpoint",
     "save_program",
     "strip_prefix",

@@ -42,6 +42,10 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = cfg.train.bn_momentum
+    if cfg.train.init_from:
+        from lambdanet.checkpoint import init_from
+
+        init_from(model, cfg.train.init_from)
     return model
 
 
