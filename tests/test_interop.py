@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lambdanet
-from lambdanet.checkpoint import state_dict_sha256
+from lambdanet.checkpoint import seal, state_dict_sha256
 from lambdanet.interop import (
     CheckpointMismatchError,
     convert_dli_state_dict,
@@ -125,6 +125,20 @@ def test_lambdanet_checkpoint_round_trip_and_wrong_model(tmp_path: Path) -> None
     fresh = lambdanet.create_model("lambda_net_tiny", num_classes=5)
     load_checkpoint_into(fresh, tmp_path / "run.ckpt")
     assert torch.equal(fresh.fc.weight, model.fc.weight)
+
+
+def test_lambdanet_checkpoint_with_ema_loads_the_ema_copy(tmp_path: Path) -> None:
+    raw = lambdanet.create_model("lambda_net_tiny", num_classes=5)
+    ema = lambdanet.create_model("lambda_net_tiny", num_classes=5)  # other random weights
+    state = {"model." + k: v for k, v in raw.state_dict().items()}
+    state.update({"ema.module." + k: v for k, v in ema.state_dict().items()})
+    meta = {"model_name": "lambda_net_tiny", "model_overrides": {"num_classes": 5}}
+    torch.save(seal({"lambdanet": meta, "state_dict": state}), tmp_path / "ema.ckpt")
+    for weights, expected in (("auto", ema), ("ema", ema), ("model", raw)):
+        loaded = lambdanet.create_model("lambda_net_tiny", checkpoint=tmp_path / "ema.ckpt", weights=weights)
+        for (k, a), b in zip(loaded.state_dict().items(), expected.state_dict().values()):
+            assert torch.equal(a, b), (weights, k)
+    assert not torch.equal(raw.fc.weight, ema.fc.weight)
 
 
 # ---------------------------------------------------------------------------------------------- lambda-networks

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import lambdanet
+from lambdanet.checkpoint import load_checkpoint, state_dict_sha256
 from lambdanet.cli import main as cli
 from lambdanet.data.transforms import EvalTransform
 
@@ -62,7 +63,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(image folder, run directory) of the walk-through: 5 epochs of the default recipe."""
     tmp = tmp_path_factory.mktemp("walk")
     root = _image_folder(tmp / "images", CLASSES)
+    stray = tmp / "runs" / "walk" / "checkpoints" / ".last.ckpt.99999.tmp"  # left by a killed write
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half a checkpoint")
     assert cli(_train_args(root, tmp / "runs", "walk", epochs=5)) == 0
+    assert not stray.exists()
     return root, tmp / "runs" / "walk"
 
 
@@ -82,6 +87,10 @@ def test_walkthrough_predict_json_names_the_classes_and_beats_chance(
         assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
     correct = sum(r["top"][0]["label"] == Path(r["path"]).parent.name for r in results)
     assert correct / len(results) >= 0.8  # chance: 1/3
+    # Lightning's checkpoint passes the safe loader and carries its checksum and inference metadata
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["lambdanet"]["state_dict_sha256"] == state_dict_sha256(ckpt["state_dict"])
+    assert ckpt["lambdanet"]["classes"] == CLASSES and ckpt["lambdanet"]["input_size"] == [3, 16, 16]
     # the Python path gives the same answer, from the run directory
     model, transform, classes = lambdanet.load_for_inference(run)
     assert classes == CLASSES

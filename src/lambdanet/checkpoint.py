@@ -127,7 +127,8 @@ def _safe_globals() -> list[Any]:
     except ImportError:  # pragma: no cover - numpy is a torch dependency here
         return []
     core = getattr(np, "_core", None) or np.core
-    return [core.multiarray.scalar, np.dtype]
+    kinds = ("float16", "float32", "float64", "int32", "int64", "bool")
+    return [core.multiarray.scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
 
 
 def torch_load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Any:
@@ -148,7 +149,7 @@ def torch_load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> A
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        found = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"but got <class '([\w.]+)'>", str(e))
         if found is None:
             raise CheckpointError(f"cannot read checkpoint {p}: the file is corrupt or not a PyTorch checkpoint") from e
         if not allow_pickle:
