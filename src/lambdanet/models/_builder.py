@@ -38,7 +38,7 @@ def _read(checkpoint: Any, pretrained: Any, weights: str, allow_pickle: bool) ->
 
 
 def _inference_cfg(ckpt: Any) -> dict[str, Any]:
-    cfg = {k: ckpt.meta[k] for k in INFERENCE_KEYS if ckpt.meta.get(k) is not None}
+    cfg = {k: ckpt.meta[k] for k in INFERENCE_KEYS if k in ckpt.meta}
     if "mean" not in cfg and isinstance(ckpt.meta.get("config"), dict):
         from lambdanet.inference import metadata_from_config  # files written before the inference metadata
 
