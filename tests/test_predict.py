@@ -184,6 +184,9 @@ def test_hub_id_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read when huggingface_hub was imported
-    with pytest.raises(ValueError, match=r"pretrained='lambdanet-tests/no-such-model': cannot fetch it") as info:
+    with pytest.raises(
+        ValueError,
+        match=r"'lambdanet-tests/no-such-model' is no local path, and fetching it from the Hugging Face Hub failed",
+    ) as info:
         lambdanet.create_model("lambda_net_tiny", pretrained="lambdanet-tests/no-such-model")
     assert "\n" not in str(info.value)

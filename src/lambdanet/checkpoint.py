@@ -358,8 +358,8 @@ def _hub_download(repo_id: str) -> Path:
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise CheckpointError(
-            f"pretrained={repo_id!r}: cannot fetch it from the Hugging Face Hub ({type(e).__name__}: {first}); "
-            "offline, pass a local directory with config.json and model.safetensors"
+            f"{repo_id!r} is no local path, and fetching it from the Hugging Face Hub failed ({type(e).__name__}: "
+            f"{first}); offline, pass a local directory with {PRETRAINED_CONFIG} and {PRETRAINED_WEIGHTS}"
         ) from None
     return Path(local)
 
@@ -379,7 +379,7 @@ def read_pretrained(source: str | os.PathLike[str]) -> LoadedCheckpoint:
             p = _hub_download(text)
         else:
             raise CheckpointError(
-                f"pretrained={text!r} does not exist; expected a directory with {PRETRAINED_CONFIG} and "
+                f"{text!r} does not exist; expected a checkpoint file, a directory with {PRETRAINED_CONFIG} and "
                 f"{PRETRAINED_WEIGHTS}, or a Hugging Face Hub id (owner/name)"
             )
     config, weights_file = p / PRETRAINED_CONFIG, p / PRETRAINED_WEIGHTS
