@@ -190,3 +190,29 @@ def test_hub_id_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     ) as info:
         lambdanet.create_model("lambda_net_tiny", pretrained="lambdanet-tests/no-such-model")
     assert "\n" not in str(info.value)
+
+
+def test_eval_transform_reproduces_the_evaluation_pipeline(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """On images of the training size, EvalTransform built from the stored metadata gives the very tensors the
+    run evaluated: digits (greyscale array data, plain resize) and an image folder (resize and centre crop)."""
+    from PIL import Image
+
+    from lambdanet.data.loader import DataConfig, build_splits
+    from lambdanet.inference import inference_metadata
+
+    digits = DataConfig(name="digits", val_fraction=0.1)
+    splits = build_splits(digits)
+    meta = inference_metadata(digits, splits.classes)
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["input_size"] == [1, 8, 8]
+    transform = EvalTransform.from_metadata(meta)
+    for i in (0, 17, 101):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(splits.test.base.images[i, 0].numpy(), mode="L").save(path)
+        assert torch.equal(transform(path), splits.test[i][0])
+    root, _ = trained_run
+    folder = DataConfig(name="imagefolder", root=str(root), image_size=16)
+    splits = build_splits(folder)
+    transform = EvalTransform.from_metadata(inference_metadata(folder, splits.classes))
+    for i in (0, 11, 29):
+        path, _ = splits.val.base.samples[i]
+        assert torch.equal(transform(path), splits.val[i][0])
