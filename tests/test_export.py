@@ -125,6 +125,32 @@ def test_cli_torch_export_with_checkpoint(tmp_path: Path, capsys: pytest.Capture
     assert "nope" in capsys.readouterr().err
 
 
+def test_onnx_from_a_checkpoint_takes_its_size_and_carries_its_metadata(tmp_path: Path) -> None:
+    from lambdanet.checkpoint import seal
+    from lambdanet.interop import onnx_metadata
+
+    model = _randomise_norms(lambdanet.create_model("lambda_net_tiny", in_chans=1, num_classes=3))
+    meta = {"model_name": "lambda_net_tiny", "model_overrides": {"in_chans": 1, "num_classes": 3}}
+    meta.update({"classes": ["a", "b", "c"], "mean": [0.3], "std": [0.4], "input_size": [1, 12, 12], "crop_pct": None})
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    torch.save(seal({"lambdanet": meta, "state_dict": state}), tmp_path / "run.ckpt")
+    out = tmp_path / "tiny.onnx"
+    args = ["export", "lambda_net_tiny", "--format", "onnx", "--output", str(out), "--checkpoint"]
+    assert cli([*args, str(tmp_path / "run.ckpt"), "--static-spatial"]) == 0  # no --input-size: (1, 12, 12)
+    import onnx
+
+    dims = [d.dim_param or d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [1, 12, 12]
+    stored = onnx_metadata(out)
+    assert stored["model_name"] == "lambda_net_tiny" and stored["model_overrides"] == {"in_chans": 1, "num_classes": 3}
+    assert {k: stored[k] for k in ("classes", "mean", "std", "input_size", "crop_pct")} == {
+        k: meta[k] for k in ("classes", "mean", "std", "input_size", "crop_pct")
+    }
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        _assert_float32_close(onnx_forward(out, x), model(x))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["lambda_resnet50", "lambda_resnet18_cifar", "lambda_mobilenet_v1_cifar_3"])
 def test_onnx_registered_models(tmp_path: Path, name: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lambdanet.train.checkpoint import load_checkpoint
+from lambdanet.checkpoint import load_checkpoint
 
 LAMBDANET = Path(sys.executable).parent / "lambdanet"
 TINY = "{in_chans: 3, widths: [8, 16], lambda_stages: [1], stem_chs: 8, dim_k: 4, heads: 2, scope: 3}"

@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
+from lambdanet.checkpoint import CheckpointError, load_checkpoint
 from lambdanet.cli import eval as cli_eval
 from lambdanet.cli import train as cli_train
+from lambdanet.models._builder import model_from_weights
 from lambdanet.train.callbacks import AtomicCheckpointIO, NonFiniteLossError
-from lambdanet.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from lambdanet.train.config import RunConfig, config_from_dict, load_config
 from lambdanet.train.run import fit
 
@@ -143,11 +144,13 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(last)
     ckpt["lambdanet"]["model_overrides"]["widths"] = [8, 32]
-    with pytest.raises(CheckpointError, match=r"does not fit model 'lambda_net_tiny'"):
-        model_from_checkpoint(ckpt, last)
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    with pytest.raises(CheckpointError, match=r"edited\.ckpt .*do not fit the model"):
+        model_from_weights(tmp_path / "edited.ckpt")
     ckpt["lambdanet"]["model_name"] = "no_such_model"
+    torch.save(ckpt, tmp_path / "edited.ckpt")
     with pytest.raises(CheckpointError, match="no_such_model"):
-        model_from_checkpoint(ckpt, last)
+        model_from_weights(tmp_path / "edited.ckpt")
     other = tiny_config(tmp_path / "other", epochs=2)
     other.model.overrides["widths"] = [8, 32]
     with pytest.raises(ValueError, match=r"checkpoint holds model 'lambda_net_tiny' with overrides"):
@@ -206,7 +209,7 @@ def test_compiled_training_keeps_plain_checkpoint_keys(tmp_path: Path) -> None:
     fit(cfg)
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert not [k for k in ckpt["state_dict"] if "_orig_mod" in k]
-    model_from_checkpoint(ckpt)  # loads into a plain (uncompiled) model
+    model_from_weights(tmp_path / "run" / "checkpoints" / "last.ckpt")  # loads into a plain (uncompiled) model
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from lambdanet.checkpoint import save_pretrained
+from lambdanet.inference import load_for_inference
 from lambdanet.layers import LambdaLayer, LambdaLayer1d, RelativePositionEmbedding
 from lambdanet.models import ModelMeta, create_model, list_models, model_info, register_model
 from lambdanet.stats import ModelStats, model_stats
@@ -15,7 +17,9 @@ __all__ = [
     "__version__",
     "create_model",
     "list_models",
+    "load_for_inference",
     "model_info",
     "model_stats",
     "register_model",
+    "save_pretrained",
 ]

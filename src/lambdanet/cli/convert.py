@@ -38,6 +38,7 @@ class ConvertOptions:
         recipe: training recipe whose data settings ``lambdanet eval`` uses.
         data_root: image-folder root stored in the config (``root/train``, ``root/val``).
         force: overwrite ``dst`` if it exists.
+        unsafe_load: read a legacy pickle that the safe loader refuses; this runs any code inside the file.
     """
 
     src: str
@@ -46,6 +47,7 @@ class ConvertOptions:
     recipe: str = "imagenet_lambda_resnet50"
     data_root: str | None = None
     force: bool = False
+    unsafe_load: bool = False
 
 
 def _config(recipe: str, model: str, overrides: dict[str, Any], data_root: str | None) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def main(argv: list[str]) -> int:
         ConvertOptions,
         prog=PROG,
         description="Convert a published checkpoint (d-li14 Lambda-ResNet-50) into a lambdanet checkpoint.",
-        usage=f"{PROG} SRC DST [--model NAME] [--recipe NAME] [--data-root DIR] [--force]",
+        usage=f"{PROG} SRC DST [--model NAME] [--recipe NAME] [--data-root DIR] [--force] [--unsafe-load]",
     )
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
@@ -74,7 +76,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     import lambdanet
-    from lambdanet.interop import read_checkpoint
+    from lambdanet.checkpoint import read_checkpoint, seal
 
     dst = Path(args.dst)
     try:
@@ -82,8 +84,8 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"dst={str(dst)!r} exists; pass --force to overwrite it")
         if Path(args.src).resolve() == dst.resolve():
             raise ValueError(f"dst={str(dst)!r} is the source file; choose another path")
-        ckpt = read_checkpoint(args.src)
-        model = lambdanet.create_model(args.model, checkpoint=ckpt.path)
+        ckpt = read_checkpoint(args.src, allow_pickle=args.unsafe_load)
+        model = lambdanet.create_model(args.model, checkpoint=ckpt)
         overrides = dict(model.model_overrides)
         config = _config(args.recipe, args.model, overrides, args.data_root)
     except ValueError as e:
@@ -98,7 +100,9 @@ def main(argv: list[str]) -> int:
         "source": {"path": str(args.src), "kind": ckpt.kind, **ckpt.extra},
     }
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"lambdanet": meta, "model_name": args.model, "model_overrides": overrides, "state_dict": state}, dst)
+    torch.save(
+        seal({"lambdanet": meta, "model_name": args.model, "model_overrides": overrides, "state_dict": state}), dst
+    )
     params = sum(p.numel() for p in model.parameters())
     print(
         f"converted {args.src} ({ckpt.kind}, {len(ckpt.state_dict)} tensors) -> {dst}: {args.model} "

@@ -12,6 +12,8 @@ Examples::
 from __future__ import annotations
 
 import json
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,6 +42,7 @@ class EvalOptions:
         max_batches: stop after this many batches.
         channels_last: NHWC memory format.
         json: also write the results to this JSON file (parent folders are created).
+        unsafe_load: read a legacy pickle checkpoint that the safe loader refuses; this runs any code inside the file.
     """
 
     checkpoint: str
@@ -51,6 +54,7 @@ class EvalOptions:
     max_batches: int | None = None
     channels_last: bool = False
     json: str | None = None
+    unsafe_load: bool = False
 
 
 def _parser() -> ArgumentParser:
@@ -101,16 +105,19 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         _parser().print_help()
         return 0
+    import lambdanet
+    from lambdanet.checkpoint import CHECKPOINT_KEY, CheckpointError, read_checkpoint
     from lambdanet.data.datasets import DataError
-    from lambdanet.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
     from lambdanet.train.config import config_from_dict, resolve, to_dict
 
     try:
         opts, data_argv = _options(argv)
-        ckpt = load_checkpoint(opts.checkpoint)
-        meta = ckpt["lambdanet"]
+        ckpt = read_checkpoint(opts.checkpoint, weights=opts.weights, allow_pickle=opts.unsafe_load)
+        if ckpt.kind != CHECKPOINT_KEY or "config" not in ckpt.meta:
+            raise CheckpointError(f"{opts.checkpoint} is not a lambdanet training checkpoint (it holds no run config)")
+        meta = ckpt.meta
         cfg = resolve([to_dict(config_from_dict(meta["config"]))], data_argv)
-        model = model_from_checkpoint(ckpt, opts.checkpoint, opts.weights)
+        model = lambdanet.create_model(str(ckpt.model_name), checkpoint=ckpt)
         from lambdanet.data.loader import build_splits, data_info, prepare
 
         info = data_info(cfg.data)
@@ -131,6 +138,9 @@ def main(argv: list[str]) -> int:
     batch = opts.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
     workers = cfg.data.num_workers if opts.num_workers is None else opts.num_workers
     result = evaluate(model, dataset, batch, opts.device, workers, opts.max_batches, opts.channels_last)
+    if not math.isfinite(result["loss"]):
+        print(f"{PROG}: error: the model gives NaN or Inf (loss {result['loss']})", file=sys.stderr)
+        return 1
     result.update(
         {
             "checkpoint": str(opts.checkpoint),

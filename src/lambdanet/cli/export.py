@@ -38,6 +38,7 @@ class ExportOptions:
         algorithm: position algorithm of every lambda layer (default: conv).
         static_spatial: fix height and width to the example's.
         check: compare the exported graph with eager PyTorch on a random input (``--no-check`` skips it).
+        unsafe_load: read a legacy pickle checkpoint that the safe loader refuses; this runs any code inside the file.
     """
 
     model: str
@@ -49,6 +50,7 @@ class ExportOptions:
     algorithm: str | None = None
     static_spatial: bool = False
     check: bool = True
+    unsafe_load: bool = False
 
 
 def main(argv: list[str]) -> int:
@@ -72,8 +74,9 @@ def main(argv: list[str]) -> int:
     from lambdanet.interop import export as ex
 
     try:
-        model = lambdanet.create_model(args.model, checkpoint=args.checkpoint).eval()
-        size = tuple(args.input_size or lambdanet.model_info(args.model).input_size)
+        model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
+        stored = getattr(model, "pretrained_cfg", {}).get("input_size")  # the checkpoint's channels and size
+        size = tuple(args.input_size or stored or lambdanet.model_info(args.model).input_size)
         with torch.no_grad():
             try:
                 model(torch.zeros(1, *size))

@@ -34,6 +34,10 @@ _OPTIONS = [
     (("--print-config",), {"action": "store_true", "help": "print the resolved, validated config as YAML and exit"}),
     (("--list-recipes",), {"action": "store_true", "help": "list the shipped recipes and exit"}),
     (("--resume",), {"help": "continue a run: its directory or a checkpoint (last.ckpt)"}),
+    (
+        ("--init-from",),
+        {"help": "fine-tune: start from these weights (checkpoint or pretrained directory; new head if needed)"},
+    ),
 ]
 
 
@@ -56,7 +60,7 @@ def main(argv: list[str]) -> int:
         prog=PROG,
         description="Train a lambda network (default: lambda_net_tiny on the bundled 8x8 digits). Every key "
         "below can be set in a recipe (section: key) or as --section.key VALUE (VALUE is YAML).",
-        usage=f"{PROG} [-c RECIPE] [--print-config] [--resume RUN] [--section.key VALUE ...]",
+        usage=f"{PROG} [-c RECIPE] [--print-config] [--resume RUN] [--init-from CKPT] [--section.key VALUE ...]",
         extra=_OPTIONS,
     )
     if args.help:
@@ -67,7 +71,7 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         if args.resume and not args.config:
-            from lambdanet.train.checkpoint import load_checkpoint
+            from lambdanet.checkpoint import load_checkpoint
             from lambdanet.train.run import resolve_resume
 
             ckpt_path, _ = resolve_resume(args.resume)
@@ -75,6 +79,10 @@ def main(argv: list[str]) -> int:
         else:
             layers = [recipe_layer(name) for name in args.config or [DEFAULT_RECIPE]]
         cfg = resolve(layers, rest, parser=parser)
+        if args.init_from:
+            cfg.train.init_from = args.init_from
+        if args.resume:
+            cfg.train.init_from = None  # the resumed checkpoint holds the weights
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0

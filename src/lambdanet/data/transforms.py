@@ -9,7 +9,10 @@ Shapes: images are (c, hh, ww) uint8 tensors unless stated otherwise.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "RANDAUGMENT_OPS",
+    "EvalTransform",
     "center_crop",
     "hflip",
     "normalize",
@@ -124,6 +128,72 @@ def pil_resize_center_crop(img: object, size: int, crop_pct: float = 0.875) -> o
     img = img.resize((new_w, new_h), Image.BILINEAR)  # type: ignore[attr-defined]
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return img.crop((left, top, left + size, top + size))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """The evaluation preprocessing of a trained model, for one image: a path or Pillow image -> float32 (c, h, w).
+
+    Converts to greyscale (1 channel) or RGB (3), resizes, then normalises with ``mean`` and ``std`` (0..1 scale).
+    ``crop_pct=None`` resizes the whole image to (h, w) (array datasets: digits, CIFAR); otherwise the shorter side
+    goes to ``h / crop_pct`` and the central h x w window is kept (image folders, e.g. ImageNet's 256 -> 224).
+    On images of the training size this is the evaluation pipeline of ``lambdanet train``.
+
+    Attributes:
+        input_size: (channels, height, width) the model takes.
+        mean: per-channel mean (or one value for all channels).
+        std: per-channel standard deviation (or one value).
+        crop_pct: centre-crop fraction, or None for a plain resize.
+    """
+
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 3 or self.input_size[0] not in (1, 3) or min(self.input_size) < 1:
+            raise ValueError(f"input_size={self.input_size!r}; expected (channels, height, width) with 1 or 3 channels")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) not in (1, self.input_size[0]):
+                raise ValueError(f"{key}={getattr(self, key)!r}; expected 1 or {self.input_size[0]} values")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct={self.crop_pct!r}; expected None or a fraction in (0, 1]")
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> EvalTransform:
+        """From checkpoint metadata (``input_size``, ``mean``, ``std``, ``crop_pct``).
+
+        Raises:
+            ValueError: a key is missing (the message names it).
+        """
+        missing = [k for k in ("input_size", "mean", "std") if meta.get(k) is None]
+        if missing:
+            raise ValueError(f"the weights' metadata lacks {missing}: cannot build their evaluation transform")
+        size = tuple(int(v) for v in meta["input_size"])
+        crop = meta.get("crop_pct")
+        return cls(size, tuple(map(float, meta["mean"])), tuple(map(float, meta["std"])), crop)  # type: ignore[arg-type]
+
+    def __call__(self, image: str | os.PathLike[str] | Any) -> Tensor:
+        from PIL import Image
+
+        if isinstance(image, str | os.PathLike):
+            try:
+                with Image.open(image) as opened:
+                    opened.load()
+                    image = opened.copy()
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise ValueError(f"image {str(image)!r} cannot be read: {type(e).__name__}: {e}") from e
+        c, h, w = self.input_size
+        img = image.convert("L" if c == 1 else "RGB")
+        if self.crop_pct is None:
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.BILINEAR)
+        elif h == w:
+            img = pil_resize_center_crop(img, h, self.crop_pct)
+        else:
+            raise ValueError(f"crop_pct={self.crop_pct} needs a square input_size, got {self.input_size}")
+        return normalize(pil_to_tensor(img), self.mean, self.std)
 
 
 # ---------------------------------------------------------------- RandAugment (Cubuk et al., 2020)

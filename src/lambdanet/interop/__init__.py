@@ -2,14 +2,14 @@
 
 Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602. See docs/interop.md.
 
-- :func:`read_checkpoint`, :func:`load_checkpoint_into`: the published d-li14 Lambda-ResNet-50 checkpoint (seed 003),
-  lambdanet checkpoints and plain state dicts, with every key and shape checked
-  (``create_model(name, checkpoint=PATH)`` uses them).
+- :func:`read_checkpoint`, :func:`load_checkpoint_into`: the published d-li14 Lambda-ResNet-50 checkpoint,
+  lambdanet checkpoints and plain state dicts, read safely with every key and shape checked (re-exported from
+  :mod:`lambdanet.checkpoint`; ``create_model(name, checkpoint=PATH)`` uses them).
 - :func:`from_lucidrains`: a :class:`~lambdanet.layers.LambdaLayer` from a ``lambda_networks.LambdaLayer``.
 - :func:`export_onnx`, :func:`export_program`: ONNX files and ``torch.export`` programs.
 """
 
-from lambdanet.interop.checkpoints import (
+from lambdanet.checkpoint import (
     CheckpointMismatchError,
     LoadedCheckpoint,
     convert_dli_state_dict,
@@ -24,6 +24,7 @@ from lambdanet.interop.export import (
     fixed_spatial,
     load_program,
     onnx_forward,
+    onnx_metadata,
     save_program,
     tracing_setup,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "load_program",
     "load_state_dict_checked",
     "onnx_forward",
+    "onnx_metadata",
     "read_checkpoint",
     "save_program",
     "strip_prefix",

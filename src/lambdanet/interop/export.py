@@ -36,7 +36,9 @@ __all__ = [
     "fixed_spatial",
     "load_program",
     "min_side",
+    "model_metadata",
     "onnx_forward",
+    "onnx_metadata",
     "save_program",
     "tracing_setup",
 ]
@@ -223,6 +225,7 @@ def export_onnx(
     dynamic_spatial: bool | Literal["auto"] = "auto",
     algorithm: str | None = None,
     opset_version: int | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Export a model in eval mode to an ONNX file with ``torch.onnx.export(dynamo=True)``.
 
@@ -239,6 +242,9 @@ def export_onnx(
         dynamic_spatial: dynamic height and width; ``"auto"`` = unless the model has global position lambdas.
         algorithm: position algorithm of every lambda layer (see :func:`tracing_setup`).
         opset_version: ONNX opset (default: the exporter's).
+        metadata: stored in the file's ``metadata_props``, each value as JSON; default :func:`model_metadata`
+            (model name and overrides, and with loaded weights their ``classes``, ``mean``, ``std``,
+            ``input_size`` and ``crop_pct``).
 
     Returns:
         The path written.
@@ -265,7 +271,46 @@ def export_onnx(
     if program is None:  # only the legacy exporter returns None
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
     program.save(str(p), external_data=False)
+    _set_onnx_metadata(p, model_metadata(model) if metadata is None else metadata)
     return p
+
+
+def model_metadata(model: nn.Module) -> dict[str, Any]:
+    """What an export records about a model: ``model_name``, ``model_overrides`` (from ``create_model``) and the
+    inference metadata of the weights it was loaded with (``model.pretrained_cfg``)."""
+    meta: dict[str, Any] = {}
+    if getattr(model, "model_name", None) is not None:
+        meta["model_name"] = model.model_name
+        meta["model_overrides"] = dict(getattr(model, "model_overrides", {}))
+    meta.update({k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items() if k != "source"})
+    return meta
+
+
+def _set_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update({str(k): json.dumps(v, default=str) for k, v in metadata.items()})
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(path))
+
+
+def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``metadata_props`` of an ONNX file written by :func:`export_onnx`, values decoded from JSON."""
+    import json
+
+    import onnx
+
+    out: dict[str, Any] = {}
+    for prop in onnx.load(str(path), load_external_data=False).metadata_props:
+        try:
+            out[prop.key] = json.loads(prop.value)
+        except json.JSONDecodeError:
+            out[prop.key] = prop.value
+    return out
 
 
 def onnx_forward(path: str | os.PathLike[str], x: Tensor) -> Tensor:

@@ -88,48 +88,54 @@ def _check_name(name: str) -> None:
         )
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model.
+def create_model(
+    name: str,
+    *,
+    checkpoint: Any = None,
+    pretrained: Any = None,
+    weights: str = "auto",
+    allow_pickle: bool = False,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model, optionally with weights.
 
     Args:
         name: registry key, e.g. ``"lambda_resnet50"``.
-        **overrides: keyword arguments of the builder (e.g. ``num_classes``, ``dim_k``, ``scope``), and
-            ``checkpoint=PATH``: load weights from a file (the published d-li14 Lambda-ResNet-50 checkpoint, a
-            ``lambdanet train``/``convert`` checkpoint or a plain state dict; see :mod:`lambdanet.interop`). The
-            overrides the file implies (its stored ``model_overrides``; ``position_bias=True`` for d-li14 files)
+        checkpoint: a weights file to load: a ``lambdanet train``/``convert`` checkpoint, the published d-li14
+            Lambda-ResNet-50 checkpoint or a plain state dict (see :mod:`lambdanet.checkpoint`).
+        pretrained: a pretrained directory (``config.json`` + ``model.safetensors``, from
+            :func:`lambdanet.save_pretrained`) or a Hugging Face Hub id holding one.
+        weights: for lambdanet checkpoints with an EMA copy: ``"auto"`` (the EMA copy), ``"ema"`` or ``"model"``.
+        allow_pickle: read a checkpoint the safe loader refuses with the full unpickler; only for files you trust
+            (it can run code).
+        **overrides: keyword arguments of the builder (e.g. ``num_classes``, ``dim_k``, ``scope``). With weights,
+            the overrides the file implies (its stored ``model_overrides``; ``position_bias=True`` for d-li14 files)
             apply unless given explicitly; every key and shape is checked.
 
     Raises:
-        ValueError: for an unknown name, an override the builder does not accept, or a checkpoint that cannot be
-            read or does not fit (the message names the path and the offending keys).
+        ValueError: for an unknown name, an override the builder does not accept, or weights that cannot be read
+            safely or do not fit (the message names the path and the offending keys).
     """
     _ensure_families()
     _check_name(name)
-    builder = _MODELS[name]
-    ckpt = None
-    if overrides.get("checkpoint") is not None:
-        from lambdanet.interop.checkpoints import read_checkpoint
+    if checkpoint is not None or pretrained is not None:
+        from lambdanet.models._builder import build_with_weights
 
-        ckpt = read_checkpoint(overrides.pop("checkpoint"))
-        if ckpt.model_name is not None and ckpt.model_name != name:
-            raise ValueError(f"checkpoint={ckpt.path!r} holds model {ckpt.model_name!r}, not name={name!r}")
-        overrides = {**ckpt.overrides, **overrides}
-    overrides.pop("checkpoint", None)
+        return build_with_weights(name, overrides, checkpoint, pretrained, weights, allow_pickle)
+    return _build(name, overrides)
+
+
+def _build(name: str, overrides: dict[str, Any]) -> nn.Module:
+    """Call the builder of a registered ``name`` with checked ``overrides``; the model remembers both."""
+    _ensure_families()
+    _check_name(name)
+    builder = _MODELS[name]
     params = inspect.signature(builder).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(overrides) - set(params))
         if unknown:
             raise ValueError(f"unknown override(s) {unknown} for model {name!r}; expected some of {sorted(params)}")
-    try:
-        model = builder(**overrides)
-    except ValueError as e:
-        if ckpt is None or not ckpt.overrides:
-            raise
-        raise ValueError(f"checkpoint={ckpt.path!r} ({ckpt.kind}) needs overrides {ckpt.overrides}: {e}") from e
+    model = builder(**overrides)
     model.model_name = name  # type: ignore[assignment]
     model.model_overrides = dict(overrides)  # type: ignore[assignment]
-    if ckpt is not None:
-        from lambdanet.interop.checkpoints import load_checkpoint_into
-
-        load_checkpoint_into(model, ckpt)
     return model

@@ -4,10 +4,8 @@ logging, and global batch statistics for CPU (gloo) data parallelism.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,6 +14,8 @@ import torch.distributed as dist
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
+
+from lambdanet.checkpoint import atomic_save, load_checkpoint, non_finite_keys, remove_stray_temp_files
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -32,48 +32,39 @@ class NonFiniteLossError(RuntimeError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary file in the same folder, fsync it, then ``os.replace`` it into place.
+    """Checkpoint writes that never damage the previous file, and reads with lambdanet's safe, checked loader.
 
-    A crash or kill during the write leaves the previous checkpoint untouched (and at most a stray ``.tmp`` file).
+    Writes go through :func:`lambdanet.checkpoint.atomic_save` (temp file, fsync, ``os.replace``); reads (``fit``'s
+    ``ckpt_path``, i.e. ``--resume``) through :func:`lambdanet.checkpoint.load_checkpoint`: ``weights_only`` only,
+    checksum and finite weights verified.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        try:  # make the rename itself durable
-            fd = os.open(path.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        atomic_save(checkpoint, path)
 
-
-def _all_finite(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path)
 
 
 class FiniteModelCheckpoint(ModelCheckpoint):
-    """A ``ModelCheckpoint`` that refuses to overwrite checkpoints with non-finite weights."""
+    """A ``ModelCheckpoint`` that never writes a checkpoint with NaN or Inf in any floating tensor of the module's
+    state dict (parameters, BatchNorm statistics and the EMA copy), so ``last.ckpt`` stays the last good one.
+
+    When the run starts it deletes the temp files that interrupted writes left in its folder.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath:
+            remove_stray_temp_files(self.dirpath)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        if not _all_finite(trainer.lightning_module):
-            warnings.warn(f"not saving {filepath}: the weights hold NaN or Inf", stacklevel=2)
+        bad = non_finite_keys(trainer.lightning_module.state_dict())
+        if bad:
+            shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
+            warnings.warn(f"not saving {filepath}: NaN or Inf in {shown}", stacklevel=2)
             return
         super()._save_checkpoint(trainer, filepath)
 

@@ -134,6 +134,8 @@ class TrainConfig:
         limit_train_batches: batches per epoch (int) or fraction (float); for smoke runs.
         log_every_steps: logging interval.
         test_after_fit: evaluate the best checkpoint on the test split at the end.
+        init_from: start from these weights (checkpoint, run or pretrained directory); a classifier head of
+            another class count is dropped (fine-tuning).
     """
 
     epochs: int = 30
@@ -151,6 +153,7 @@ class TrainConfig:
     limit_train_batches: int | float = 1.0
     log_every_steps: int = 10
     test_after_fit: bool = True
+    init_from: str | None = None
 
 
 @dataclass

@@ -19,8 +19,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import lambdanet
+from lambdanet.checkpoint import CHECKPOINT_KEY
+from lambdanet.inference import describe_checkpoint
 from lambdanet.train.callbacks import NonFiniteLossError, convert_global_batchnorm
-from lambdanet.train.checkpoint import CHECKPOINT_KEY
 from lambdanet.train.config import RunConfig, to_dict
 from lambdanet.train.optim import build_optimizer, lr_lambda
 
@@ -41,6 +42,10 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = cfg.train.bn_momentum
+    if cfg.train.init_from:
+        from lambdanet.checkpoint import init_from
+
+        init_from(model, cfg.train.init_from)
     return model
 
 
@@ -207,6 +212,7 @@ class LambdaModule(pl.LightningModule):
             "ema": self.ema is not None,
             "torch_rng_state": torch.get_rng_state(),
         }
+        describe_checkpoint(checkpoint, self.cfg.data, getattr(self._trainer, "datamodule", None))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY)
