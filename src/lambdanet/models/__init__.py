@@ -3,7 +3,7 @@
 from lambdanet.models._registry import ModelMeta, create_model, list_models, model_info, register_model
 
 __all__ = ["ModelMeta", "create_model", "list_models", "model_info", "register_model"]
-import lambdanet.models.cifar  # registers the CIFAR ResNets of seed 001
+import lambdanet.models.cifar  # registers the CIFAR ResNets (leaderj1001/LambdaNetworks, kuangliu/pytorch-cifar)
 import lambdanet.models.lm  # registers the language models (lambda_lm_tiny, transformer_lm_tiny)
 import lambdanet.models.mobilenet  # registers the MobileNets
 import lambdanet.models.resnet  # registers the ResNet-50 family
