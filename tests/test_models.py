@@ -262,3 +262,69 @@ def test_cli_models(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
         assert rows["resnet50"]["params_m"] == 25.557
         assert rows["resnet50"]["input_size"] == "3x224x224"
     assert main(["models", "no_such_model*"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "match"),
+    [
+        ("resnet50", {"num_classes": 0}, "num_classes=0"),
+        ("lambda_resnet18_cifar", {"in_chans": 0}, "in_chans=0"),
+        ("resnet50_se", {"se_ratio": -0.25}, "se_ratio=-0.25"),
+        ("resnet50", {"base_width": 0}, "base_width=0"),
+        ("resnet50", {"layers": (3, 4, 6, True)}, "layers="),
+        ("lambda_resnet50", {"placement": None}, "placement=None"),
+        ("lambda_resnet50", {"content": "no"}, "content='no'"),
+        ("lambda_resnet50", {"scope": 6}, "scope=6"),
+        ("lambda_resnet50", {"dim_k": 0}, "dim_k=0"),
+        ("lambda_resnet50", {"zero_init_last": 1}, "zero_init_last=1"),
+        ("resnet_rs50", {"drop_path_rate": 1.0}, "drop_path_rate=1.0"),
+        ("mobilenet_v2", {"num_classes": -10}, "num_classes=-10"),
+        ("lambda_mobilenet_v2", {"lambda_pw": "yes"}, "lambda_pw='yes'"),
+        ("mobilenet_v1_cifar", {"in_chans": 0}, "in_chans=0"),
+        ("lambda_mobilenet_v1_cifar_5", {"fix_downsampling": 0}, "fix_downsampling=0"),
+        ("lambda_net_tiny", {"widths": (32, 0)}, r"widths\[1\]=0"),
+        ("lambda_net_tiny", {"num_classes": 0}, "num_classes=0"),
+        ("lambda_net_tiny", {"position_bias": "false"}, "position_bias='false'"),
+    ],
+)
+def test_nonsense_overrides_are_refused_in_one_line(name: str, overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        lambdanet.create_model(name, **overrides)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_batch_zero(name: str) -> None:
+    """An empty batch gives an empty output of the right shape, as nn.Conv2d does (eval mode; train-mode BatchNorm
+    needs samples)."""
+    info = lambdanet.model_info(name)
+    overrides = dict(info.extra.get("smoke_overrides", {}))
+    model = lambdanet.create_model(name, num_classes=3, **overrides).eval()
+    c, *_ = info.smoke_input_size
+    size = info.smoke_input_size if info.fixed_input_size else (c, 32, 32)
+    with torch.no_grad():
+        out = model(torch.zeros(0, *size))
+    assert out.shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    "size", [None, "3x32x32", (3, 32.7, 32), (3, 32), (3, 0, 32), (3, True, 32), 32, (3, "32", 32)]
+)
+def test_model_stats_argument_errors_are_one_line(size: Any) -> None:
+    model = lambdanet.create_model("resnet18_cifar")
+    with pytest.raises(ValueError, match="input_size=") as info:
+        model_stats(model, size)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="model=str"):
+        model_stats("resnet18_cifar", (3, 32, 32))  # type: ignore[arg-type]
+
+
+def test_model_stats_prints_readable_figures() -> None:
+    with torch.device("meta"):
+        model = lambdanet.create_model("lambda_resnet50", position_bias=True)
+    stats = model_stats(model, (3, 224, 224))
+    assert stats.params == 14_995_848
+    assert str(stats) == (
+        f"15.00 M params, {stats.macs / 1e9:.2f} GMACs ({2 * stats.macs / 1e9:.2f} GFLOPs), input 3x224x224"
+    )
+    assert str(model_stats(nn.Conv2d(3, 4, 1), (3, 1, 1))) == "16 params, 12 MACs (24 FLOPs), input 3x1x1"

@@ -70,6 +70,19 @@ class ModelStats:
     def params_m(self) -> float:
         return self.params / 1e6
 
+    def __str__(self) -> str:
+        """Readable figures, e.g. ``14.99 M params, 6.01 GMACs (12.02 GFLOPs), 3x224x224``."""
+        size = "x".join(str(s) for s in self.input_size)
+        return f"{_si(self.params, ' params')}, {_si(self.macs, 'MACs')} ({_si(self.flops, 'FLOPs')}), input {size}"
+
+
+def _si(value: int, unit: str) -> str:
+    """``value`` with an SI prefix and 2 decimals: ``14.99 M params``, ``6.01 GMACs``, ``12 MACs``."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value} {unit.strip()}"
+
 
 @contextmanager
 def _stub_lambda_layers(model: nn.Module, record: list[tuple[LambdaLayer, int, int]]) -> Iterator[None]:
@@ -105,6 +118,11 @@ def _position_scope_macs(layer: LambdaLayer, hh: int, ww: int, *, taps: bool = F
     return n * m * k * v * u + n * h * k * v
 
 
+def _is_integer(value: object) -> bool:
+    """True for Python and numpy integers (not floats, even integral ones: 32.0 is probably a mistake)."""
+    return hasattr(value, "__index__")
+
+
 def model_stats(model: nn.Module, input_size: Sequence[int], *, position_count: str = "scope") -> ModelStats:
     """Parameters and multiply-accumulates of ``model`` for one input of ``input_size`` = (channels, H, W).
 
@@ -124,13 +142,21 @@ def model_stats(model: nn.Module, input_size: Sequence[int], *, position_count: 
     Raises:
         ValueError: if ``input_size`` is not one or three positive integers or ``position_count`` is unknown.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} must be a torch.nn.Module")
     if position_count not in ("scope", "pairs", "taps"):
         raise ValueError(f"position_count={position_count!r} must be 'scope', 'pairs' or 'taps'")
-    size = tuple(int(s) for s in input_size)
-    if len(size) not in (1, 3) or min(size) < 1:
-        raise ValueError(
-            f"input_size={tuple(input_size)!r} must be (channels, height, width) or (length,) with positive entries"
-        )
+    expected = "(channels, height, width), (channels, time, height, width) or (length,) with positive integers"
+    if isinstance(input_size, str) or not isinstance(input_size, Sequence):
+        raise ValueError(f"input_size={input_size!r} must be a sequence {expected}")
+    size = tuple(input_size)
+    if (
+        len(size) not in (1, 3, 4)
+        or any(isinstance(s, bool) or not _is_integer(s) for s in size)
+        or min(int(s) for s in size) < 1
+    ):
+        raise ValueError(f"input_size={size!r} must be {expected}")
+    size = tuple(int(s) for s in size)
     params = sum(p.numel() for p in model.parameters())
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
