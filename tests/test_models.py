@@ -26,7 +26,7 @@ from lambdanet.stats import model_stats
 
 # Every registered image model; the language models have their own tests (tests/test_lm.py).
 ZOO = [n for n in lambdanet.list_models() if lambdanet.model_info(n).extra.get("task") != "language_model"]
-PARAMS_JSON = Path(__file__).parent / "reference" / "zoo_params.json"
+STATS_JSON = Path(lambdanet.__file__).parent / "models" / "zoo_stats.json"
 # One model per distinct block structure for torch.compile / torch.export, at reduced depth where it has one.
 ONE_BLOCK = {"layers": (1, 1, 1, 1)}
 COMPILE_SUBSET: dict[str, dict[str, Any]] = {
@@ -86,16 +86,39 @@ def test_eval_deterministic_and_batch_independent(name: str) -> None:
 
 @pytest.mark.parametrize("name", ZOO)
 def test_full_size_params(name: str) -> None:
-    """Full-size parameter counts (meta device) are pinned; change tests/reference/zoo_params.json deliberately."""
-    pinned = json.loads(PARAMS_JSON.read_text())
+    """Full-size parameter counts (meta device) equal the shipped table of ``lambdanet models``
+    (models/zoo_stats.json; regenerate it deliberately with ``python -m lambdanet.cli.models --write-cache``)."""
+    pinned = json.loads(STATS_JSON.read_text())
     with torch.device("meta"):
         model = lambdanet.create_model(name)
     count = sum(p.numel() for p in model.parameters())
-    assert name in pinned, f"{name} has no pinned count in {PARAMS_JSON.name}: {count}"
-    assert count == pinned[name]
+    assert name in pinned, f"{name} is missing from {STATS_JSON.name}: {count} params"
+    assert count == pinned[name]["params"]
+    assert pinned[name]["input_size"] == list(lambdanet.model_info(name).input_size)
     published = lambdanet.model_info(name).extra.get("published_params_m")
     if published is not None:
         assert abs(count / 1e6 / published - 1) < 0.25  # the exact comparison lives in test_reproduction.py
+
+
+def test_stats_table_lists_exactly_the_registered_image_models() -> None:
+    assert sorted(json.loads(STATS_JSON.read_text())) == ZOO
+
+
+# Cheap to count; the slow test below recounts every model.
+CHEAP = [
+    "resnet18_cifar",
+    "lambda_resnet18_cifar",
+    "lambda_mobilenet_v1_cifar_5",
+    "lambda_mobilenet_v2",
+    "lambda_net_tiny",
+]
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in CHEAP else pytest.mark.slow) for n in ZOO])
+def test_stats_table_macs(name: str) -> None:
+    from lambdanet.cli.models import compute_stats
+
+    assert compute_stats(name) == json.loads(STATS_JSON.read_text())[name]
 
 
 @pytest.mark.compile
@@ -261,7 +284,19 @@ def test_cli_models(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
         rows = {r["name"]: r for r in json.loads(out)}
         assert rows["resnet50"]["params_m"] == 25.557
         assert rows["resnet50"]["input_size"] == "3x224x224"
+        assert rows["resnet50"]["source"] == "arXiv:2102.08602 Tables 3, 13"
     assert main(["models", "no_such_model*"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_model*" in err
+
+
+def test_cli_models_recompute_matches_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from lambdanet.cli import main
+
+    assert main(["models", "--format", "json", "*cifar*"]) == 0
+    cached = capsys.readouterr().out
+    assert main(["models", "--format", "json", "--recompute", "*cifar*"]) == 0
+    assert capsys.readouterr().out == cached
 
 
 @pytest.mark.parametrize(
