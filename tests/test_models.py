@@ -363,3 +363,33 @@ def test_model_stats_prints_readable_figures() -> None:
         f"15.00 M params, {stats.macs / 1e9:.2f} GMACs ({2 * stats.macs / 1e9:.2f} GFLOPs), input 3x224x224"
     )
     assert str(model_stats(nn.Conv2d(3, 4, 1), (3, 1, 1))) == "16 params, 12 MACs (24 FLOPs), input 3x1x1"
+
+
+def test_cli_info(capsys: pytest.CaptureFixture[str]) -> None:
+    from lambdanet.cli import main
+
+    assert main(["info", "lambda_resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert "d-li14/lambda.pytorch" in out
+    assert "3x224x224 (other sizes work too)" in out
+    assert "14.996 M params, 6.011 GMACs" in out
+    lines = {
+        line.split()[0]: line.split()[1:3] for line in out.splitlines() if line.startswith("  ") and "  " in line[2:]
+    }
+    assert lines["dim_k"] == ["int", "16"]
+    assert lines["placement"] == ["str", "'LLLL'"]
+    assert lines["num_classes"] == ["int", "1000"]
+    assert lines["zero_init_last"] == ["bool", "True"]
+    # every listed override is accepted by create_model (and nothing the builder accepts is missing)
+    from lambdanet.cli.info import override_table
+
+    keys = {row[0] for row in override_table("lambda_resnet_rs50")}
+    assert {"c4_lambda_blocks", "se_ratio", "dim_k", "drop_path_rate"} <= keys
+    cfg = lambdanet.model_info("lambda_resnet_rs50").config
+    with torch.device("meta"):
+        for key in keys:
+            value = getattr(cfg, key) if hasattr(cfg, key) else getattr(cfg.lam, key)
+            lambdanet.create_model("lambda_resnet_rs50", **{key: value})
+    assert main(["info", "lamda_resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lambda_resnet50" in err
