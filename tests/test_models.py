@@ -2,7 +2,7 @@
 these families runs forward/backward, is deterministic and batch-independent in eval mode, compiles (eager backend)
 and exports. Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602.
 
-Cost control (stated): models whose ``ModelMeta.extra`` has ``smoke_overrides`` (the ResNet-RS family and seed 001's
+Cost control (stated): models whose ``ModelMeta.extra`` has ``smoke_overrides`` (the ResNet-RS family and leaderj1001's
 ResNet-152/200) run these checks at reduced depth ``layers=(1, 1, 2, 1)`` with the same blocks (SE, ResNet-D, lambda
 and conv blocks in the c4 hybrid); their full-size parameter counts are checked on the meta device in
 ``test_full_size_params`` and against the published numbers in ``test_reproduction.py``. ``torch.compile`` and
@@ -184,7 +184,7 @@ def test_placement_and_hybrid_layout() -> None:
     assert lambdanet.model_info("lambda_resnet_rs101").input_size == (3, 224, 224)
 
 
-def test_seed003_layout_names() -> None:
+def test_dli14_layout_names() -> None:
     """Module names follow the d-li14 checkpoint (tensors.json) wherever the layer internals are not involved."""
     with torch.device("meta"):
         model = lambdanet.create_model("lambda_resnet50", position_bias=True)
@@ -209,7 +209,7 @@ def test_mobilenet_v1_downsampling_fix() -> None:
     faithful = lambdanet.create_model("lambda_mobilenet_v1_cifar_5").eval()
     fixed = lambdanet.create_model("lambda_mobilenet_v1_cifar_5", fix_downsampling=True).eval()
     with torch.no_grad():
-        assert faithful.forward_features(x).shape[-1] == 4  # seed 000: the lambda layer dropped a stride
+        assert faithful.forward_features(x).shape[-1] == 4  # lambda-mobilenets: the lambda layer dropped a stride
         assert fixed.forward_features(x).shape[-1] == 2
     assert sum(p.numel() for p in faithful.parameters()) == sum(p.numel() for p in fixed.parameters())
 

@@ -16,7 +16,7 @@ Convention:
   ``position_count="pairs"`` charges only the (n, m) pairs inside the image (``layer.macs``: queries near a border
   see fewer context positions), the exact count of useful work. ``position_count="taps"`` charges every query the
   full kernel ``r_h * r_w`` (what a lambda convolution computes, padding zeros included), the convention of
-  seed 003's 6.576 "GFLOPs" (a Conv3d MAC count).
+  d-li14/lambda.pytorch's 6.576 "GFLOPs" (a Conv3d MAC count).
 - ``flops = 2 * macs``. The paper's "FLOPS" columns are 2 x MACs (docs/reproduction.md shows the check against
   Tables 10, 11 and 17).
 
