@@ -6,10 +6,10 @@ Convention:
 - Everything except lambda layers is counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions,
   matrix products, linear layers, SE blocks), which counts 2 FLOPs per multiply-accumulate; we report
   ``macs = flops / 2``. Normalisation, activations, pooling, softmax and additions are not counted.
-- Each :class:`~lambdanet.layers.LambdaLayer` contributes ``layer.macs(hh, ww)`` at the input size it actually
-  receives: its Q/K/V projection, the content lambda and its application, and the position lambdas plus their
-  application. What the layer's chosen algorithm runs (padding zeros, FFTs, masked einsums) is not counted, as the
-  paper does not count zeroed-out work.
+- Each :class:`~lambdanet.layers.LambdaLayer` contributes ``layer.macs(hh, ww)`` (a ``LambdaLayer3d``:
+  ``layer.macs(tt, hh, ww)``) at the input size it actually receives: its Q/K/V projection, the content lambda
+  and its application, and the position lambdas plus their application. What the layer's chosen algorithm runs
+  (padding zeros, FFTs, masked einsums) is not counted, as the paper does not count zeroed-out work.
 - Position lambdas, ``position_count="scope"`` (default, the paper's): every query is charged its scope size
   ``|m| = min(r_h * r_w, n)`` context positions (``n * |m| * k * v * u`` MACs; global scope: ``|m| = n``), the
   ``Theta(bnmkv)`` of Sec. 3.2 with m the scope. This reproduces Tables 10 and 11 (docs/reproduction.md).
@@ -20,7 +20,7 @@ Convention:
 - ``flops = 2 * macs``. The paper's "FLOPS" columns are 2 x MACs (docs/reproduction.md shows the check against
   Tables 10, 11 and 17).
 
-Axis legend: b batch | c channels | hh ww spatial
+Axis legend: b batch | c channels | tt time | hh ww spatial
 """
 
 from __future__ import annotations
@@ -84,18 +84,26 @@ def _si(value: int, unit: str) -> str:
     return f"{value} {unit.strip()}"
 
 
-@contextmanager
-def _stub_lambda_layers(model: nn.Module, record: list[tuple[LambdaLayer, int, int]]) -> Iterator[None]:
-    """Replace every lambda layer's forward by a shape-only stand-in that records its input size."""
-    layers = [m for m in model.modules() if isinstance(m, LambdaLayer)]
+def _counted_types() -> tuple[type[nn.Module], ...]:
+    """The lambda layers counted analytically: the 2-D layer, and the 3-D one where the layers package has it."""
+    import lambdanet.layers as layers
 
-    def stub(layer: LambdaLayer) -> Callable[[Tensor], Tensor]:
+    return tuple(t for t in (LambdaLayer, getattr(layers, "LambdaLayer3d", None)) if t is not None)
+
+
+@contextmanager
+def _stub_lambda_layers(model: nn.Module, record: list[tuple[nn.Module, tuple[int, ...]]]) -> Iterator[None]:
+    """Replace every lambda layer's forward by a shape-only stand-in that records its input's spatial size."""
+    layers = [m for m in model.modules() if isinstance(m, _counted_types())]
+
+    def stub(layer: nn.Module) -> Callable[[Tensor], Tensor]:
         def forward(x: Tensor) -> Tensor:
             layer._check_input(x)
-            b, _, hh, ww = x.shape
-            record.append((layer, hh, ww))
-            s = layer.stride
-            return x.new_zeros(b, layer.dim_out, -(-hh // s), -(-ww // s))
+            spatial = tuple(x.shape[2:])
+            record.append((layer, spatial))
+            stride = layer.stride if isinstance(layer.stride, tuple) else (layer.stride,) * len(spatial)
+            out = tuple(-(-side // st) for side, st in zip(spatial, stride, strict=True))
+            return x.new_zeros(x.shape[0], layer.dim_out, *out)
 
         return forward
 
@@ -108,11 +116,11 @@ def _stub_lambda_layers(model: nn.Module, record: list[tuple[LambdaLayer, int, i
             del layer.forward
 
 
-def _position_scope_macs(layer: LambdaLayer, hh: int, ww: int, *, taps: bool = False) -> int:
-    """Position MACs charging every query ``min(scope area, n)`` context positions (the paper's convention)."""
+def _position_scope_macs(layer: nn.Module, spatial: tuple[int, ...], *, taps: bool = False) -> int:
+    """Position MACs charging every query ``min(scope volume, n)`` context positions (the paper's convention)."""
     if layer.pos is None:
         return 0
-    n = hh * ww
+    n = math.prod(spatial)
     m = math.prod(layer.pos.kernel) if taps else min(math.prod(layer.pos.kernel), n)
     k, v, u, h = layer.dim_k, layer.dim_v, layer.dim_u, layer.heads
     return n * m * k * v * u + n * h * k * v
@@ -131,8 +139,9 @@ def model_stats(model: nn.Module, input_size: Sequence[int], *, position_count: 
 
     Args:
         model: any module; lambda layers are counted analytically (module docstring).
-        input_size: (channels, height, width) of one image, or (length,) of one token sequence (int64 ids, for the
-            language models; their sequence lambda layers are counted as they run).
+        input_size: (channels, height, width) of one image, (channels, time, height, width) of one clip, or
+            (length,) of one token sequence (int64 ids, for the language models; their sequence lambda layers are
+            counted as they run).
         position_count: ``"scope"`` (the paper's convention), ``"pairs"`` (in-image pairs only) or ``"taps"`` (full
             kernel); see the module docstring.
 
@@ -162,7 +171,7 @@ def model_stats(model: nn.Module, input_size: Sequence[int], *, position_count: 
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     x = torch.zeros(1, *size, device=device, dtype=torch.long if len(size) == 1 else dtype)
-    record: list[tuple[LambdaLayer, int, int]] = []
+    record: list[tuple[nn.Module, tuple[int, ...]]] = []
     was_training = model.training
     model.eval()
     try:
@@ -171,10 +180,10 @@ def model_stats(model: nn.Module, input_size: Sequence[int], *, position_count: 
     finally:
         model.train(was_training)
     parts = {"projection": 0, "content": 0, "position": 0}
-    for layer, hh, ww in record:
-        layer_parts = layer.macs(hh, ww)
+    for layer, spatial in record:
+        layer_parts = layer.macs(*spatial)
         if position_count != "pairs":
-            layer_parts["position"] = _position_scope_macs(layer, hh, ww, taps=position_count == "taps")
+            layer_parts["position"] = _position_scope_macs(layer, spatial, taps=position_count == "taps")
         for key, value in layer_parts.items():
             parts[key] += value
     lambda_macs = sum(parts.values())
