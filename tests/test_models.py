@@ -24,8 +24,13 @@ import lambdanet
 from lambdanet.layers import LambdaLayer
 from lambdanet.stats import model_stats
 
-# Every registered image model; the language models have their own tests (tests/test_lm.py).
+# Every registered image and video model; the language models have their own tests (tests/test_lm.py).
 ZOO = [n for n in lambdanet.list_models() if lambdanet.model_info(n).extra.get("task") != "language_model"]
+# The lambda video models need lambdanet.layers.LambdaLayer3d; where it is missing their tests skip.
+NEEDS_3D = pytest.mark.skipif(
+    not hasattr(lambdanet.layers, "LambdaLayer3d"), reason="no lambdanet.layers.LambdaLayer3d"
+)
+ZOO_CASES = [pytest.param(n, marks=NEEDS_3D) if n.startswith("lambda_video") else n for n in ZOO]
 STATS_JSON = Path(lambdanet.__file__).parent / "models" / "zoo_stats.json"
 # One model per distinct block structure for torch.compile / torch.export, at reduced depth where it has one.
 ONE_BLOCK = {"layers": (1, 1, 1, 1)}
@@ -56,7 +61,7 @@ def test_zoo_is_complete() -> None:
     assert expected <= set(ZOO), sorted(expected - set(ZOO))
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_CASES)
 def test_forward_backward(name: str) -> None:
     model, size = _smoke(name, num_classes=7)
     model.train()
@@ -70,7 +75,7 @@ def test_forward_backward(name: str) -> None:
     assert all(p.grad.isfinite().all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_CASES)
 def test_eval_deterministic_and_batch_independent(name: str) -> None:
     model, size = _smoke(name, num_classes=5)
     model.eval()
@@ -84,7 +89,7 @@ def test_eval_deterministic_and_batch_independent(name: str) -> None:
     assert grad[1:].abs().max() == 0, "sample 0's output depends on other samples in eval mode"
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_CASES)
 def test_full_size_params(name: str) -> None:
     """Full-size parameter counts (meta device) equal the shipped table of ``lambdanet models``
     (models/zoo_stats.json; regenerate it deliberately with ``python -m lambdanet.cli.models --write-cache``)."""
@@ -105,7 +110,9 @@ def test_stats_table_lists_exactly_the_registered_image_models() -> None:
 
 
 # Cheap to count; the slow test below recounts every model.
+CHEAP_3D = ["lambda_video_tiny"]
 CHEAP = [
+    "video_tiny",
     "resnet18_cifar",
     "lambda_resnet18_cifar",
     "lambda_mobilenet_v1_cifar_5",
@@ -114,7 +121,11 @@ CHEAP = [
 ]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in CHEAP else pytest.mark.slow) for n in ZOO])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[] if n in CHEAP else pytest.mark.slow) for n in ZOO if n not in CHEAP_3D]
+    + [pytest.param(n, marks=NEEDS_3D) for n in CHEAP_3D],
+)
 def test_stats_table_macs(name: str) -> None:
     from lambdanet.cli.models import compute_stats
 
@@ -328,15 +339,16 @@ def test_nonsense_overrides_are_refused_in_one_line(name: str, overrides: dict[s
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_CASES)
 def test_batch_zero(name: str) -> None:
     """An empty batch gives an empty output of the right shape, as nn.Conv2d does (eval mode; train-mode BatchNorm
     needs samples)."""
     info = lambdanet.model_info(name)
     overrides = dict(info.extra.get("smoke_overrides", {}))
     model = lambdanet.create_model(name, num_classes=3, **overrides).eval()
-    c, *_ = info.smoke_input_size
-    size = info.smoke_input_size if info.fixed_input_size else (c, 32, 32)
+    size = info.smoke_input_size
+    if len(size) == 3 and not info.fixed_input_size:
+        size = (size[0], 32, 32)
     with torch.no_grad():
         out = model(torch.zeros(0, *size))
     assert out.shape == (0, 3)

@@ -84,7 +84,8 @@ class LambdaCfg:
         dim_k: query/key depth |k|.
         heads: queries |h|.
         dim_u: intra-depth |u|.
-        scope: side of the local position scope |m|; ``None`` = global relative embeddings (fixed input size).
+        scope: side of the local position scope |m| (3-D layers: also a (t, h, w) tuple of sides); ``None`` = global
+            relative embeddings (fixed input size).
         content: compute content lambdas.
         position: compute position lambdas.
         position_bias: learned per-key constant on the position lambdas (a biased Conv3d, as in d-li14 and
@@ -96,7 +97,7 @@ class LambdaCfg:
     dim_k: int = 16
     heads: int = 4
     dim_u: int = 1
-    scope: int | None = 23
+    scope: int | tuple[int, ...] | None = 23
     content: bool = True
     position: bool = True
     position_bias: bool = False
@@ -106,9 +107,12 @@ class LambdaCfg:
         for name in ("dim_k", "heads", "dim_u"):
             check_int(name, getattr(self, name))
         if self.scope is not None:
-            check_int("scope", self.scope)
-            if self.scope % 2 == 0:
-                raise ValueError(f"scope={self.scope!r} must be odd (a centred local scope) or None (global)")
+            sides = self.scope if isinstance(self.scope, tuple) else (self.scope,)
+            if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 or s % 2 == 0 for s in sides):
+                raise ValueError(
+                    f"scope={self.scope!r} must be an odd positive integer (a centred local scope), a tuple of them "
+                    "(one per axis, 3-D layers), or None (global)"
+                )
         for name in ("content", "position", "position_bias"):
             check_bool(name, getattr(self, name))
         if not isinstance(self.algorithm, str):
@@ -153,7 +157,7 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any], *, model: str) -> An
     lam: dict[str, Any] = {}
     for key, value in overrides.items():
         if has_lam and key in LAMBDA_KEYS:
-            lam[key] = value
+            lam[key] = tuple(value) if isinstance(value, list) else value
         elif key in names and key != "lam":
             top[key] = tuple(value) if isinstance(value, list) else value
         else:
