@@ -304,9 +304,10 @@ def test_cli_models(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_models_recompute_matches_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     from lambdanet.cli import main
 
-    assert main(["models", "--format", "json", "*cifar*"]) == 0
+    assert main(["models", "--format", "json", "*resnet18_cifar"]) == 0
     cached = capsys.readouterr().out
-    assert main(["models", "--format", "json", "--recompute", "*cifar*"]) == 0
+    assert len(json.loads(cached)) == 2
+    assert main(["models", "--format", "json", "--recompute", "*resnet18_cifar"]) == 0
     assert capsys.readouterr().out == cached
 
 

@@ -155,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    _print_rows(model_rows(args.pattern, recompute=args.recompute), args.format, names)
+    try:
+        _print_rows(model_rows(args.pattern, recompute=args.recompute), args.format, names)
+    except (ImportError, ValueError) as e:  # a model that cannot be built here (e.g. a missing 3-D layer)
+        print(f"\nlambdanet models: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
