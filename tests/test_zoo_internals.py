@@ -20,6 +20,8 @@ from lambdanet.models.resnet import BasicBlock, Bottleneck
 from lambdanet.stats import model_stats
 
 SMOKE = {"layers": (1, 1, 2, 1)}
+LAMBDA_TYPES = tuple(t for t in (LambdaLayer, getattr(lambdanet.layers, "LambdaLayer3d", None)) if t is not None)
+NEEDS_3D = pytest.mark.skipif(len(LAMBDA_TYPES) < 2, reason="no lambdanet.layers.LambdaLayer3d")
 
 
 def _live_branches(model: nn.Module) -> nn.Module:
@@ -31,6 +33,23 @@ def _live_branches(model: nn.Module) -> nn.Module:
             with torch.no_grad():
                 bn.weight.copy_(0.5 + torch.rand(bn.weight.shape, generator=gen))
     return model
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"), [("resnet50", {"layers": (1, 1, 1, 1)}), ("resnet18_cifar", {}), ("video_tiny", {})]
+)
+def test_last_bn_of_every_residual_branch_starts_at_zero(name: str, overrides: dict) -> None:
+    """App. E.1: the last BN gamma of every residual branch is initialised to 0 (``zero_init_last``), the others
+    to 1; ``zero_init_last=False`` keeps 1 everywhere."""
+    for zero in (True, False):
+        model = lambdanet.create_model(name, zero_init_last=zero, **overrides)
+        blocks = [m for m in model.modules() if hasattr(m, "last_bn")]
+        assert blocks
+        last = {id(b.last_bn()) for b in blocks}
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm3d) and m.weight is not None:
+                expected = 0.0 if zero and id(m) in last else 1.0
+                assert torch.all(m.weight == expected), (name, zero)
 
 
 @pytest.mark.parametrize("lam", [False, True])
@@ -99,6 +118,7 @@ def test_stochastic_depth_is_off_in_eval(name: str) -> None:
         ("lambda_mobilenet_v1_cifar_3", {}),
         ("lambda_mobilenet_v2", {}),
         ("lambda_net_tiny", {}),
+        pytest.param("lambda_video_tiny", {}, marks=NEEDS_3D),
     ],
 )
 def test_model_init_keeps_the_lambda_projection_init(name: str, overrides: dict) -> None:
@@ -106,7 +126,7 @@ def test_model_init_keeps_the_lambda_projection_init(name: str, overrides: dict)
     model-level Kaiming init of the convolutions must not overwrite them."""
     torch.manual_seed(0)
     model = lambdanet.create_model(name, **overrides)
-    layers = [m for m in model.modules() if isinstance(m, LambdaLayer)]
+    layers = [m for m in model.modules() if isinstance(m, LAMBDA_TYPES)]
     assert layers
     for layer in layers:
         w = layer.qkv.weight.detach().flatten(1)
