@@ -12,7 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
-    "demo": ("lambdanet.cli.demo", "show a lambda layer at work: algorithms agree, timings, equivariance"),
+    "demo": ("lambdanet.cli.demo", "show a lambda layer at work: the algorithms agree; timing against a 3x3 conv"),
     "train": ("lambdanet.cli.train", "train a model from a recipe (default: embedded 8x8 digits)"),
     "eval": ("lambdanet.cli.eval", "evaluate a checkpoint on a dataset"),
     "predict": ("lambdanet.cli.predict", "top-k labels for images from a checkpoint or pretrained directory"),

@@ -17,7 +17,63 @@ from torch import Tensor, nn
 
 from lambdanet.layers import LambdaLayer
 
-__all__ = ["DropPath", "LambdaCfg", "SqueezeExcite", "apply_overrides", "make_lambda"]
+__all__ = [
+    "DropPath",
+    "LambdaCfg",
+    "SqueezeExcite",
+    "apply_overrides",
+    "check_bool",
+    "check_int",
+    "check_rate",
+    "init_weights",
+    "make_lambda",
+]
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1) -> None:
+    """Raise a one-line ``ValueError`` unless ``value`` is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise a one-line ``ValueError`` unless ``value`` is True or False (no truthy strings or numbers)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be True or False")
+
+
+def check_rate(name: str, value: Any, *, high: float = 1.0) -> None:
+    """Raise a one-line ``ValueError`` unless ``value`` is a real number in [0, ``high``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < high:
+        raise ValueError(f"{name}={value!r} must be a number in [0, {high:g})")
+
+
+def init_weights(model: nn.Module, *, conv_mode: str = "fan_out", linear_std: float | None = None) -> None:
+    """Initialise ``model`` once, the same way in every family.
+
+    A module defined outside ``torch.nn`` that has its own ``reset_parameters`` (a lambda layer: App. E.1's
+    projection init) owns the initialisation of its whole subtree and is reset through that method. Everything else:
+    convolutions get Kaiming-normal weights (``conv_mode`` fan-in or fan-out, ReLU gain) and zero biases; linear
+    layers get normal weights with ``linear_std`` and zero biases when ``linear_std`` is given (PyTorch's default
+    otherwise); normalisation layers keep PyTorch's defaults.
+    """
+
+    def visit(module: nn.Module) -> None:
+        if not type(module).__module__.startswith("torch.") and callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+            return
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, mode=conv_mode, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and linear_std is not None:
+            nn.init.normal_(module.weight, 0.0, linear_std)
+            nn.init.zeros_(module.bias)
+        for child in module.children():
+            visit(child)
+
+    for child in model.children():
+        visit(child)
 
 
 @dataclass(frozen=True)
@@ -28,7 +84,8 @@ class LambdaCfg:
         dim_k: query/key depth |k|.
         heads: queries |h|.
         dim_u: intra-depth |u|.
-        scope: side of the local position scope |m|; ``None`` = global relative embeddings (fixed input size).
+        scope: side of the local position scope |m| (3-D layers: also a (t, h, w) tuple of sides); ``None`` = global
+            relative embeddings (fixed input size).
         content: compute content lambdas.
         position: compute position lambdas.
         position_bias: learned per-key constant on the position lambdas (a biased Conv3d, as in d-li14 and
@@ -40,11 +97,26 @@ class LambdaCfg:
     dim_k: int = 16
     heads: int = 4
     dim_u: int = 1
-    scope: int | None = 23
+    scope: int | tuple[int, ...] | None = 23
     content: bool = True
     position: bool = True
     position_bias: bool = False
     algorithm: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("dim_k", "heads", "dim_u"):
+            check_int(name, getattr(self, name))
+        if self.scope is not None:
+            sides = self.scope if isinstance(self.scope, tuple) else (self.scope,)
+            if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 or s % 2 == 0 for s in sides):
+                raise ValueError(
+                    f"scope={self.scope!r} must be an odd positive integer (a centred local scope), a tuple of them "
+                    "(one per axis, 3-D layers), or None (global)"
+                )
+        for name in ("content", "position", "position_bias"):
+            check_bool(name, getattr(self, name))
+        if not isinstance(self.algorithm, str):
+            raise ValueError(f"algorithm={self.algorithm!r} must be a string ('auto' or an algorithm name)")
 
 
 LAMBDA_KEYS = tuple(f.name for f in fields(LambdaCfg))
@@ -85,7 +157,7 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any], *, model: str) -> An
     lam: dict[str, Any] = {}
     for key, value in overrides.items():
         if has_lam and key in LAMBDA_KEYS:
-            lam[key] = value
+            lam[key] = tuple(value) if isinstance(value, list) else value
         elif key in names and key != "lam":
             top[key] = tuple(value) if isinstance(value, list) else value
         else:
@@ -127,8 +199,7 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop_path p={p!r} must be in [0, 1)")
+        check_rate("drop_path p", p)
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:

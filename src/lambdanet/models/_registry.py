@@ -25,9 +25,11 @@ class ModelMeta:
         input_size: native (channels, height, width) of the model.
         test_input_size: small input for smoke tests (equals ``input_size`` for fixed-size models).
         fixed_input_size: True when the model only accepts ``input_size`` (global position lambdas).
-        paper_ref: where the architecture comes from (paper table or seed document).
+        paper_ref: where the architecture comes from (paper table or public repository).
         num_classes: classes of the default head.
         extra: free-form facts (e.g. the published parameter count).
+        config: the builder's default layout (a dataclass whose fields are the accepted overrides), for
+            ``lambdanet info``; None when the builder's signature lists its overrides.
     """
 
     input_size: tuple[int, ...] = (3, 224, 224)
@@ -36,6 +38,7 @@ class ModelMeta:
     paper_ref: str = ""
     num_classes: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)
+    config: Any = None
 
     @property
     def smoke_input_size(self) -> tuple[int, ...]:

@@ -3,15 +3,15 @@
 - MobileNet-v2 and the "lightweight lambda block" of Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602,
   App. D.3, Table 17: the depthwise convolution of an inverted bottleneck is replaced by a lambda convolution
   (|m|=5x5, |k|=32, |h|=4) and the first pointwise convolution keeps the channel count instead of expanding it.
-- MobileNet-v1 for CIFAR-100 and the six layer tables of seed 000 (rajatsaini0294/lambda-mobilenets), which put
+- MobileNet-v1 for CIFAR-100 and the six layer tables of rajatsaini0294/lambda-mobilenets, which put
   lambda layers (lambda-networks' layer: k=4, h=4, u=1, scope 3, biased position Conv3d) in place of some
   depthwise-separable blocks and remove others.
 
 Axis legend: b batch | c channels | hh ww spatial
 
 Note:
-    Seed 000's lambda layer has no stride, so where it replaces a strided block (configurations 2, 3, 5 and 6) the
-    stride-2 downsample silently disappears and later maps are twice as large. We reproduce that by default
+    That repository's lambda layer has no stride, so where it replaces a strided block (configurations 2, 3, 5 and
+    6) the stride-2 downsample silently disappears and later maps are twice as large. We reproduce that by default
     (``fix_downsampling=False``); ``fix_downsampling=True`` gives the lambda layer the paper's stride 2 (3x3 average
     pool after the layer). Parameters are the same; MACs differ (docs/models.md).
 """
@@ -24,8 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lambdanet.layers import LambdaLayer
-from lambdanet.models._blocks import LambdaCfg, apply_overrides, make_lambda
+from lambdanet.models._blocks import (
+    LambdaCfg,
+    apply_overrides,
+    check_bool,
+    check_int,
+    check_rate,
+    init_weights,
+    make_lambda,
+)
 from lambdanet.models._registry import ModelMeta, register_model
 
 __all__ = [
@@ -49,13 +56,14 @@ def _conv_bn_act(
 
 
 # ------------------------------------------------------------------------------------------------ MobileNet-v1 CIFAR
-# Seed 000's 14 layers: (out channels, stride); layer 0 is a full 3x3 convolution, the rest depthwise-separable.
+# rajatsaini0294/lambda-mobilenets' 14 layers: (out channels, stride); layer 0 is a full 3x3 convolution, the rest
+# depthwise-separable.
 V1_LAYERS: tuple[tuple[int, int], ...] = (
     (32, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
     (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
 )  # fmt: skip
 
-# Seed 000's table, one letter per layer: C = convolution block, L = lambda layer, - = removed.
+# rajatsaini0294/lambda-mobilenets' table, one letter per layer: C = convolution block, L = lambda layer, - = removed.
 V1_TABLE: dict[int, str] = {
     1: "CCCCCCCCCCCCCC",
     2: "CCCCCCCC----LC",
@@ -72,9 +80,10 @@ class MobileNetV1CifarCfg:
 
     Attributes:
         layers: one letter per layer of :data:`V1_LAYERS` (C, L or - for removed); layer 0 must be C.
-        lam: lambda-layer settings (seed 000: k=4, h=4, u=1, scope 3, biased position embeddings).
+        lam: lambda-layer settings (rajatsaini0294/lambda-mobilenets: k=4, h=4, u=1, scope 3, biased position
+            embeddings).
         fix_downsampling: give a lambda layer that replaces a strided block the stride (3x3 average pool after it)
-            instead of dropping the downsample as seed 000's code does.
+            instead of dropping the downsample as that repository's code does.
         num_classes: classes of the linear head (CIFAR-100).
         in_chans: input channels.
     """
@@ -86,15 +95,23 @@ class MobileNetV1CifarCfg:
     in_chans: int = 3
 
     def __post_init__(self) -> None:
-        if len(self.layers) != len(V1_LAYERS) or set(self.layers) - set("CL-") or self.layers[0] != "C":
+        if (
+            not isinstance(self.layers, str)
+            or len(self.layers) != len(V1_LAYERS)
+            or set(self.layers) - set("CL-")
+            or self.layers[0] != "C"
+        ):
             raise ValueError(
                 f"layers={self.layers!r} must be {len(V1_LAYERS)} letters from C/L/- (convolution, lambda, removed) "
                 "starting with C"
             )
+        check_bool("fix_downsampling", self.fix_downsampling)
+        check_int("num_classes", self.num_classes)
+        check_int("in_chans", self.in_chans)
 
 
 class LambdaMobileNetV1Cifar(nn.Module):
-    """MobileNet-v1 for CIFAR (3x3/1 stem) whose layers may be lambda layers or removed (seed 000).
+    """MobileNet-v1 for CIFAR (3x3/1 stem) whose layers may be lambda layers or removed (lambda-mobilenets).
 
     Shape: (b, in_chans, 32, 32) -> (b, num_classes); any input size works.
     """
@@ -120,12 +137,9 @@ class LambdaMobileNetV1Cifar(nn.Module):
         self.num_features = cin
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, cfg.num_classes)
-        qkv = {id(m.qkv.weight) for m in self.modules() if isinstance(m, LambdaLayer)}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and id(m.weight) not in qkv:
-                # fan-in keeps activations from vanishing through 14 layers at initialisation (fan-out shrinks
-                # them by about 3x per depthwise layer, which underflows in eval mode before training).
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        # fan-in keeps activations from vanishing through 14 layers at initialisation (fan-out shrinks them by
+        # about 3x per depthwise layer, which underflows in eval mode before training).
+        init_weights(self, conv_mode="fan_in")
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
@@ -156,9 +170,15 @@ def _build_v1(table_id: int, overrides: dict[str, Any], name: str) -> LambdaMobi
     return LambdaMobileNetV1Cifar(cfg)
 
 
-@register_model(meta=ModelMeta(**_V1_META, paper_ref="seed 000 (configuration 1)", extra={"published_params_m": 3.30}))
+@register_model(
+    meta=ModelMeta(
+        **_V1_META,
+        paper_ref="rajatsaini0294/lambda-mobilenets (CIFAR-100, configuration 1)",
+        extra={"published_params_m": 3.30},
+    )
+)
 def mobilenet_v1_cifar(**overrides: Any) -> LambdaMobileNetV1Cifar:
-    """MobileNet-v1 for CIFAR-100, seed 000's configuration 1 (all convolutions)."""
+    """MobileNet-v1 for CIFAR-100, configuration 1 of rajatsaini0294/lambda-mobilenets (all convolutions)."""
     return _build_v1(1, overrides, "mobilenet_v1_cifar")
 
 
@@ -166,15 +186,19 @@ def _register_v1(table_id: int) -> None:
     name = f"lambda_mobilenet_v1_cifar_{table_id}"
     meta = ModelMeta(
         **_V1_META,
-        paper_ref=f"seed 000 (configuration {table_id}: {V1_TABLE[table_id]})",
+        paper_ref=f"rajatsaini0294/lambda-mobilenets (CIFAR-100, configuration {table_id}: {V1_TABLE[table_id]})",
         extra={"published_params_m": _V1_PUBLISHED[table_id]},
+        config=MobileNetV1CifarCfg(layers=V1_TABLE[table_id]),
     )
 
     def builder(**overrides: Any) -> LambdaMobileNetV1Cifar:
         return _build_v1(table_id, overrides, name)
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"Seed 000's lambda MobileNet-v1, configuration {table_id} (layers {V1_TABLE[table_id]!r})."
+    builder.__doc__ = (
+        f"Lambda MobileNet-v1 of rajatsaini0294/lambda-mobilenets, configuration {table_id} "
+        f"(layers {V1_TABLE[table_id]!r})."
+    )
     register_model(meta=meta)(builder)
     globals()[name] = builder
     __all__.append(name)
@@ -232,6 +256,14 @@ class MobileNetV2Cfg:
 
     def __post_init__(self) -> None:
         total = sum(r.n for r in V2_TABLE)
+        if not isinstance(self.lambda_blocks, tuple) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in self.lambda_blocks
+        ):
+            raise ValueError(f"lambda_blocks={self.lambda_blocks!r} must be a tuple of block indices (1..{total})")
+        check_bool("lambda_pw", self.lambda_pw)
+        check_int("num_classes", self.num_classes)
+        check_int("in_chans", self.in_chans)
+        check_rate("drop_rate", self.drop_rate)
         bad = [i for i in self.lambda_blocks if not 1 <= i <= total]
         if bad:
             raise ValueError(f"lambda_blocks={self.lambda_blocks!r} has indices {bad} outside 1..{total}")
@@ -294,13 +326,7 @@ class MobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(cfg.drop_rate) if cfg.drop_rate > 0 else nn.Identity()
         self.classifier = nn.Linear(1280, cfg.num_classes)
-        qkv = {id(m.qkv.weight) for m in self.modules() if isinstance(m, LambdaLayer)}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and id(m.weight) not in qkv:
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, conv_mode="fan_in", linear_std=0.01)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
@@ -324,15 +350,24 @@ class MobileNetV2(nn.Module):
 
 
 _V2_META = {"input_size": (3, 224, 224), "test_input_size": (3, 64, 64)}
+_LAMBDA_V2 = MobileNetV2Cfg(lambda_blocks=(10, 16))
 
 
-@register_model(meta=ModelMeta(**_V2_META, paper_ref="arXiv:2102.08602 Table 17", extra={"published_params_m": 3.50}))
+@register_model(
+    meta=ModelMeta(
+        **_V2_META, paper_ref="arXiv:2102.08602 Table 17", config=MobileNetV2Cfg(), extra={"published_params_m": 3.50}
+    )
+)
 def mobilenet_v2(**overrides: Any) -> MobileNetV2:
     """MobileNet-v2 1.0 (Sandler et al. 2018), Table 17's baseline."""
     return MobileNetV2(apply_overrides(MobileNetV2Cfg(), overrides, model="mobilenet_v2"))
 
 
-@register_model(meta=ModelMeta(**_V2_META, paper_ref="arXiv:2102.08602 Table 17", extra={"published_params_m": 3.21}))
+@register_model(
+    meta=ModelMeta(
+        **_V2_META, paper_ref="arXiv:2102.08602 Table 17", config=_LAMBDA_V2, extra={"published_params_m": 3.21}
+    )
+)
 def lambda_mobilenet_v2(**overrides: Any) -> MobileNetV2:
     """MobileNet-v2 with blocks 10 and 16 made lightweight lambda blocks (Table 17, App. D.3)."""
-    return MobileNetV2(apply_overrides(MobileNetV2Cfg(lambda_blocks=(10, 16)), overrides, model="lambda_mobilenet_v2"))
+    return MobileNetV2(apply_overrides(_LAMBDA_V2, overrides, model="lambda_mobilenet_v2"))

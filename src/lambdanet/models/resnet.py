@@ -1,11 +1,11 @@
 """ResNets with lambda layers: Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, Sec. 5 and App. E.1.
 
 One configurable :class:`ResNet` serves every ResNet of the zoo: the vanilla ResNet-50 of the 90-epoch ablations
-(Tables 3, 9, 10, 11, 13), its squeeze-excite version, the all-lambda ResNet-50 whose published checkpoint is
-described in seed 003 (d-li14/lambda.pytorch), the ResNet-RS-style LambdaResNets (``resnet_rs.py``) and the CIFAR
-networks of seed 001 (``cifar.py``). "We construct LambdaResNets by replacing the 3x3 convolutions in the bottleneck
-blocks of the ResNet architecture" (Sec. 5); strided blocks use "3x3 average-pooling with stride 2 after the lambda
-layers" (App. E.1), which is :class:`~lambdanet.layers.LambdaLayer`'s ``stride=2``.
+(Tables 3, 9, 10, 11, 13), its squeeze-excite version, the all-lambda ResNet-50 whose checkpoint is published by
+d-li14/lambda.pytorch, the ResNet-RS-style LambdaResNets (``resnet_rs.py``) and the CIFAR networks of
+leaderj1001/LambdaNetworks (``cifar.py``). "We construct LambdaResNets by replacing the 3x3 convolutions in the
+bottleneck blocks of the ResNet architecture" (Sec. 5); strided blocks use "3x3 average-pooling with stride 2 after
+the lambda layers" (App. E.1), which is :class:`~lambdanet.layers.LambdaLayer`'s ``stride=2``.
 
 Axis legend: b batch | c channels | hh ww spatial
 
@@ -22,8 +22,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lambdanet.layers import LambdaLayer
-from lambdanet.models._blocks import DropPath, LambdaCfg, SqueezeExcite, apply_overrides, make_lambda
+from lambdanet.models._blocks import (
+    DropPath,
+    LambdaCfg,
+    SqueezeExcite,
+    apply_overrides,
+    check_bool,
+    check_int,
+    check_rate,
+    init_weights,
+    make_lambda,
+)
 from lambdanet.models._registry import ModelMeta, register_model
 
 __all__ = [
@@ -90,11 +99,19 @@ class ResNetCfg:
     zero_init_last: bool = True
 
     def __post_init__(self) -> None:
-        if len(self.layers) != 4 or any(not isinstance(d, int) or d < 1 for d in self.layers):
+        if (
+            not isinstance(self.layers, tuple)
+            or len(self.layers) != 4
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.layers)
+        ):
             raise ValueError(f"layers={self.layers!r} must be 4 positive block counts (stages c2..c5)")
-        if len(self.placement) != 4 or set(self.placement) - {"C", "L"}:
+        if not isinstance(self.placement, str) or len(self.placement) != 4 or set(self.placement) - {"C", "L"}:
             raise ValueError(f"placement={self.placement!r} must be 4 letters C/L, one per stage c2..c5")
         if self.c4_lambda_blocks is not None:
+            if not isinstance(self.c4_lambda_blocks, tuple) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in self.c4_lambda_blocks
+            ):
+                raise ValueError(f"c4_lambda_blocks={self.c4_lambda_blocks!r} must be a tuple of block indices or None")
             bad = [i for i in self.c4_lambda_blocks if not 1 <= i <= self.layers[2]]
             if bad:
                 raise ValueError(
@@ -107,8 +124,15 @@ class ResNetCfg:
             raise ValueError(f"stem={self.stem!r} must be 'imagenet', 'rs' or 'cifar'")
         if self.se_skip not in ("block", "stage"):
             raise ValueError(f"se_skip={self.se_skip!r} must be 'block' or 'stage'")
-        if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_rate={self.drop_rate!r}, drop_path_rate={self.drop_path_rate!r} must be in [0, 1)")
+        for name in ("base_width", "img_size", "num_classes", "in_chans"):
+            check_int(name, getattr(self, name))
+        check_rate("se_ratio", self.se_ratio, high=float("inf"))
+        check_rate("drop_rate", self.drop_rate)
+        check_rate("drop_path_rate", self.drop_path_rate)
+        for name in ("avg_down", "shortcut_bias", "zero_init_last"):
+            check_bool(name, getattr(self, name))
+        if not isinstance(self.lam, LambdaCfg):
+            raise ValueError(f"lam={self.lam!r} must be a LambdaCfg")
 
     def lambda_mask(self) -> list[list[bool]]:
         """For every stage and block: True where the block's 3x3 is a lambda layer."""
@@ -315,12 +339,7 @@ class ResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        lambda_params = {id(p) for m in self.modules() if isinstance(m, LambdaLayer) for p in m.parameters()}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and id(m.weight) not in lambda_params:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(self, conv_mode="fan_out")
         if self.cfg.zero_init_last:
             for m in self.modules():
                 if isinstance(m, Bottleneck | BasicBlock):
@@ -379,23 +398,35 @@ MODEL_CFGS: dict[str, ResNetCfg] = {
     "resnet50": ResNetCfg(),
     # Table 3's SE row (28.1M): SE squeeze = 1/4 of the bottleneck width = 1/16 of the block output.
     "resnet50_se": ResNetCfg(se_ratio=1 / 16),
-    # Every bottleneck 3x3 replaced (Table 3 "lambda layer", Table 13 "L L L L"; seed 003's architecture).
+    # Every bottleneck 3x3 replaced (Table 3 "lambda layer", Table 13 "L L L L"; d-li14/lambda.pytorch's layout).
     "lambda_resnet50": ResNetCfg(placement="LLLL"),
-    # seed 001 (leaderj1001/LambdaNetworks) all-lambda ResNet-152/200: biased 1x1 shortcut convs.
+    # leaderj1001/LambdaNetworks' all-lambda ResNet-152/200: biased 1x1 shortcut convs.
     "lambda_resnet152": ResNetCfg(layers=(3, 8, 36, 3), placement="LLLL", shortcut_bias=True),
     "lambda_resnet200": ResNetCfg(layers=(3, 24, 36, 3), placement="LLLL", shortcut_bias=True),
 }
 
 
 @register_model(
-    meta=ModelMeta(**_IMAGENET, paper_ref="arXiv:2102.08602 Tables 3, 13", extra={"published_params_m": 25.6})
+    meta=ModelMeta(
+        config=MODEL_CFGS["resnet50"],
+        **_IMAGENET,
+        paper_ref="arXiv:2102.08602 Tables 3, 13",
+        extra={"published_params_m": 25.6},
+    )
 )
 def resnet50(**overrides: Any) -> ResNet:
     """Vanilla ResNet-50 (torchvision layout, 7x7 stem and max pool), the baseline of Tables 3, 9 and 13."""
     return build_resnet(MODEL_CFGS["resnet50"], overrides, model="resnet50", lambda_overrides=False)
 
 
-@register_model(meta=ModelMeta(**_IMAGENET, paper_ref="arXiv:2102.08602 Table 3", extra={"published_params_m": 28.1}))
+@register_model(
+    meta=ModelMeta(
+        config=MODEL_CFGS["resnet50_se"],
+        **_IMAGENET,
+        paper_ref="arXiv:2102.08602 Table 3",
+        extra={"published_params_m": 28.1},
+    )
+)
 def resnet50_se(**overrides: Any) -> ResNet:
     """ResNet-50 with squeeze-excite in every bottleneck (Table 3, "conv + channel attention")."""
     return build_resnet(MODEL_CFGS["resnet50_se"], overrides, model="resnet50_se", lambda_overrides=False)
@@ -403,8 +434,9 @@ def resnet50_se(**overrides: Any) -> ResNet:
 
 @register_model(
     meta=ModelMeta(
+        config=MODEL_CFGS["lambda_resnet50"],
         **_IMAGENET,
-        paper_ref="arXiv:2102.08602 Tables 3, 9, 10, 11, 13; seed 003 (d-li14 checkpoint)",
+        paper_ref="arXiv:2102.08602 Tables 3, 9, 10, 11, 13; d-li14/lambda.pytorch checkpoint",
         extra={"published_params_m": 15.0},
     )
 )
@@ -412,30 +444,32 @@ def lambda_resnet50(**overrides: Any) -> ResNet:
     """ResNet-50 with lambda layers (k=16, h=4, u=1, 23x23 scope) in place of the bottleneck 3x3 convolutions.
 
     ``placement`` picks the stages ("LLLL" default; "CCLL" = LambdaResNet-50-C4 of Tables 11 and 13);
-    ``position_bias=True`` gives seed 003's exact architecture (14,995,848 parameters).
+    ``position_bias=True`` gives d-li14/lambda.pytorch's exact architecture (14,995,848 parameters).
     """
     return build_resnet(MODEL_CFGS["lambda_resnet50"], overrides, model="lambda_resnet50")
 
 
 @register_model(
     meta=ModelMeta(
+        config=MODEL_CFGS["lambda_resnet152"],
         **_IMAGENET,
-        paper_ref="seed 001 (leaderj1001 LambdaResNet152)",
+        paper_ref="leaderj1001/LambdaNetworks (LambdaResNet152)",
         extra={"published_params_m": 32.8, "smoke_overrides": {"layers": (1, 1, 2, 1)}},
     )
 )
 def lambda_resnet152(**overrides: Any) -> ResNet:
-    """All-lambda ResNet-152 as built by seed 001 (biased shortcut 1x1 convs, 7x7 stem; not the paper's hybrid)."""
+    """All-lambda ResNet-152 of leaderj1001/LambdaNetworks (biased shortcut 1x1s, 7x7 stem; not the paper's hybrid)."""
     return build_resnet(MODEL_CFGS["lambda_resnet152"], overrides, model="lambda_resnet152")
 
 
 @register_model(
     meta=ModelMeta(
+        config=MODEL_CFGS["lambda_resnet200"],
         **_IMAGENET,
-        paper_ref="seed 001 (leaderj1001 LambdaResNet200)",
+        paper_ref="leaderj1001/LambdaNetworks (LambdaResNet200)",
         extra={"published_params_m": 35.29, "smoke_overrides": {"layers": (1, 1, 2, 1)}},
     )
 )
 def lambda_resnet200(**overrides: Any) -> ResNet:
-    """All-lambda ResNet-200 as built by seed 001 (biased shortcut 1x1 convs, 7x7 stem; not the paper's hybrid)."""
+    """All-lambda ResNet-200 of leaderj1001/LambdaNetworks (biased shortcut 1x1s, 7x7 stem; not the paper's hybrid)."""
     return build_resnet(MODEL_CFGS["lambda_resnet200"], overrides, model="lambda_resnet200")

@@ -124,6 +124,7 @@ def _register(depth: int, prefix: str, suffix: str) -> None:
         test_input_size=(3, 64, 64),
         paper_ref=f"arXiv:2102.08602 {tables[kind]}",
         extra=extra,
+        config=cfg,
     )
 
     def builder(**overrides: Any) -> ResNet:

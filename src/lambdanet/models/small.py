@@ -13,12 +13,13 @@ Note:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lambdanet.layers import LambdaLayer
+from lambdanet.models._blocks import LambdaCfg, apply_overrides, check_int, check_rate, make_lambda
 from lambdanet.models._registry import ModelMeta, register_model
 
 __all__ = ["LambdaNetSmall", "SmallNetCfg", "lambda_net_tiny"]
@@ -30,14 +31,11 @@ class SmallNetCfg:
 
     Attributes:
         widths: output channels of each stage (one residual block per stage); stages after the first stride 2.
-        lambda_stages: indices of the stages whose 3x3 convolution is a lambda layer.
+        lambda_stages: indices of the stages whose first 3x3 convolution is a lambda layer.
         stem_chs: channels of the 3x3 convolution stem.
         in_chans: input channels.
         num_classes: classes of the linear head.
-        dim_k: query/key depth |k| of the lambda layers.
-        heads: queries |h| of the lambda layers.
-        dim_u: intra-depth |u| of the lambda layers.
-        scope: side of the local position scope.
+        lam: settings of the lambda layers (|k|=16, |h|=4, |u|=1, scope 5 by default).
         drop_rate: dropout before the head.
     """
 
@@ -46,11 +44,22 @@ class SmallNetCfg:
     stem_chs: int = 32
     in_chans: int = 3
     num_classes: int = 10
-    dim_k: int = 16
-    heads: int = 4
-    dim_u: int = 1
-    scope: int = 5
+    lam: LambdaCfg = field(default_factory=lambda: LambdaCfg(scope=5))
     drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.widths, tuple) or not self.widths:
+            raise ValueError(f"widths={self.widths!r} must name at least one stage")
+        for i, w in enumerate(self.widths):
+            check_int(f"widths[{i}]", w)
+        if not isinstance(self.lambda_stages, tuple):
+            raise ValueError(f"lambda_stages={self.lambda_stages!r} must be a tuple of stage indices")
+        bad = [i for i in self.lambda_stages if isinstance(i, bool) or i not in range(len(self.widths))]
+        if bad:
+            raise ValueError(f"lambda_stages={self.lambda_stages!r} has indices outside 0..{len(self.widths) - 1}")
+        for name in ("stem_chs", "in_chans", "num_classes"):
+            check_int(name, getattr(self, name))
+        check_rate("drop_rate", self.drop_rate)
 
 
 class _BasicBlock(nn.Module):
@@ -59,15 +68,7 @@ class _BasicBlock(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int, use_lambda: bool, cfg: SmallNetCfg) -> None:
         super().__init__()
         if use_lambda:
-            self.conv1: nn.Module = LambdaLayer(
-                in_chs,
-                dim_out=out_chs,
-                dim_k=cfg.dim_k,
-                heads=cfg.heads,
-                dim_u=cfg.dim_u,
-                scope=cfg.scope,
-                stride=stride,
-            )
+            self.conv1: nn.Module = make_lambda(cfg.lam, in_chs, out_chs, stride=stride)
         else:
             self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_chs)
@@ -97,11 +98,6 @@ class LambdaNetSmall(nn.Module):
 
     def __init__(self, cfg: SmallNetCfg) -> None:
         super().__init__()
-        if not cfg.widths:
-            raise ValueError(f"widths={cfg.widths!r} must name at least one stage")
-        bad = [i for i in cfg.lambda_stages if not 0 <= i < len(cfg.widths)]
-        if bad:
-            raise ValueError(f"lambda_stages={cfg.lambda_stages!r} has indices outside 0..{len(cfg.widths) - 1}")
         self.cfg = cfg
         self.stem = nn.Sequential(
             nn.Conv2d(cfg.in_chans, cfg.stem_chs, 3, padding=1, bias=False),
@@ -135,32 +131,9 @@ class LambdaNetSmall(nn.Module):
         paper_ref="arXiv:2102.08602, Sec. 4 (lambda convolution in a ResNet); small layout, not from the paper",
         num_classes=10,
         extra={"default_recipe": "digits_tiny"},
+        config=SmallNetCfg(),
     )
 )
-def lambda_net_tiny(
-    *,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    widths: tuple[int, ...] = (32, 64, 128),
-    lambda_stages: tuple[int, ...] = (1, 2),
-    stem_chs: int = 32,
-    dim_k: int = 16,
-    heads: int = 4,
-    dim_u: int = 1,
-    scope: int = 5,
-    drop_rate: float = 0.0,
-) -> LambdaNetSmall:
+def lambda_net_tiny(**overrides: Any) -> LambdaNetSmall:
     """Tiny lambda ResNet (0.23 M parameters) for 8x8 to 32x32 images; stages 2 and 3 use lambda layers."""
-    cfg = SmallNetCfg(
-        widths=tuple(widths),
-        lambda_stages=tuple(lambda_stages),
-        stem_chs=stem_chs,
-        in_chans=in_chans,
-        num_classes=num_classes,
-        dim_k=dim_k,
-        heads=heads,
-        dim_u=dim_u,
-        scope=scope,
-        drop_rate=drop_rate,
-    )
-    return LambdaNetSmall(cfg)
+    return LambdaNetSmall(apply_overrides(SmallNetCfg(), overrides, model="lambda_net_tiny"))
