@@ -49,7 +49,7 @@ class ArrayDataset(Dataset):
     """Images held in memory.
 
     Attributes:
-        images: uint8 tensor (n, c, hh, ww).
+        images: uint8 tensor (n, c, hh, ww), or (n, c, t, hh, ww) for video clips.
         labels: int64 tensor (n,).
         classes: class names, indexed by label.
     """
@@ -59,8 +59,11 @@ class ArrayDataset(Dataset):
     classes: list[str]
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (n, c, hh, ww), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.images.dtype != torch.uint8 or self.images.ndim not in (4, 5):
+            raise ValueError(
+                f"images must be uint8 (n, c, hh, ww) or clips (n, c, t, hh, ww), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         if len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
