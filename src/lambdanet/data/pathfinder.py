@@ -61,6 +61,7 @@ _STEP = np.stack(
 ).astype(np.int64)  # (direction, (dy, dx))
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _MAX_ROUNDS = 200
+_PATIENCE = 8  # rounds in a row that place no image before the settings count as too crowded
 
 
 @dataclass(frozen=True)
@@ -262,8 +263,9 @@ def _generate_block(st: PathfinderSettings, rng: np.random.Generator) -> tuple[n
     def dot_pixels(yx: np.ndarray) -> np.ndarray:
         return yx[:, None, :] + dot_off[None]  # (m, o, 2)
 
+    idle = 0
     for _ in range(_MAX_ROUNDS):
-        if not len(todo):
+        if not len(todo) or idle >= _PATIENCE:
             break
         m = len(todo)
         pos = labels[todo] == 1
@@ -298,10 +300,11 @@ def _generate_block(st: PathfinderSettings, rng: np.random.Generator) -> tuple[n
         dots[done, 0] = a[alive]
         dots[done, 1] = b[alive]
         todo = todo[~alive]
-    else:
+        idle = 0 if alive.any() else idle + 1
+    if len(todo):
         raise ValueError(
-            f"pathfinder settings {st} are too crowded: {len(todo)} of {n} images could not be placed in "
-            f"{_MAX_ROUNDS} rounds; use fewer distractors, shorter curves or a larger image_size"
+            f"pathfinder settings {st} are too crowded: {len(todo)} of {n} images could not be placed; use fewer "
+            "distractors, shorter curves or a larger image_size"
         )
     return images, labels, dots
 
