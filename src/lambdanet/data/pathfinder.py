@@ -60,8 +60,8 @@ _STEP = np.stack(
     axis=1,
 ).astype(np.int64)  # (direction, (dy, dx))
 _SPLITS = {"train": 0, "val": 1, "test": 2}
-_MAX_ROUNDS = 200
-_PATIENCE = 8  # rounds in a row that place no image before the settings count as too crowded
+_MAX_ROUNDS = 1000  # rounds of redrawing failed images (late rounds hold few images and cost little)
+_PATIENCE = 8  # rounds that place no image at all before the settings count as too crowded
 
 
 @dataclass(frozen=True)
@@ -263,9 +263,8 @@ def _generate_block(st: PathfinderSettings, rng: np.random.Generator) -> tuple[n
     def dot_pixels(yx: np.ndarray) -> np.ndarray:
         return yx[:, None, :] + dot_off[None]  # (m, o, 2)
 
-    idle = 0
-    for _ in range(_MAX_ROUNDS):
-        if not len(todo) or idle >= _PATIENCE:
+    for rnd in range(_MAX_ROUNDS):
+        if not len(todo) or (rnd >= _PATIENCE and len(todo) == n):
             break
         m = len(todo)
         pos = labels[todo] == 1
@@ -300,7 +299,6 @@ def _generate_block(st: PathfinderSettings, rng: np.random.Generator) -> tuple[n
         dots[done, 0] = a[alive]
         dots[done, 1] = b[alive]
         todo = todo[~alive]
-        idle = 0 if alive.any() else idle + 1
     if len(todo):
         raise ValueError(
             f"pathfinder settings {st} are too crowded: {len(todo)} of {n} images could not be placed; use fewer "
