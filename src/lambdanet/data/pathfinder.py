@@ -61,7 +61,7 @@ _STEP = np.stack(
 ).astype(np.int64)  # (direction, (dy, dx))
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _MAX_ROUNDS = 1000  # rounds of redrawing failed images (late rounds hold few images and cost little)
-_PATIENCE = 8  # rounds that place no image at all before the settings count as too crowded
+_PATIENCE = 3  # rounds that place no image at all before the settings count as too crowded
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ class _Walker:
         return ok.any(axis=1), pix[np.arange(m), first]
 
     def place(
-        self, starts: np.ndarray | None, forbidden: np.ndarray | None, need: np.ndarray, rounds: int = 4
+        self, starts: np.ndarray | None, forbidden: np.ndarray | None, need: np.ndarray, rounds: int = 12
     ) -> tuple[np.ndarray, np.ndarray]:
         """A valid walk for every image with ``need`` (m,), retrying the failed ones ``rounds`` times.
 
