@@ -156,6 +156,9 @@ def test_download_checks_the_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     path = D.download_cifar("cifar10", tmp_path)
     assert path.read_bytes() == payload
     assert path.name == "cifar-10-python.tar.gz"
+    monkeypatch.setattr(D.urllib.request, "urlretrieve", lambda *a: pytest.fail("downloaded a verified archive again"))
+    assert D.download_cifar("cifar10", tmp_path) == path  # verified once, then trusted by size and mtime
+    assert (tmp_path / "cifar-10-python.tar.gz.md5-ok").is_file()
 
 
 def _write_folder(root: Path, classes: dict[str, int], split: str = "train", size: int = 20) -> None:

@@ -139,7 +139,7 @@ def pathfinder_settings(
 ) -> PathfinderSettings:
     """Settings of a named difficulty at ``image_size``, with optional explicit overrides."""
     if difficulty not in DIFFICULTIES:
-        raise ValueError(f"pathfinder difficulty={difficulty!r}; expected one of {list(DIFFICULTIES)}")
+        raise ValueError(f"pathfinder_difficulty={difficulty!r}; expected one of {list(DIFFICULTIES)}")
     length, n_distract = DIFFICULTIES[difficulty]
     scale = image_size / 32
     settings = PathfinderSettings(
