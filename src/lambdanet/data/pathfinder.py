@@ -19,7 +19,7 @@ Construction (all integer arithmetic, so the bytes do not depend on the platform
   undrawn walk from the first dot (the same distribution as the far end of a positive's curve), and a fresh curve
   is then grown from it.
 - Labels are balanced exactly within every block of 1024 images; block ``j`` of a split is generated from the seed
-  sequence ``(seed, split, j)``, so a split of ``n`` images is the first ``n`` images of any longer one.
+  sequence ``(version, seed, split, j)``, so a split of ``n`` images is the first ``n`` images of any longer one.
 
 Shape: images (n, 1, image_size, image_size) uint8 in {0, 255}; labels (n,) int64; dots (n, 2, 2) int16 (y, x).
 """
@@ -50,8 +50,8 @@ GENERATOR_VERSION = 1
 BLOCK = 1024  # images per independently seeded block
 _DIRS = 64  # directions of the walk
 _FP = 256  # fixed point: units per pixel
-# Unit step per direction in fixed point. cos/sin of k * 2pi / 64 are irrational (or exactly 0, +-1) and never fall
-# on a rounding tie, so every platform's libm rounds them to the same integers (tests check the table's checksum).
+# Unit step per direction in fixed point. 256 cos/sin of k * 2pi / 64 lie at least 0.013 from a rounding tie, far
+# beyond any libm's last-bit differences, so every platform gets the same integers (tests pin the table's checksum).
 _STEP = np.stack(
     [
         np.rint(np.sin(2 * np.pi * np.arange(_DIRS) / _DIRS) * _FP),

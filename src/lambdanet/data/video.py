@@ -27,20 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from lambdanet.data.pathfinder import _FP, _STEP  # fixed point (1/256 pixel) and the shared direction table
+
 __all__ = ["MovingDigitsSettings", "generate_moving_digits"]
 
 GENERATOR_VERSION = 1
 BLOCK = 1024
 _SPLITS = {"train": 0, "val": 1, "test": 2}
-_FP = 256  # fixed point: units per pixel
-_DIRS = 64
-_UNIT = np.stack(
-    [
-        np.rint(np.sin(2 * np.pi * np.arange(_DIRS) / _DIRS) * _FP),
-        np.rint(np.cos(2 * np.pi * np.arange(_DIRS) / _DIRS) * _FP),
-    ],
-    axis=1,
-).astype(np.int64)  # (direction, (dy, dx)); no value lies on a rounding tie, so every platform agrees
+_DIRS = len(_STEP)
 _SLOW = (128, 256)  # speed range in 1/256 pixel per frame
 _FAST = (448, 640)
 LABELS = ("faster", "sum")
@@ -120,7 +114,7 @@ def _block(st: MovingDigitsSettings, pool: tuple[np.ndarray, np.ndarray], rng: n
     offsets = np.arange(d)
     for k in range(2):
         spd = np.where(fast == k, speed[1], speed[0])
-        vel = _UNIT[direction[k]] * spd[:, None] // _FP  # (m, 2) fixed point per frame
+        vel = _STEP[direction[k]] * spd[:, None] // _FP  # (m, 2) fixed point per frame
         y = _bounce(p0[k, :, 0], vel[:, 0], t, span)
         x = _bounce(p0[k, :, 1], vel[:, 1], t, span)
         yy = (y[:, :, None] + offsets)[:, :, :, None]
