@@ -6,7 +6,11 @@ Array datasets hold uint8 images (n, c, hh, ww); folder datasets decode with Pil
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
+import io
+import json
 import os
 import pickle
 import tarfile
@@ -45,7 +49,7 @@ class ArrayDataset(Dataset):
     """Images held in memory.
 
     Attributes:
-        images: uint8 tensor (n, c, hh, ww).
+        images: uint8 tensor (n, c, hh, ww), or (n, c, t, hh, ww) for video clips.
         labels: int64 tensor (n,).
         classes: class names, indexed by label.
     """
@@ -55,8 +59,11 @@ class ArrayDataset(Dataset):
     classes: list[str]
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (n, c, hh, ww), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.images.dtype != torch.uint8 or self.images.ndim not in (4, 5):
+            raise ValueError(
+                f"images must be uint8 (n, c, hh, ww) or clips (n, c, t, hh, ww), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         if len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
@@ -167,8 +174,10 @@ def download_cifar(name: str, root: str | os.PathLike[str]) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / spec.filename
-    if target.is_file() and _md5(target) == spec.md5:
-        return target
+    if target.is_file():
+        with contextlib.suppress(DataError):  # a damaged or foreign file is downloaded again
+            _check_archive_md5(target, spec)
+            return target
     partial = target.with_name(target.name + ".part")
     print(f"downloading {spec.url} -> {target}")
     try:
@@ -190,9 +199,43 @@ def _cifar_spec(name: str) -> _CifarArchive:
     return CIFAR_ARCHIVES[name]
 
 
+# Globals a CIFAR pickle may name: numpy array and dtype reconstruction (Python 2 and 3 pickles, protocols 2 to 5)
+# and the codec Python 3 uses to pickle bytes. Everything else (os.system, builtins.exec, ...) is refused.
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that rebuilds only plain containers, numbers, strings, bytes and numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed (only numpy arrays and builtins)")
+        import numpy as np
+
+        if name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if name == "encode":
+            import codecs
+
+            return codecs.encode
+        from numpy._core import multiarray, numeric
+
+        return getattr(numeric if name == "_frombuffer" else multiarray, name)
+
+
 def _unpickle(blob: bytes, where: str) -> dict[bytes, Any]:
     try:
-        obj = pickle.loads(blob, encoding="bytes")
+        obj = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as e:
         raise DataError(f"{where} is not a readable CIFAR pickle: {e}") from e
     if not isinstance(obj, dict):
@@ -200,33 +243,59 @@ def _unpickle(blob: bytes, where: str) -> dict[bytes, Any]:
     return obj
 
 
+def _check_archive_md5(path: Path, spec: _CifarArchive) -> None:
+    """Compare ``path`` with the official MD5 once; a marker ``<archive>.md5-ok`` keyed by size and mtime caches it."""
+    stat = path.stat()
+    key = {"md5": spec.md5, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    marker = path.with_name(path.name + ".md5-ok")
+    try:
+        if json.loads(marker.read_text()) == key:
+            return
+    except (OSError, ValueError):
+        pass
+    got = _md5(path)
+    if got != spec.md5:
+        raise DataError(
+            f"{path} has md5 {got}, expected the official {spec.md5}: the archive is damaged or not the official "
+            f"{spec.filename}; delete it and download again (--data.download true)"
+        )
+    with contextlib.suppress(OSError):  # a read-only data folder: check again next time
+        marker.write_text(json.dumps(key) + "\n")
+
+
 def _read_cifar_members(name: str, root: Path, members: list[str]) -> tuple[dict[str, bytes], str]:
     """Read ``members`` from the archive or the extracted folder at ``root``; return them and where they came from."""
     spec = _cifar_spec(name)
-    candidates = [root] if root.suffix == ".gz" or root.name.endswith(".tar") else []
+    candidates = [root] if root.name.endswith(".gz") else []
     candidates += [root / spec.filename]
     for path in candidates:
         if not path.is_file():
             continue
+        _check_archive_md5(path, spec)
+        wanted = {f"{spec.folder}/{member}": member for member in members}
+        out: dict[str, bytes] = {}
+        names: set[str] = set()
         try:
-            with tarfile.open(path) as tar:
-                names = set(tar.getnames())
-                if f"{spec.folder}/{spec.test}" not in names:
-                    other = [k for k, s in CIFAR_ARCHIVES.items() if f"{s.folder}/{s.test}" in names]
-                    hint = f" (it looks like the {other[0]} archive)" if other else ""
-                    raise DataError(
-                        f"{path} is not the {name} archive{hint}: member {spec.folder}/{spec.test} is missing"
-                    )
-                out = {}
-                for member in members:
-                    full = f"{spec.folder}/{member}"
-                    f = tar.extractfile(full) if full in names else None
-                    if f is None:
-                        raise DataError(f"{path}: member {full} is missing or not a file")
-                    out[member] = f.read()
-                return out, str(path)
+            with gzip.open(path) as stream:
+                with tarfile.open(fileobj=stream, mode="r|") as tar:  # one pass, in archive order
+                    for info in tar:
+                        names.add(info.name)
+                        if info.name in wanted and info.isfile():
+                            f = tar.extractfile(info)
+                            if f is not None:
+                                out[wanted[info.name]] = f.read()
+                while stream.read(1 << 20):  # read to the end, so the gzip CRC-32 and length are checked
+                    pass
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"{path} is not a readable tar archive ({e}); expected {spec.filename}") from e
+            raise DataError(f"{path} is not a readable tar.gz archive ({e}); expected {spec.filename}") from e
+        if f"{spec.folder}/{spec.test}" not in names:
+            other = [k for k, s in CIFAR_ARCHIVES.items() if f"{s.folder}/{s.test}" in names]
+            hint = f" (it looks like the {other[0]} archive)" if other else ""
+            raise DataError(f"{path} is not the {name} archive{hint}: member {spec.folder}/{spec.test} is missing")
+        missing = [full for full, member in wanted.items() if member not in out]
+        if missing:
+            raise DataError(f"{path}: member {missing[0]} is missing or not a file")
+        return out, str(path)
     for folder in (root / spec.folder, root):
         if (folder / spec.test).is_file():
             out = {}
@@ -293,19 +362,58 @@ def _list_classes(split_dir: Path) -> dict[str, list[Path]]:
     return files
 
 
+def _to_rgb(img: Any, path: Path) -> Any:
+    """A decoded Pillow image -> 8-bit RGB, rescaling 16-bit and float images instead of clipping them.
+
+    16-bit images (modes ``I;16*``, and 16-bit PNGs that Pillow opens as ``I``) map 0..65535 to 0..255; float images
+    (mode ``F``) must lie in [0, 1] and map to 0..255. Other 32-bit integer images have no defined range and are
+    refused, naming the file.
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):
+        import numpy as np
+
+        arr = np.asarray(img).astype(np.int64)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise DataError(f"16-bit image {path} holds values outside 0..65535 ({arr.min()}..{arr.max()})")
+        arr8 = (arr * 255 + 32767) // 65535  # exact integer rounding of v * 255 / 65535
+        return Image.fromarray(arr8.astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise DataError(
+                f"float image {path} has values in [{arr.min():.4g}, {arr.max():.4g}]; expected finite values in "
+                "[0, 1] (convert it to 8 or 16 bits)"
+            )
+        return Image.fromarray(np.rint(arr * 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("I", "I;32", "I;32B", "I;32L"):
+        raise DataError(
+            f"32-bit integer image {path} (mode {mode}) has no defined value range; convert it to 8 or 16 bits"
+        )
+    return img.convert("RGB")
+
+
 def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be used (header check, full decode, bit-depth conversion), or None."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            img.verify()
+            img.verify()  # container checks (e.g. PNG chunk CRCs)
+        with Image.open(path) as img:
+            img.load()  # full decode: catches truncated JPEG data, which verify() does not read
+            _to_rgb(img, path)
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     return None
 
 
 class ImageFolderDataset(Dataset):
-    """``<root>/<split>/<class>/<image>`` decoded with Pillow to RGB.
+    """``<root>/<split>/<class>/<image>`` decoded with Pillow to 8-bit RGB (16-bit and float images rescaled).
 
     Args:
         root: dataset root holding ``train/`` and ``val/``.
@@ -314,8 +422,8 @@ class ImageFolderDataset(Dataset):
         bad_images: ``"error"`` raises on the first unreadable image. ``"skip"`` warns (naming the file) and
             substitutes the next readable image whenever one fails to decode.
         max_bad_fraction: in ``"skip"`` mode, more unreadable images than this fraction is still an error.
-        verify: in ``"skip"`` mode, open every file up front, report all unreadable ones in one warning and leave
-            them out (costs one header read per image and process).
+        verify: in ``"skip"`` mode, decode every file up front, report all unreadable ones in one warning and leave
+            them out (costs one full decode per image and process).
     """
 
     def __init__(
@@ -383,7 +491,7 @@ class ImageFolderDataset(Dataset):
             path, label = self.samples[(i + attempt) % len(self.samples)]
             try:
                 with Image.open(path) as img:
-                    return img.convert("RGB"), label
+                    return _to_rgb(img, path), label
             except Exception as e:
                 if self.bad_images == "error":
                     raise DataError(

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from lambdanet.data import pathfinder, video
 from lambdanet.data import transforms as T
 from lambdanet.data.datasets import (
     CIFAR_ARCHIVES,
@@ -28,7 +29,7 @@ from lambdanet.data.datasets import (
 
 __all__ = ["DATASETS", "DataConfig", "DataInfo", "DataSplits", "EpochSampler", "build_splits", "data_info", "prepare"]
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic", "pathfinder", "moving_digits")
 
 # (mean, std) per dataset, on the 0..1 scale.
 _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -37,8 +38,18 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "synthetic": ((0.5,), (0.25,)),
+    "pathfinder": ((0.06,), (0.24,)),
+    "moving_digits": ((0.037,), (0.166,)),
 }
-_NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagefolder": 224, "synthetic": 32}
+_NATIVE_SIZE = {
+    "digits": 8,
+    "cifar10": 32,
+    "cifar100": 32,
+    "imagefolder": 224,
+    "synthetic": 32,
+    "pathfinder": 32,
+    "moving_digits": 32,
+}
 
 
 @dataclass
@@ -47,8 +58,9 @@ class DataConfig:
 
     Attributes:
         name: one of ``digits`` (bundled with scikit-learn, no download), ``cifar10``, ``cifar100``,
-            ``imagefolder`` (``root/train/<class>/*``, ``root/val/<class>/*``) or ``synthetic``.
-        root: CIFAR archive / folder, or the image-folder root.
+            ``imagefolder`` (``root/train/<class>/*``, ``root/val/<class>/*``), ``synthetic``, ``pathfinder``
+            (generated, see ``docs/long_range.md``) or ``moving_digits`` (generated clips (1, T, H, W)).
+        root: CIFAR archive / folder, the image-folder root, or where pathfinder caches (default ``data``).
         download: fetch the CIFAR archive from the official address into ``root`` and verify its MD5.
         batch_size: images per device and step.
         eval_batch_size: images per device for evaluation (default ``batch_size``).
@@ -67,10 +79,17 @@ class DataConfig:
             uses the next readable image).
         max_bad_fraction: in ``skip`` mode, more unreadable images than this fraction is still an error.
         verify_images: in ``skip`` mode, check every image when the dataset opens and report the unreadable ones
-            together (one header read per image and process).
+            together (one full decode per image and process; catches truncated JPEGs).
         num_classes: synthetic data only: number of classes.
         in_chans: synthetic data only: image channels.
         synthetic_samples: synthetic data only: training images (validation gets a quarter).
+        generated_samples: pathfinder and moving_digits: training samples (validation and test get a tenth each).
+        pathfinder_difficulty: ``easy``, ``medium`` or ``hard`` (curve length and distractors, see
+            ``docs/long_range.md``); ``image_size`` is the generated side (32, 64 or larger).
+        pathfinder_length: pathfinder: curve length in pixels (overrides the difficulty's).
+        pathfinder_distractors: pathfinder: curves without a dot (overrides the difficulty's).
+        video_frames: moving_digits: frames per clip.
+        video_label: moving_digits: ``faster`` (class of the faster digit) or ``sum`` (sum of the digits mod 10).
     """
 
     name: str = "digits"
@@ -94,6 +113,12 @@ class DataConfig:
     num_classes: int | None = None
     in_chans: int = 3
     synthetic_samples: int = 512
+    generated_samples: int = 20000
+    pathfinder_difficulty: str = "medium"
+    pathfinder_length: int | None = None
+    pathfinder_distractors: int | None = None
+    video_frames: int = 12
+    video_label: str = "faster"
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values outside their domain."""
@@ -112,6 +137,10 @@ class DataConfig:
             raise ValueError("data.num_classes is required for data.name='synthetic'")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+        if self.name in ("pathfinder", "moving_digits"):
+            _generated(self).validate()
+            if self.generated_samples < 1:
+                raise ValueError(f"data.generated_samples={self.generated_samples} must be >= 1")
 
     @property
     def size(self) -> int:
@@ -128,8 +157,8 @@ class DataInfo:
 def data_info(cfg: DataConfig) -> DataInfo:
     """Classes, channels and image side of a configured dataset (cheap: lists folders, reads nothing big)."""
     cfg.validate()
-    if cfg.name == "digits":
-        return DataInfo(10, 1, cfg.size)
+    if cfg.name in ("digits", "moving_digits", "pathfinder"):
+        return DataInfo(2 if cfg.name == "pathfinder" else 10, 1, cfg.size)
     if cfg.name in CIFAR_ARCHIVES:
         return DataInfo(CIFAR_ARCHIVES[cfg.name].num_classes, 3, cfg.size)
     if cfg.name == "imagefolder":
@@ -198,9 +227,18 @@ def _holdout(ds: ArrayDataset, fraction: float) -> tuple[ArrayDataset, ArrayData
 
 
 def prepare(cfg: DataConfig) -> None:
-    """Downloads (run once per machine, before :func:`build_splits`)."""
+    """Downloads and generated caches (run once per machine, before :func:`build_splits`)."""
     if cfg.name in CIFAR_ARCHIVES and cfg.download:
         download_cifar(cfg.name, str(cfg.root))
+    if cfg.name == "pathfinder":
+        pathfinder.splits_for(cfg)
+
+
+def _generated(cfg: DataConfig) -> Any:
+    """The generator settings of a pathfinder or moving_digits configuration."""
+    if cfg.name == "pathfinder":
+        return pathfinder.settings_for(cfg)
+    return video.settings_for(cfg)
 
 
 def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
@@ -221,6 +259,13 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
         return DataSplits(TransformDataset(train_f, tr, seed, random=True), val, val, train_f.classes)
     if cfg.name == "digits":
         train_a, val_a, test_a = load_digits(cfg.test_fraction, cfg.val_fraction)
+    elif cfg.name in ("pathfinder", "moving_digits"):
+        arrays = (pathfinder if cfg.name == "pathfinder" else video).splits_for(cfg)
+        classes = ["different", "same"] if cfg.name == "pathfinder" else [str(i) for i in range(10)]
+        train_a, val_a, test_a = (
+            ArrayDataset(torch.from_numpy(arrays[k][0]), torch.from_numpy(arrays[k][1]), classes)
+            for k in ("train", "val", "test")
+        )
     elif cfg.name in CIFAR_ARCHIVES:
         train_a = load_cifar(cfg.name, str(cfg.root), "train")
         test_a = load_cifar(cfg.name, str(cfg.root), "test")
