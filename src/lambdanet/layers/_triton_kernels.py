@@ -92,7 +92,7 @@ def forward_kernel(
         kk = tl.arange(0, BK)
         qt = tl.load(q_rows[:, None] + kk[None, :], mask=row_ok[:, None] & (kk < K)[None, :], other=0.0)
         lt = tl.load(lam + b * K * V + kk[:, None] * V + c[None, :], mask=(kk < K)[:, None] & c_ok[None, :], other=0.0)
-        acc = tl.dot(qt.to(tl.float32), lt.to(tl.float32), acc, input_precision="ieee")
+        acc = tl.dot(qt.to(tl.float32), lt.to(tl.float32), acc, input_precision=PREC)
     out = y + b * N * H * V + r[:, None] * V + c[None, :]
     tl.store(out, acc.to(y.dtype.element_ty), mask=row_ok[:, None] & c_ok[None, :])
 

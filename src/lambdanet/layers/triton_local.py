@@ -18,8 +18,9 @@ query gradient, one for the value gradient and one for the kernel gradient (per-
 caller, deterministic); the content-lambda terms of the backward pass are plain matrix products.
 
 Inputs may be float32, bfloat16 or float16 (float32 accumulation either way; low-precision inputs give
-low-precision outputs and gradients). Float32 matrix products inside the kernels are exact IEEE products unless
-``torch.backends.cuda.matmul.allow_tf32`` is set. Scopes larger than the map are cropped first (exact).
+low-precision outputs and gradients). Float32 matrix products inside the kernels run on tensor cores as three
+TF32 products (about float32 accuracy), or as one when ``torch.backends.cuda.matmul.allow_tf32`` is set. Scopes
+larger than the map are cropped first (exact).
 
 Triton is an optional extra (``pip install lambdanet[triton]``): this module imports it only when the kernels run.
 On a CPU the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before Triton is first
@@ -87,8 +88,12 @@ class _Config:
         # Low-precision matrix products (float32 accumulation) on GPUs; Triton's interpreter (3.9) multiplies
         # bfloat16 matrices wrongly, so there the low-precision inputs are multiplied in float32.
         self.lowp = q.dtype != torch.float32 and not _interpreting()
-        tf32 = q.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
-        self.prec = "tf32" if tf32 else "ieee"
+        # Float32 products on tensor cores: three TF32 products (about float32 accuracy), or one when PyTorch
+        # allows TF32 for matrix products; exact IEEE products in the interpreter.
+        if q.device.type != "cuda" or _interpreting():
+            self.prec = "ieee"
+        else:
+            self.prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
         self.bk = _pow2(self.k)
         if _interpreting():  # small tiles: the tests cover several tiles per map on tiny shapes
             self.bm, self.bn, self.bv, self.bt, self.splits = 16, 16, 16, 16, 2
