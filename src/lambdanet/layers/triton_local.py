@@ -95,14 +95,15 @@ class _Config:
         else:
             self.prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
         self.bk = _pow2(self.k)
+        self.hp = _pow2(self.h, low=1)  # a tile holds bmn positions with all their heads: bmn * hp query rows
         if _interpreting():  # small tiles: the tests cover several tiles per map on tiny shapes
-            self.bm, self.bn, self.bv, self.bt, self.splits = 16, 16, 16, 16, 2
+            self.bmn, self.bn, self.bv, self.bt, self.splits = max(1, 16 // self.hp), 16, 16, 16, 2
         else:
-            self.bm, self.bn, self.bt = 64, 64, 64
+            self.bmn, self.bn, self.bt = max(1, 64 // self.hp), 64, 64
             self.bv = min(64, _pow2(self.dv))
             tiles = math.ceil(self.kh * self.kw / self.bt) * self.u
             sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-            self.splits = max(1, min(self.b * math.ceil(self.n * self.h / self.bm), -(-4 * sms // tiles)))
+            self.splits = max(1, min(self.b * math.ceil(self.n / self.bmn), -(-4 * sms // tiles)))
 
     def common(self) -> dict[str, object]:
         return {
@@ -119,10 +120,11 @@ class _TritonLocal(torch.autograd.Function):
         kern, triton = _kernels(), _triton()
         cfg = _Config(q, v, tuple(weight.shape[2:]), width, causal)
         y = q.new_empty(cfg.b, cfg.n, cfg.h, cfg.dv)
-        grid = (triton.cdiv(cfg.n * cfg.h, cfg.bm), cfg.b, triton.cdiv(cfg.dv, cfg.bv))
+        grid = (triton.cdiv(cfg.n, cfg.bmn), cfg.b, triton.cdiv(cfg.dv, cfg.bv))
         kern.forward_kernel[grid](
             q, v, weight, lam_c if lam_c is not None else q, y, cfg.n, cfg.width, **cfg.common(),
-            HAS_LAM=lam_c is not None, LOWP=cfg.lowp, PREC=cfg.prec, BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, BV=cfg.bv,
+            HAS_LAM=lam_c is not None, LOWP=cfg.lowp, PREC=cfg.prec, BMN=cfg.bmn, HP=cfg.hp, BN=cfg.bn, BK=cfg.bk,
+            BV=cfg.bv,
         )  # fmt: skip
         ctx.save_for_backward(q, v, weight, lam_c)
         ctx.cfg = cfg
@@ -136,10 +138,10 @@ class _TritonLocal(torch.autograd.Function):
         grad = grad.contiguous()
         need_q, need_v, need_w, need_lam = ctx.needs_input_grad[:4]
         grad_q = grad_v = grad_w = grad_lam = None
-        opts = {"LOWP": cfg.lowp, "PREC": cfg.prec, "BM": cfg.bm, "BN": cfg.bn}
+        opts = {"LOWP": cfg.lowp, "PREC": cfg.prec, "BMN": cfg.bmn, "HP": cfg.hp, "BN": cfg.bn}
         if need_q:
             grad_q = torch.empty_like(q)
-            grid = (triton.cdiv(cfg.n * cfg.h, cfg.bm), cfg.b)
+            grid = (triton.cdiv(cfg.n, cfg.bmn), cfg.b)
             kern.dq_kernel[grid](
                 q, v, weight, grad, grad_q, cfg.n, cfg.width, **cfg.common(), **opts, BK=cfg.bk, BV=cfg.bv
             )
@@ -156,7 +158,7 @@ class _TritonLocal(torch.autograd.Function):
             grid = (triton.cdiv(t, cfg.bt), cfg.u, cfg.splits)
             kern.de_kernel[grid](
                 q, v, grad, part, cfg.b, cfg.n, cfg.width, **cfg.common(),
-                PREC=cfg.prec, BM=cfg.bm, BT=cfg.bt, BK=cfg.bk,
+                PREC=cfg.prec, BMN=cfg.bmn, HP=cfg.hp, BT=cfg.bt, BK=cfg.bk,
             )  # fmt: skip
             grad_w = part.sum(0).view(weight.shape).to(weight.dtype)
         if need_lam and lam_c is not None:
