@@ -184,3 +184,39 @@ def test_works_without_triton():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cannot run the triton algorithm" in done.stdout
     assert "lambdanet.layers._triton_kernels" not in done.stdout
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="runs in the parent process")
+def test_gpu_suite_reads_targets_off_results(tmp_path):
+    """The GPU suite's target table: speed-ups and time ratios computed the right way round from its rows."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_suite.py"
+    spec = importlib.util.spec_from_file_location("gpu_suite", path)
+    gpu_suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_suite)
+    suite = gpu_suite.Suite(argparse.Namespace(budget_s=60.0, quick=True, device="cpu", verbose=False))
+    layer = suite.rows("layer")
+    for name, ms in (("lambdanet auto", 2.0), ("lambda-networks", 12.0), ("conv3x3", 1.0)):
+        layer.append({"case": "c4", "dtype": "bfloat16", "name": name, "fwd_bwd_ms": ms})
+    layer.append({"case": "64x64 global", "dtype": "bfloat16", "name": "lambdanet auto", "fwd_bwd_ms": 4.0})
+    layer.append({"case": "64x64 global", "dtype": "bfloat16", "name": "attention (sdpa)", "fwd_bwd_ms": 5.0})
+    models = suite.rows("models")
+    for spec_name, img_s in (
+        ("resnet50", 1000.0),
+        ("lambda_resnet50", 400.0),
+        ("lambda_resnet50:placement=CCLL", 950.0),
+    ):
+        models.append({"model": spec_name, "compile": False, "train_img_s": img_s})
+    got = {row["target"]: (row["value"], row["met"]) for row in gpu_suite.targets(suite)}
+    assert got["c4 lambdanet auto: >= 5x lambda-networks (bf16 fwd+bwd)"] == (6.0, True)
+    assert got["c4 lambdanet auto: <= 1.5x the 3x3 conv time"] == (2.0, False)
+    assert got["c5 lambdanet auto: <= 1.5x the 3x3 conv time"] == (None, None)
+    assert got["64x64 global lambdanet auto: faster than SDPA flash (speed-up)"] == (1.25, True)
+    assert got["lambda_resnet50 training >= 0.5x resnet50 images/s"] == (0.4, False)
+    assert got["lambda_resnet50:placement=CCLL training >= 0.9x resnet50 images/s"] == (0.95, True)
+    suite.result.update(environment={"torch": "x"}, seconds=1.0, targets=gpu_suite.targets(suite))
+    text = gpu_suite.markdown(suite)
+    assert "| c4 lambdanet auto: >= 5x lambda-networks (bf16 fwd+bwd) | 6.00 | yes |" in text
