@@ -152,6 +152,14 @@ def test_matches_blocked_and_causal_kernel_without_content():
 
 
 @here
+def test_runs_under_torch_compile():
+    """Under torch.compile the kernels run as they are (excluded from the graph), with the same result."""
+    q, v, w, lam = (x.detach() for x in _inputs((4, 5), 2, 3, 1, 4, (3, 3)))
+    fn = torch.compile(lambda *x: _ops().triton_position_output(*x) * 2, backend="eager", fullgraph=False)
+    torch.testing.assert_close(fn(q, v, w, lam), _ops().triton_position_output(q, v, w, lam) * 2)
+
+
+@here
 def test_bad_arguments_are_one_line_errors(monkeypatch):
     ops = _ops()
     q, v, w = torch.zeros(1, 4, 4, 2, 3), torch.zeros(1, 4, 4, 1, 5), torch.zeros(3, 1, 3, 3)

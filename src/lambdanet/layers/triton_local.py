@@ -210,6 +210,7 @@ def _check(name: str, q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None
     return d
 
 
+@torch.compiler.disable  # torch.compile runs the kernels as they are (a graph break); not exportable
 def _run(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None, causal: bool) -> Tensor:
     spatial = tuple(q.shape[1:-2])
     weight = _crop(weight, spatial)
