@@ -191,7 +191,19 @@ def test_works_without_triton():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cannot run the triton algorithm" in done.stdout
-    assert "lambdanet.layers._triton_kernels" not in done.stdout
+
+
+@pytest.mark.skipif(RUN_HERE, reason="runs in a process without the interpreter")
+def test_interpreter_switched_on_too_late_is_a_clear_error():
+    code = (
+        "import os, torch, triton, lambdanet.layers.triton_local as t; os.environ['TRITON_INTERPRET'] = '1'; "
+        "x = torch.zeros(1, 3, 2, 1); w = torch.zeros(1, 2, 3)\n"
+        "try:\n    t.triton_position_output(x, x, w)\nexcept ValueError as e:\n    print(e)"
+    )
+    env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "TRITON_INTERPRET=1 was set after triton was first imported" in done.stdout
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="runs in the parent process")

@@ -207,6 +207,11 @@ def _check(name: str, q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None
             "and numpy installed (pip install lambdanet[triton])"
         )
         raise ValueError(f"{name}: device={q.device} cannot run the triton algorithm; it {why}")
+    if q.device.type == "cpu" and type(_triton().language.zeros).__name__ != "InterpretedFunction":
+        raise ValueError(
+            f"{name}: TRITON_INTERPRET=1 was set after triton was first imported (importing torch or lambdanet "
+            "may import it); set it in the environment before Python starts"
+        )
     return d
 
 
