@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-all lint bench bench-suite clean
+.PHONY: setup train test test-all lint bench bench-suite bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-suite: $(STAMP)  ## lambdanet bench layer / model / memory (docs/benchmark
 	$(BIN)/lambdanet bench layer --config configs/bench/layer_cpu.yaml
 	$(BIN)/lambdanet bench model --config configs/bench/model_cpu.yaml
 	$(BIN)/lambdanet bench memory --peak
+
+bench-gpu:  ## the GPU suite on a CUDA machine, with its own python3 and torch (docs/gpu.md); results in $(OUT)
+	PYTHONPATH=src $(PYTHON) benchmarks/gpu_suite.py --out $(or $(OUT),bench-results/gpu)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
