@@ -40,33 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _recipe_task(recipe: str | None) -> str | None:
-    """The top-level ``task`` of a recipe (other tasks, e.g. ``language_model``, have their own runner)."""
-    if not recipe:
-        return None
-    import yaml
-
-    from lambdanet.train.config import find_recipe
-
-    try:
-        data = yaml.safe_load(find_recipe(recipe).read_text())
-    except (ValueError, OSError, yaml.YAMLError):
-        return None  # load_config reports the problem
-    return data.get("task") if isinstance(data, dict) else None
-
-
 def main(argv: list[str]) -> int:
     args, rest = _parser().parse_known_args(argv)
     if args.list_recipes:
         print("\n".join(list_recipes()))
         return 0
-    if _recipe_task(args.config) == "language_model":
-        if args.resume:
-            print("lambdanet train: error: --resume is not supported for task: language_model", file=sys.stderr)
-            return 2
-        from lambdanet.train import lm
-
-        return int(lm.main(argv) or 0)
     try:
         overrides = parse_overrides(rest)
         if args.resume and not args.config:

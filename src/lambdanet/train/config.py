@@ -153,6 +153,8 @@ class SystemConfig:
         run_name: run directory name (default ``<recipe>-<time>``; ``<recipe>-<job id>`` under SLURM/torchrun).
         progress_bar: show the progress bar.
         matmul_precision: ``torch.set_float32_matmul_precision`` (``highest``, ``high``, ``medium``).
+        loggers: ``csv`` (``metrics.csv``, ``curves.png``), ``tensorboard``, ``wandb``, ``mlflow`` (the last two need
+            the ``wandb`` / ``mlflow`` extras).
     """
 
     accelerator: str = "auto"
@@ -164,6 +166,7 @@ class SystemConfig:
     run_name: str | None = None
     progress_bar: bool = True
     matmul_precision: str = "high"
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
 
 
 @dataclass
@@ -172,6 +175,7 @@ class RunConfig:
 
     recipe: str = DEFAULT_RECIPE
     seed: int = 0
+    quiet: bool = False
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
