@@ -32,7 +32,7 @@ def test_default_recipe_is_the_digits_run() -> None:
     assert cfg.recipe == "digits_tiny"
     assert cfg.data.name == "digits"
     assert cfg.model.name == "lambda_net_tiny"
-    assert cfg.model.overrides == {"in_chans": 1}
+    assert cfg.model.overrides == {}  # in_chans and num_classes come from the data
 
 
 def test_overrides_are_typed_and_unknown_keys_fail() -> None:
@@ -43,7 +43,7 @@ def test_overrides_are_typed_and_unknown_keys_fail() -> None:
     assert cfg.optim.lr == 0.5
     assert cfg.train.epochs == 3
     assert cfg.data.hflip is True
-    assert cfg.model.overrides == {"in_chans": 1, "scope": 3}  # free-form overrides merge with the recipe's
+    assert cfg.model.overrides == {"scope": 3}
     with pytest.raises(ValueError, match=r"unknown config key 'optim.lrr'.*Did you mean optim.lr"):
         load_config(None, parse_overrides(["--optim.lrr", "1"]))
     with pytest.raises(ValueError, match=r"train.epochs='many' must be an integer"):
@@ -83,10 +83,13 @@ def test_recipe_loads_and_builds_its_model(name: str) -> None:
         pytest.skip(f"model {cfg.model.name!r} is not registered (yet)")
     info = lambdanet.model_info(cfg.model.name)
     assert info.num_classes >= 1
+    from lambdanet.data.loader import DATASETS, DataInfo
     from lambdanet.train.module import model_overrides
 
     num_classes = {"cifar10": 10, "cifar100": 100, "imagefolder": 1000, "digits": 10}.get(cfg.data.name, 10)
-    overrides = model_overrides(cfg, num_classes)
+    task, size = DATASETS[cfg.data.name].task, cfg.data.size
+    shape = (cfg.data.seq_len,) if task == "language_model" else (1 if cfg.data.name == "digits" else 3, size, size)
+    overrides = model_overrides(cfg, DataInfo(task, num_classes, shape))
     # building the big ImageNet models costs seconds; checking the overrides against the builder is enough
     import inspect
 
@@ -152,18 +155,3 @@ def test_schedules() -> None:
     assert peak_lr(opt, 1024) == pytest.approx(0.4)
     opt.lr_base_batch = None
     assert peak_lr(opt, 1024) == 0.1
-
-
-def test_language_model_recipes_go_to_their_own_runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    recipe = tmp_path / "lm.yaml"
-    recipe.write_text("task: language_model\nmodel:\n  name: some_lm\n")
-    seen: list[list[str]] = []
-    import sys
-    import types
-
-    fake = types.ModuleType("lambdanet.train.lm")
-    fake.main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "lambdanet.train.lm", fake)
-    monkeypatch.setattr("lambdanet.train.lm", fake, raising=False)
-    assert cli_train.main(["-c", str(recipe), "--train.max_steps", "3"]) == 0
-    assert seen == [["-c", str(recipe), "--train.max_steps", "3"]]

@@ -151,7 +151,9 @@ def _loggers(cfg: RunConfig, run_dir: Path) -> list[Any]:
                 f"pip install 'lambdanet[{name}]'"
             )
         if name == "csv":  # logs/version_<n>/metrics.csv: one per (resumed) attempt
-            out.append(CSVLogger(save_dir=str(run_dir), name="logs"))
+            out.append(
+                CSVLogger(save_dir=str(run_dir), name="logs", flush_logs_every_n_steps=cfg.train.log_every_steps)
+            )
         elif name == "tensorboard":
             out.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False))
         elif name == "wandb":
