@@ -284,12 +284,18 @@ def test_set_up_failures_leave_no_run_directory(tmp_path: Path, capsys: Any) -> 
     assert not out.exists() and not (tmp_path / "poisoned" / "run").exists()
 
 
-def test_sigterm_exits_143_with_the_resume_line_and_no_results(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signal_name", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_exits_with_its_status_the_resume_line_and_no_results(
+    tmp_path: Path, signal_name: str, status: int
+) -> None:
     import os
     import signal
     import subprocess
     import sys
     import time
+
+    def default_sigint() -> None:  # a background job may inherit an ignored SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     cmd = [str(Path(sys.executable).parent / "lambdanet"), "train", "-c", "synthetic_smoke"]
     cmd += ["--data.image_size", "8", "--data.synthetic_samples", "64", "--data.batch_size", "16"]
@@ -297,7 +303,9 @@ def test_sigterm_exits_143_with_the_resume_line_and_no_results(tmp_path: Path) -
     cmd += ["--train.epochs", "1000", "--system.out_dir", str(tmp_path), "--system.run_name", "run"]
     cmd += ["--system.progress_bar", "false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
     try:
@@ -305,11 +313,12 @@ def test_sigterm_exits_143_with_the_resume_line_and_no_results(tmp_path: Path) -
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, signal_name))
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 143, err[-3000:]
-    (line,) = [x for x in err.splitlines() if "SIGTERM stopped" in x]
+    assert proc.returncode == status, err[-3000:]
+    (line,) = [x for x in err.splitlines() if signal_name in x]  # one line, Lightning's own notices filtered
+    assert line.startswith(f"lambdanet train: {signal_name} stopped training at epoch ")
     assert f"last good checkpoint {last}; resume with: lambdanet train --resume {tmp_path / 'run'}" in line
     assert not (tmp_path / "run" / "results.json").exists()

@@ -99,7 +99,14 @@ def _uses_cuda(cfg: RunConfig) -> bool:
 class _DropNoise(logging.Filter):
     """Drops Lightning's advertisements and the lines that only say what is not used."""
 
-    NOISE = ("Tip:", "available: False", "Skipping setting a default", "to estimate number of stepping batches")
+    NOISE = (
+        "Tip:",
+        "available: False",
+        "Skipping setting a default",
+        "to estimate number of stepping batches",
+        "Received SIGTERM",  # our own line says where the run stopped and how to resume it
+        "Detected KeyboardInterrupt",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -118,10 +125,12 @@ def _console(quiet: bool) -> None:
     ):
         warnings.filterwarnings("ignore", message=message)
 
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        log = logging.getLogger(name)  # where Lightning's messages are emitted (logger filters act there)
-        if not any(isinstance(f, _DropNoise) for f in log.filters):
-            log.addFilter(_DropNoise())
+    emitters = ["lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"]
+    emitters.append("lightning.pytorch.trainer.connectors.signal_connector")
+    handlers = [h for name in ("lightning.pytorch", "lightning.fabric") for h in logging.getLogger(name).handlers]
+    for target in [*map(logging.getLogger, emitters), *handlers]:  # logger filters act where a record is emitted
+        if not any(isinstance(f, _DropNoise) for f in target.filters):
+            target.addFilter(_DropNoise())
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
 
