@@ -3,6 +3,7 @@ non-finite loss, checkpoints."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,13 @@ def test_set_up_failures_leave_no_run_directory(tmp_path: Path, capsys: Any) -> 
     assert len(err.strip().splitlines()) == 1
     assert cli_train.main(["-c", "cifar10_lambda_resnet18", "--data.root", str(tmp_path / "none"), *base[4:]]) == 2
     assert "Traceback" not in capsys.readouterr().err
+    if importlib.util.find_spec("wandb") is None:
+        assert cli_train.main([*base, "--system.loggers", "[csv, wandb]"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            "lambdanet train: error: system.loggers includes 'wandb' but the wandb package is not installed; "
+            "pip install 'lambdanet[wandb]'"
+        )
     cfg = tiny_config(tmp_path / "poisoned", epochs=2)
     with pytest.raises(NonFiniteLossError):  # fails inside fit, before the first checkpoint
         fit(cfg, callbacks=[_poison(epoch=0, batch_idx=0)])

@@ -64,6 +64,8 @@ def main(argv: list[str]) -> int:
         prepare(cfg.data)  # --data.download true fetches and verifies the CIFAR archive
         splits = build_splits(cfg.data, cfg.seed)
         dataset = getattr(splits, args.split)
+        if dataset is None:
+            raise ValueError(f"data.root={cfg.data.root} has no {args.split}/ split; use --split val")
     except (CheckpointError, DataError, ValueError) as e:
         print(f"lambdanet eval: error: {e}", file=sys.stderr)
         return 2

@@ -150,7 +150,8 @@ class SystemConfig:
         strategy: ``auto``, ``ddp``, ``ddp_spawn``, ...
         sync_batchnorm: batch statistics over all processes (global-batch BN).
         out_dir: parent of run directories.
-        run_name: run directory name (default ``<recipe>-<time>``; ``<recipe>-<job id>`` under SLURM/torchrun).
+        run_name: run directory name (default ``<recipe>-<model>-<time>``; ``<recipe>-<model>-job<id>`` under
+            SLURM/torchrun).
         progress_bar: show the progress bar.
         matmul_precision: ``torch.set_float32_matmul_precision`` (``highest``, ``high``, ``medium``).
         loggers: ``csv`` (``metrics.csv``, ``curves.png``), ``tensorboard``, ``wandb``, ``mlflow`` (the last two need
