@@ -10,11 +10,18 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-__all__ = ["AtomicCheckpointIO", "FiniteModelCheckpoint", "ModelSummaryWithMacs", "NonFiniteLossError", "RunWatch"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "FiniteModelCheckpoint",
+    "ModelSummaryWithMacs",
+    "NonFiniteLossError",
+    "ProgressBar",
+    "RunWatch",
+]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -121,3 +128,12 @@ class RunWatch(Callback):
             if isinstance(logger, CSVLogger):
                 Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
                 (Path(logger.log_dir) / "start_step").write_text(f"{self.start_step}\n")
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar without the logger version (``v_num``), which names no metric."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items

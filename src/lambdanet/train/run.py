@@ -229,9 +229,15 @@ def _fit(
     cfg: RunConfig, run_dir: Path, ckpt_path: Path | None, argv: Sequence[str], callbacks: Sequence[Any]
 ) -> dict[str, Any]:
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
+    from lightning.pytorch.callbacks import ThroughputMonitor
 
-    from lambdanet.train.callbacks import AtomicCheckpointIO, FiniteModelCheckpoint, ModelSummaryWithMacs, RunWatch
+    from lambdanet.train.callbacks import (
+        AtomicCheckpointIO,
+        FiniteModelCheckpoint,
+        ModelSummaryWithMacs,
+        ProgressBar,
+        RunWatch,
+    )
     from lambdanet.train.datamodules import LambdaDataModule
     from lambdanet.train.module import LambdaModule
 
@@ -281,7 +287,7 @@ def _fit(
     all_callbacks: list[Any] = [checkpoint, last, watch, throughput, *callbacks]
     show = cfg.system.progress_bar and not cfg.quiet
     if show:
-        all_callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 20))
+        all_callbacks.append(ProgressBar(refresh_rate=1 if sys.stderr.isatty() else 20))
         all_callbacks.append(ModelSummaryWithMacs(flops))
     loggers = _loggers(cfg, run_dir)
     trainer_args: dict[str, Any] = {
