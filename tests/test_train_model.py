@@ -86,16 +86,22 @@ def test_bn_momentum_is_applied_to_every_batch_norm() -> None:
 
 
 def test_ema_update_keeps_decay_of_the_old_value() -> None:
-    from lambdanet.train.module import _EMA
+    from lambdanet.data.loader import DataInfo
+    from lambdanet.train.module import LambdaModule, ema_callback
 
-    model = torch.nn.Linear(3, 2)
-    ema = _EMA(model, decay=0.9)
-    old = [p.detach().clone() for p in model.parameters()]
+    cfg = _run_config(train={"ema_decay": 0.9})
+    module = LambdaModule(cfg, DataInfo("classification", 10, (1, 8, 8)))
+    assert ema_callback(_run_config()) is None
+    callback = ema_callback(cfg)
+    callback.setup(None, module, "fit")
+    callback._average_model.update_parameters(module)  # the first update copies the weights
+    old = [p.detach().clone() for p in module.model.parameters()]
     with torch.no_grad():
-        for p in model.parameters():
+        for p in module.model.parameters():
             p.add_(1.0)
-    ema.update(model)
-    for e, o, p in zip(ema.module.parameters(), old, model.parameters(), strict=True):
+    callback._average_model.update_parameters(module)
+    averaged = callback._average_model.module.model.parameters()
+    for e, o, p in zip(averaged, old, module.model.parameters(), strict=True):
         torch.testing.assert_close(e, 0.9 * o + 0.1 * p, rtol=0, atol=1e-6)
 
 

@@ -69,10 +69,10 @@ def test_stopped_and_resumed_run_is_bit_identical_to_a_straight_run(tmp_path: Pa
     a = load_checkpoint(stopped / "checkpoints" / "last.ckpt")
     b = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 32
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    assert any(k.startswith("ema.module.") for k in a["state_dict"])
-    for key, value in b["state_dict"].items():
-        assert torch.equal(a["state_dict"][key], value), key  # weights, BN statistics and the EMA copy
+    for part in ("state_dict", "current_model_state", "averaging_state"):  # the EMA, the weights, the EMA's count
+        assert a[part].keys() == b[part].keys()
+        for key, value in b[part].items():
+            assert torch.equal(a[part][key], value), (part, key)  # BN statistics included
     opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     for i in opt_b:
         for name in ("exp_avg", "exp_avg_sq", "step"):

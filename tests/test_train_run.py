@@ -62,7 +62,12 @@ def test_fit_writes_the_run_directory_and_eval_reproduces_the_test(tmp_path: Pat
     meta = ckpt["lambdanet"]
     assert meta["model_name"] == "lambda_net_tiny"
     assert meta["model_overrides"]["num_classes"] == 4
-    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
+    raw = ckpt["current_model_state"]  # Lightning's EMA: state_dict holds the average
+    assert raw.keys() == ckpt["state_dict"].keys() and ckpt["lambdanet"]["ema"]
+    assert any(not torch.equal(raw[k], v) for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    for weights, source in (("model", raw), ("ema", ckpt["state_dict"]), ("auto", ckpt["state_dict"])):
+        loaded = model_from_checkpoint(ckpt, weights=weights).state_dict()
+        assert all(torch.equal(v, source[f"model.{k}"]) for k, v in loaded.items()), weights
     out = tmp_path / "eval.json"
     assert cli_eval.main([str(run / "checkpoints" / "best.ckpt"), "--json", str(out)]) == 0
     evaluated = json.loads(out.read_text())

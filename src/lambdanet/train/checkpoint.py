@@ -72,10 +72,13 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str] = "
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path} names model {name!r} that cannot be built here: {e}") from e
     state = ckpt["state_dict"]
-    has_ema = any(k.startswith("ema.module.") for k in state)
+    averaged = isinstance(ckpt.get("current_model_state"), dict)  # Lightning's EMA: state_dict is the average
+    has_ema = averaged or any(k.startswith("ema.module.") for k in state)
     if weights == "ema" and not has_ema:
         raise CheckpointError(f"checkpoint {path} has no EMA weights (trained without train.ema_decay)")
-    prefix = "ema.module." if (weights == "ema" or (weights == "auto" and has_ema)) else "model."
+    if averaged and weights == "model":
+        state = ckpt["current_model_state"]
+    prefix = "ema.module." if not averaged and (weights == "ema" or (weights == "auto" and has_ema)) else "model."
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     try:
         missing, unexpected = model.load_state_dict(sub, strict=False)

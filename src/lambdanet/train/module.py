@@ -3,15 +3,14 @@
 Two tasks share it, picked by the data (:class:`lambdanet.data.loader.DataInfo`): ``classification`` (an image
 batch ``(b, c, h, w)`` -> ``(b, classes)`` logits, one label per image) and ``language_model`` (token ids ``(b, n)``
 -> ``(b, n, vocab)`` logits, the next token at every position). Both use cross-entropy with label smoothing, top-1 /
-top-5 accuracy and, for text, bits per character (``loss / ln 2``); an optional EMA of the weights (evaluated instead
-of the raw weights), warm-up plus cosine / step / exponential schedules stepped per optimizer step, channels_last
-and torch.compile. Every checkpoint carries ``lambdanet`` metadata: model name and overrides, task, class names or
-vocabulary, resolved config and RNG state (:data:`CHECKPOINT_KEY`).
+top-5 accuracy and, for text, bits per character (``loss / ln 2``); warm-up plus cosine / step / exponential
+schedules stepped per optimizer step, channels_last and torch.compile. The EMA of the weights is Lightning's
+``EMAWeightAveraging`` callback (:func:`ema_callback`). Every checkpoint carries ``lambdanet`` metadata: model name
+and overrides, task, class names or vocabulary, resolved config and RNG state (:data:`CHECKPOINT_KEY`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -30,7 +29,7 @@ from lambdanet.train.config import RunConfig, to_dict
 from lambdanet.train.distributed import convert_global_batchnorm
 from lambdanet.train.optim import build_optimizer, lr_lambda
 
-__all__ = ["CHECKPOINT_KEY", "LambdaModule", "build_model", "model_overrides"]
+__all__ = ["CHECKPOINT_KEY", "LambdaModule", "build_model", "ema_callback", "model_overrides"]
 
 _LN2 = math.log(2.0)
 
@@ -101,34 +100,19 @@ def build_model(cfg: RunConfig, info: DataInfo) -> nn.Module:
     return model
 
 
-class _EMA(nn.Module):
-    """Exponential moving average of a model's parameters (buffers are copied): ``e <- decay e + (1 - decay) p``.
+def ema_callback(cfg: RunConfig) -> Any:
+    """Lightning's ``EMAWeightAveraging`` for ``train.ema_decay`` (None when off): ``e <- decay e + (1 - decay) p``
+    after every optimizer step, over parameters and buffers; the first update copies the weights.
 
-    Kept instead of Lightning's ``EMAWeightAveraging`` callback, which (1) stores the averaged weights in the
-    checkpoint's ``state_dict`` and the trained ones under ``current_model_state``, so what ``state_dict`` holds
-    depends on a callback and readers asking for the trained weights would silently get the average; (2) keeps its
-    update counter in callback state that only a ``fit`` restores, so the average is not part of the module;
-    (3) deep-copies the whole LightningModule, metrics included, and calls ``configure_model`` a second time (a
-    second ``torch.compile``). Here the EMA copy is a submodule (``ema.module.*`` keys beside ``model.*``), restored
-    with the weights on every resume (``tests/test_train_resume.py`` checks it bit for bit).
+    Validation (hence ``best.ckpt``), the final test and checkpoints' ``state_dict`` hold the averaged weights; the
+    trained weights are in ``checkpoint["current_model_state"]`` and the average's update count in
+    ``checkpoint["averaging_state"]``. Resuming restores both, bit for bit (``tests/test_train_resume.py``).
     """
+    if not cfg.train.ema_decay:
+        return None
+    from lightning.pytorch.callbacks import EMAWeightAveraging
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        super().__init__()
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for e, p in zip(self.module.parameters(), model.parameters(), strict=True):
-            e.lerp_(p.detach().to(e.dtype), 1.0 - self.decay)
-        for e, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            e.copy_(b)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.module(x)
+    return EMAWeightAveraging(decay=cfg.train.ema_decay)
 
 
 class LambdaModule(pl.LightningModule):
@@ -151,7 +135,6 @@ class LambdaModule(pl.LightningModule):
         self.model = build_model(cfg, info)
         if global_gbn:
             convert_global_batchnorm(self.model)
-        self.ema = _EMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
         k = info.num_classes
         self.metrics = nn.ModuleDict(
             {
@@ -170,11 +153,6 @@ class LambdaModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.cfg.train.channels_last and self.task == CLASSIFICATION:
             self.model.to(memory_format=torch.channels_last)
-            if self.ema is not None:
-                self.ema.to(memory_format=torch.channels_last)
-        if self.cfg.train.compile and self._compiled is None:
-            # Kept out of the module tree so that state_dict keys stay those of the plain model.
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def _inputs(self, x: Tensor) -> Tensor:
         if self.cfg.train.channels_last and x.dim() == 4:
@@ -182,12 +160,12 @@ class LambdaModule(pl.LightningModule):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.cfg.train.compile and self._compiled is None:
+            # Compiled on first use (after the EMA callback copied the module), and kept out of the module tree so
+            # that state_dict keys stay those of the plain model.
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
         model = self._compiled if self._compiled is not None else self.model
         return model(self._inputs(x))
-
-    def eval_model(self) -> nn.Module:
-        """The weights used for evaluation: the EMA copy when enabled, else the trained model."""
-        return self.ema.module if self.ema is not None else self.model
 
     # -------------------------------------------------------------- steps
     @staticmethod
@@ -211,11 +189,6 @@ class LambdaModule(pl.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, on_step=True, batch_size=1)
         return loss
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
-            self.ema.update(self.model)
-
     def _update_metrics(self, split: str, logits: Tensor, y: Tensor, loss: Tensor) -> None:
         self.metrics[f"{split}_acc1"].update(logits, y)
         self.metrics[f"{split}_acc5"].update(logits, y)
@@ -223,7 +196,7 @@ class LambdaModule(pl.LightningModule):
 
     def _eval_step(self, split: str, batch: tuple[Tensor, Tensor]) -> None:
         x, y = batch
-        logits, y = self._flat(self.eval_model()(self._inputs(x)).float(), y)
+        logits, y = self._flat(self(x).float(), y)
         self._update_metrics(split, logits, y, F.cross_entropy(logits, y))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -287,7 +260,7 @@ class LambdaModule(pl.LightningModule):
             "input_shape": list(self.info.input_shape),
             "config": to_dict(self.cfg),
             "version": lambdanet.__version__,
-            "ema": self.ema is not None,
+            "ema": bool(self.cfg.train.ema_decay),
             "torch_rng_state": torch.get_rng_state(),
         }
         meta["vocab" if self.task == LANGUAGE_MODEL else "classes"] = list(self.classes)

@@ -106,6 +106,7 @@ class _DropNoise(logging.Filter):
         "to estimate number of stepping batches",
         "Received SIGTERM",  # our own line says where the run stopped and how to resume it
         "Detected KeyboardInterrupt",
+        "Found current_model_state in the checkpoint",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -116,7 +117,7 @@ class _DropNoise(logging.Filter):
 def _console(quiet: bool) -> None:
     """Filter Lightning's tips and the framework warnings known to be harmless here; ``quiet`` keeps warnings only."""
     for message in (
-        r".*module\(s\) in eval mode at the start of training.*",  # the EMA copy is in eval mode on purpose
+        r".*WeightAveraging callback with a model that overrides the configure_model.*",  # not sharded here
         r".*LeafSpec.*",
         r".*is smaller than the logging interval.*",
         r".*does not have many workers which may be a bottleneck.*",
@@ -239,7 +240,7 @@ def _fit(
         RunWatch,
     )
     from lambdanet.train.datamodules import LambdaDataModule
-    from lambdanet.train.module import LambdaModule
+    from lambdanet.train.module import LambdaModule, ema_callback
 
     _console(cfg.quiet)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -284,7 +285,8 @@ def _fit(
         length_fn=(lambda batch: batch[0].numel()) if lm else None,  # tokens per second for text
         window_size=max(2, min(20, cfg.train.log_every_steps)),
     )
-    all_callbacks: list[Any] = [checkpoint, last, watch, throughput, *callbacks]
+    ema = ema_callback(cfg)
+    all_callbacks: list[Any] = [checkpoint, last, watch, throughput, *([ema] if ema else []), *callbacks]
     show = cfg.system.progress_bar and not cfg.quiet
     if show:
         all_callbacks.append(ProgressBar(refresh_rate=1 if sys.stderr.isatty() else 20))
@@ -355,6 +357,8 @@ def _fit(
         split = "test" if info.has_test else "val"
         if not info.has_test and trainer.is_global_zero:
             print(f"note: data.root {cfg.data.root} has no test/ split; the final metrics are on val/", flush=True)
+        if ema is not None:  # else its on_load_checkpoint would put the trained weights, not the average, in place
+            trainer.callbacks.remove(ema)
         try:
             run_eval = trainer.test if info.has_test else trainer.validate
             tested = run_eval(module, datamodule=datamodule, ckpt_path=use, verbose=False)
