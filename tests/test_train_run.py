@@ -291,6 +291,9 @@ def test_set_up_failures_leave_no_run_directory(tmp_path: Path, capsys: Any) -> 
             "lambdanet train: error: system.loggers includes 'wandb' but the wandb package is not installed; "
             "pip install 'lambdanet[wandb]'"
         )
+    if not torch.cuda.is_available():
+        assert cli_train.main([*base, "--system.accelerator", "gpu"]) == 2
+        assert "lambdanet train: error: system.accelerator='gpu'" in capsys.readouterr().err
     cfg = tiny_config(tmp_path / "poisoned", epochs=2)
     with pytest.raises(NonFiniteLossError):  # fails inside fit, before the first checkpoint
         fit(cfg, callbacks=[_poison(epoch=0, batch_idx=0)])

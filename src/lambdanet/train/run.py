@@ -231,6 +231,7 @@ def _fit(
 ) -> dict[str, Any]:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ThroughputMonitor
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from lambdanet.train.callbacks import (
         AtomicCheckpointIO,
@@ -317,7 +318,14 @@ def _fit(
     }
     if cfg.train.limit_train_batches != 1.0:  # Lightning warns about the default when it is passed explicitly
         trainer_args["limit_train_batches"] = cfg.train.limit_train_batches
-    trainer = pl.Trainer(**trainer_args)
+    try:
+        trainer = pl.Trainer(**trainer_args)
+    except (MisconfigurationException, ModuleNotFoundError, RuntimeError) as e:  # e.g. no GPU for accelerator=gpu
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"system.accelerator={cfg.system.accelerator!r}, system.devices={cfg.system.devices!r}, "
+            f"system.strategy={cfg.system.strategy!r}: {first}"
+        ) from None
 
     created = not run_dir.exists()
     if trainer.is_global_zero:
