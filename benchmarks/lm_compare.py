@@ -1,7 +1,7 @@
 """Compare the causal lambda LM with a Transformer of the same size, in one run (results in docs/sequences.md).
 
-1. Trains both models with the same recipe (``configs/lm/lm_tiny.yaml``) and reports bits per character on the
-   validation and test splits of the embedded corpus, and training tokens/s during the run.
+1. Trains both models with the same recipe (``lm_tiny``, through ``lambdanet.train.run.fit``) and reports bits per
+   character on the validation and test splits of the embedded corpus, and training tokens/s during the run.
 2. Measures training and inference tokens/s of both on the same batch, interleaving the models so that both see
    the same machine load (median over repeats; wall clock and process CPU time).
 3. Measures peak tensor memory against sequence length (batch 1; inference without gradients, and forward +
@@ -166,28 +166,36 @@ def throughput(batch: int, length: int, repeats: int, threads: int) -> list[dict
 
 
 def train_both(recipe: str, out: Path, max_steps: int | None, seeds: list[int]) -> list[dict[str, Any]]:
-    from lambdanet.train.lm import fit_lm, load_lm_config
+    import csv
+
+    from lambdanet.train.config import load_config
+    from lambdanet.train.run import fit
 
     rows = []
     for seed in seeds:
         for n in MODELS:
+            name = n if seed == 0 else f"{n}-seed{seed}"
             over: dict[str, Any] = {
                 "seed": seed,
                 "model": {"name": n},
-                "system": {"out_dir": str(out), "progress_bar": False},
+                "system": {"out_dir": str(out), "run_name": name, "progress_bar": False},
             }
             if max_steps is not None:
                 over["train"] = {"max_steps": max_steps}
-            cfg = load_lm_config(recipe, over)
-            run_dir = out / (n if seed == 0 else f"{n}-seed{seed}")
-            rows.append({"seed": seed, **fit_lm(cfg, argv=["-c", recipe, "--seed", str(seed)], run_dir=run_dir)})
+            cfg = load_config(recipe, over)
+            row = {"seed": seed, **fit(cfg, argv=["-c", recipe, "--seed", str(seed)])}
+            with open(out / name / "metrics.csv", newline="") as f:  # Lightning's ThroughputMonitor, during the run
+                key = "train/device/items_per_sec"
+                rates = [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+            row["tokens_per_s"] = round(statistics.median(rates), 1) if rates else None
+            rows.append(row)
     return rows
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/lm_compare", help="output folder (results.json and the two run folders)")
-    p.add_argument("--recipe", default="configs/lm/lm_tiny.yaml")
+    p.add_argument("--recipe", default="lm_tiny", help="recipe name or YAML path")
     p.add_argument("--max-steps", type=int, default=None, help="override the recipe's train.max_steps")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="train both models once per seed")

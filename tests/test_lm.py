@@ -1,47 +1,50 @@
-"""Language-model task: embedded corpus and splits, the matched lambda/Transformer LMs, and a short training run."""
+"""Language-model task: embedded corpus and splits, the matched lambda/Transformer LMs, and the shipped recipe.
+
+The training run itself (kill -9, resume, eval, decoding from the checkpoint) is in ``tests/test_train_resume.py``."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import lambdanet
+from lambdanet.data.loader import DataConfig, build_splits, data_info
+from lambdanet.data.text import CharVocab, load_corpus
 from lambdanet.models.lm import MODEL_CFGS
-from lambdanet.train import lm
 
-ROOT = Path(__file__).resolve().parents[1]
 LM_MODELS = ["lambda_lm_tiny", "transformer_lm_tiny"]
 TINY = {"dim": 32, "depth": 1, "heads": 2, "dim_k": 8, "mlp_hidden": 64, "max_length": 32}
 
 
 def test_corpus_vocab_and_contiguous_splits() -> None:
-    text = lm.load_corpus()
+    text = load_corpus()
     assert len(text) > 400_000  # pydoc topics of CPython 3.11: ~465k characters
-    data = lm.CharDataModule(lm.TextDataConfig(seq_len=64, batch_size=8, max_eval_windows=3))
-    assert data.vocab.decode(data.vocab.encode(text[:500])) == text[:500]
-    parts = data.split_ids
-    assert sum(len(p) for p in parts.values()) == len(text)
-    torch.testing.assert_close(torch.cat([parts["train"], parts["val"], parts["test"]]), data.vocab.encode(text))
-    assert len(parts["val"]) == len(parts["test"]) == int(0.05 * len(text))
-    x, y = data.val_set[1]
+    cfg = DataConfig(name="pydoc_topics", seq_len=64, val_fraction=0.05, test_fraction=0.05, max_eval_windows=3)
+    splits = build_splits(cfg)
+    vocab = CharVocab(splits.classes)
+    assert vocab.chars == sorted(set(text)) and data_info(cfg).num_classes == len(vocab)
+    assert vocab.decode(vocab.encode(text[:500])) == text[:500]
+    parts = [splits.train.ids, splits.val.ids, splits.test.ids]
+    torch.testing.assert_close(torch.cat(parts), vocab.encode(text))
+    assert len(parts[1]) == len(parts[2]) == int(0.05 * len(text))
+    x, y = splits.val[1]
     torch.testing.assert_close(x[1:], y[:-1])  # targets are the inputs shifted by one
-    assert len(data.val_set) == 3
+    torch.testing.assert_close(x, parts[1][64:128])
+    assert len(splits.val) == 3
     with pytest.raises(ValueError, match="not in the vocabulary"):
-        data.vocab.encode("\x00")
-    with pytest.raises(ValueError, match=r"data\.corpus='war_and_peace'"):
-        lm.TextDataConfig(corpus="war_and_peace").validate()
+        vocab.encode("\x00")
+    with pytest.raises(ValueError, match=r"data\.name='war_and_peace'"):
+        DataConfig(name="war_and_peace").validate()
+    with pytest.raises(ValueError, match=r"data\.val_fraction=0.0 and data\.test_fraction=0.2 must be in \(0, 0.5\)"):
+        DataConfig(name="pydoc_topics", val_fraction=0.0).validate()
 
 
 def test_training_windows_change_phase_per_epoch() -> None:
-    data = lm.CharDataModule(lm.TextDataConfig(seq_len=32, batch_size=4))
-    data.train_set.set_epoch(0)
-    first = data.train_set[0][0].clone()
-    data.train_set.set_epoch(1)
-    assert not torch.equal(first, data.train_set[0][0])
-    assert all(data.train_set[len(data.train_set) - 1][i].shape == (32,) for i in (0, 1))
+    train = build_splits(DataConfig(name="pydoc_topics", seq_len=32, val_fraction=0.05, test_fraction=0.05)).train
+    first = train[(0, 0)][0]
+    assert not torch.equal(first, train[(1, 0)][0])
+    assert torch.equal(first, train[(0, 0)][0])  # the phase depends only on (seed, epoch): resumable
+    assert all(train[(e, len(train) - 1)][i].shape == (32,) for e in range(5) for i in (0, 1))
 
 
 def test_lm_models_are_registered_as_language_models_of_matched_size() -> None:
@@ -93,34 +96,13 @@ def test_lm_errors() -> None:
         lambdanet.create_model("transformer_lm_tiny", num_classes=3)
 
 
-def test_config_cli_and_a_two_step_run(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    recipe = tmp_path / "lm.yaml"
-    recipe.write_text("task: language_model\nmodel:\n  name: transformer_lm_tiny\ndata:\n  seq_len: 16\n")
-    assert lm.main(["-c", str(recipe), "--print-config", "--optim.lr", "0.01"]) == 0
-    printed = capsys.readouterr().out
-    assert "name: transformer_lm_tiny" in printed and "lr: 0.01" in printed
-    assert lm.main(["-c", str(recipe), "--data.seqlen", "3"]) == 2
-    assert "unknown config key 'data.seqlen'" in capsys.readouterr().err
-    assert lm.recipe_task(recipe) == lm.TASK
-    assert lm.recipe_task(ROOT / "configs" / "train" / "digits_tiny.yaml") is None
-    assert lm.recipe_task(ROOT / "configs" / "lm" / "lm_tiny.yaml") == lm.TASK
-    shipped = lm.load_lm_config(ROOT / "configs" / "lm" / "lm_tiny.yaml")
-    assert (shipped.model.name, shipped.data.seq_len, shipped.train.max_steps) == ("lambda_lm_tiny", 128, 400)
-    with pytest.raises(ValueError, match="task='image'"):
-        lm.load_lm_config(None, {"task": "image"})
+def test_lm_tiny_is_a_shipped_recipe_on_the_one_training_path(capsys: pytest.CaptureFixture[str]) -> None:
+    from lambdanet.cli import train as cli_train
+    from lambdanet.train.config import list_recipes, load_config
 
-    over = {
-        "model": {"name": "lambda_lm_tiny", "overrides": TINY},
-        "data": {"seq_len": 16, "batch_size": 4, "max_eval_windows": 2},
-        "train": {"max_steps": 2, "epochs": 1},
-        "system": {"progress_bar": False},
-    }
-    cfg = lm.load_lm_config(recipe, over)
-    results = lm.fit_lm(cfg, run_dir=tmp_path / "run")
-    saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert saved == results
-    assert results["global_step"] == 2 and results["train_tokens"] == 2 * 4 * 16
-    for key in ("val/bpc", "test/bpc"):
-        assert 0 < results[key] < 10
-    assert results["tokens_per_s"] > 0
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert "lm_tiny" in list_recipes()
+    cfg = load_config("lm_tiny")
+    assert (cfg.model.name, cfg.data.name, cfg.data.seq_len) == ("lambda_lm_tiny", "pydoc_topics", 128)
+    assert cfg.train.epochs * cfg.train.limit_train_batches == 400  # steps, as measured in docs/sequences.md
+    assert cli_train.main(["-c", "lm_tiny", "--print-config", "--model.name", "transformer_lm_tiny"]) == 0
+    assert "name: transformer_lm_tiny" in capsys.readouterr().out

@@ -54,7 +54,7 @@ def test_default_recipe_is_the_digits_run() -> None:
     assert cfg.recipe == "digits_tiny"
     assert cfg.data.name == "digits"
     assert cfg.model.name == "lambda_net_tiny"
-    assert cfg.model.overrides == {"in_chans": 1}
+    assert cfg.model.overrides == {}  # in_chans and num_classes come from the data
     assert cfg.quiet is False
     assert [f.name for f in dataclasses.fields(RunConfig)][:3] == ["recipe", "seed", "quiet"]
 
@@ -63,7 +63,7 @@ def test_python_overrides_are_typed_and_merge_model_overrides() -> None:
     over = {"optim": {"lr": 0.5}, "train": {"epochs": 3}, "model": {"overrides": {"scope": 3}}, "data": {"hflip": True}}
     cfg = load_config("digits_tiny", over)
     assert (cfg.optim.lr, cfg.train.epochs, cfg.data.hflip) == (0.5, 3, True)
-    assert cfg.model.overrides == {"in_chans": 1, "scope": 3}  # free-form overrides update the recipe's
+    assert cfg.model.overrides == {"scope": 3}  # free-form overrides update the recipe's
     with pytest.raises(ValueError, match=r"^unknown key 'optim.lrr'; did you mean optim.lr"):
         load_config(None, {"optim": {"lrr": 1}})
     with pytest.raises(ValueError, match=r"^train.epochs=many: expected int$"):
@@ -110,7 +110,7 @@ def test_cli_dotted_overrides_and_print_config_round_trip(capsys: pytest.Capture
         "r",
         7,
     )
-    assert cfg.model.overrides == {"in_chans": 1, "scope": 3}
+    assert cfg.model.overrides == {"scope": 3}
     assert (cfg.sched.milestones, cfg.train.ema_decay, cfg.system.devices) == ([1.0, 2.5], 0.99, [0])
     assert to_dict(cfg) == printed
     saved = tmp_path / "printed.yaml"
@@ -317,10 +317,13 @@ def test_recipe_loads_and_builds_its_model(name: str) -> None:
         pytest.skip(f"model {cfg.model.name!r} is not registered (yet)")
     info = lambdanet.model_info(cfg.model.name)
     assert info.num_classes >= 1
+    from lambdanet.data.loader import DATASETS, DataInfo
     from lambdanet.train.module import model_overrides
 
     num_classes = {"cifar10": 10, "cifar100": 100, "imagefolder": 1000, "digits": 10}.get(cfg.data.name, 10)
-    overrides = model_overrides(cfg, num_classes)
+    task, size = DATASETS[cfg.data.name].task, cfg.data.size
+    shape = (cfg.data.seq_len,) if task == "language_model" else (1 if cfg.data.name == "digits" else 3, size, size)
+    overrides = model_overrides(cfg, DataInfo(task, num_classes, shape))
     # building the big ImageNet models costs seconds; checking the overrides against the builder is enough
     import inspect
 

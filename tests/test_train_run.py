@@ -1,7 +1,9 @@
-"""Training runs in-process on tiny synthetic data: run directory, eval round trip, non-finite loss, checkpoints."""
+"""Training runs on tiny data: run directory, your own RGB image folder, set-up failures, signals, eval round trip,
+non-finite loss, checkpoints."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ def tiny_config(tmp_path: Path, **train: Any) -> RunConfig:
 
 
 def test_fit_writes_the_run_directory_and_eval_reproduces_the_test(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, epochs=3, ema_decay=0.5)
+    cfg = tiny_config(tmp_path, epochs=3, ema_decay=0.8)
     results = fit(cfg, argv=["--train.epochs", "3"])
     run = tmp_path / "run"
     for name in ("config.yaml", "argv.txt", "env.json", "metrics.csv", "curves.png", "results.json"):
@@ -51,16 +53,22 @@ def test_fit_writes_the_run_directory_and_eval_reproduces_the_test(tmp_path: Pat
     assert config_from_dict(yaml.safe_load((run / "config.yaml").read_text())) == cfg
     assert json.loads((run / "results.json").read_text())["test/acc1"] == results["test/acc1"]
     assert results["global_step"] == 24
+    assert (results["model"], results["data"], results["final_split"]) == ("lambda_net_tiny", "synthetic", "test")
     assert results["test/acc1"] > 0.5  # 4 learnable classes: chance is 0.25
     header = (run / "metrics.csv").read_text().splitlines()[0]
-    for column in ("train/loss_step", "val/acc1", "val/acc5", "lr", "train/img_s"):
+    for column in ("train/loss_step", "val/acc1", "val/acc5", "lr", "train/device/samples_per_sec"):
         assert column in header
 
     ckpt = load_checkpoint(run / "checkpoints" / "best.ckpt")
     meta = ckpt["lambdanet"]
     assert meta["model_name"] == "lambda_net_tiny"
     assert meta["model_overrides"]["num_classes"] == 4
-    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
+    raw = ckpt["current_model_state"]  # Lightning's EMA: state_dict holds the average
+    assert raw.keys() == ckpt["state_dict"].keys() and ckpt["lambdanet"]["ema"]
+    assert any(not torch.equal(raw[k], v) for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    for weights, source in (("model", raw), ("ema", ckpt["state_dict"]), ("auto", ckpt["state_dict"])):
+        loaded = model_from_weights(run / "checkpoints" / "best.ckpt", weights=weights).state_dict()
+        assert all(torch.equal(v, source[f"model.{k}"]) for k, v in loaded.items()), weights
     out = tmp_path / "eval.json"
     assert cli_eval.main([str(run / "checkpoints" / "best.ckpt"), "--json", str(out)]) == 0
     evaluated = json.loads(out.read_text())
@@ -233,3 +241,103 @@ def test_default_run_reaches_97_percent_within_3_minutes(tmp_path: Path) -> None
     assert results["test/acc1"] >= 0.97
     assert seconds < 180
     assert (run / "curves.png").stat().st_size > 10_000
+
+
+def write_rgb_folder(root: Path, splits: tuple[str, ...] = ("train", "val"), per_class: int = 10) -> Path:
+    """3 classes of 16x16 RGB images (a red, a green and a blue square, with noise) in ``root/<split>/<class>/``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c, name in enumerate(("red", "green", "blue")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                img = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+                img[4:12, 4:12, c] = 220
+                Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
+def test_rgb_image_folder_trains_with_the_default_recipe_and_reports_val(tmp_path: Path, capsys: Any) -> None:
+    root = write_rgb_folder(tmp_path / "imgs")
+    argv = ["--data.name", "imagefolder", "--data.root", str(root), "--data.image_size", "16"]
+    argv += ["--system.out_dir", str(tmp_path / "runs"), "--system.progress_bar", "false"]
+    assert cli_train.main(argv) == 0  # the default recipe: no in_chans, no num_classes
+    out = capsys.readouterr().out
+    assert "no test/ split; the final metrics are on val/" in out
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("digits_tiny-lambda_net_tiny-")
+    results = json.loads((run / "results.json").read_text())
+    assert results["final_split"] == "val" and not [k for k in results if k.startswith("test/")]
+    assert 0.0 <= results["val/acc1"] <= 1.0
+    meta = load_checkpoint(run / "checkpoints" / "last.ckpt")["lambdanet"]
+    assert meta["model_overrides"]["in_chans"] == 3 and meta["model_overrides"]["num_classes"] == 3
+    assert meta["classes"] == ["blue", "green", "red"]
+
+
+def test_set_up_failures_leave_no_run_directory(tmp_path: Path, capsys: Any) -> None:
+    root = write_rgb_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "runs"
+    base = ["--data.name", "imagefolder", "--data.root", str(root), "--system.out_dir", str(out)]
+    assert cli_train.main([*base, "--model.overrides.in_chans", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "model.overrides.in_chans=1 (recipe digits_tiny) but data.name='imagefolder' has image channels: 3" in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli_train.main(["-c", "cifar10_lambda_resnet18", "--data.root", str(tmp_path / "none"), *base[4:]]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    if importlib.util.find_spec("wandb") is None:
+        assert cli_train.main([*base, "--system.loggers", "[csv, wandb]"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            "lambdanet train: error: system.loggers includes 'wandb' but the wandb package is not installed; "
+            "pip install 'lambdanet[wandb]'"
+        )
+    if not torch.cuda.is_available():
+        assert cli_train.main([*base, "--system.accelerator", "gpu"]) == 2
+        assert "lambdanet train: error: system.accelerator='gpu'" in capsys.readouterr().err
+    cfg = tiny_config(tmp_path / "poisoned", epochs=2)
+    with pytest.raises(NonFiniteLossError):  # fails inside fit, before the first checkpoint
+        fit(cfg, callbacks=[_poison(epoch=0, batch_idx=0)])
+    assert not out.exists() and not (tmp_path / "poisoned" / "run").exists()
+
+
+@pytest.mark.parametrize(("signal_name", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_exits_with_its_status_the_resume_line_and_no_results(
+    tmp_path: Path, signal_name: str, status: int
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def default_sigint() -> None:  # a background job may inherit an ignored SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    cmd = [str(Path(sys.executable).parent / "lambdanet"), "train", "-c", "synthetic_smoke"]
+    cmd += ["--data.image_size", "8", "--data.synthetic_samples", "64", "--data.batch_size", "16"]
+    cmd += ["--model.overrides", "{widths: [8, 16], lambda_stages: [1], stem_chs: 8, dim_k: 4, heads: 2, scope: 3}"]
+    cmd += ["--train.epochs", "1000", "--system.out_dir", str(tmp_path), "--system.run_name", "run"]
+    cmd += ["--system.progress_bar", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    try:
+        while not last.is_file():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, signal_name))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err[-3000:]
+    (line,) = [x for x in err.splitlines() if signal_name in x]  # one line, Lightning's own notices filtered
+    assert line.startswith(f"lambdanet train: {signal_name} stopped training at epoch ")
+    assert f"last good checkpoint {last}; resume with: lambdanet train --resume {tmp_path / 'run'}" in line
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -318,10 +318,16 @@ def read_checkpoint(
         meta = dict(obj[CHECKPOINT_KEY])
         state = obj["state_dict"]
         _verify(state, meta.get(CHECKSUM_KEY), str(p))
-        has_ema = any(k.startswith("ema.module.") for k in state)
+        # Lightning's EMAWeightAveraging stores the average as state_dict and the trained weights beside it;
+        # older lambdanet files keep the EMA copy under ema.module.
+        averaged = _tensor_dict(obj.get("current_model_state"))
+        has_ema = averaged or any(k.startswith("ema.module.") for k in state)
         if weights == "ema" and not has_ema:
             raise CheckpointError(f"checkpoint {p} has no EMA weights (trained without train.ema_decay)")
-        prefix = "ema.module." if weights == "ema" or (weights == "auto" and has_ema) else "model."
+        if averaged and weights == "model":
+            state = obj["current_model_state"]
+            _verify(state, None, str(p))
+        prefix = "ema.module." if not averaged and (weights == "ema" or (weights == "auto" and has_ema)) else "model."
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not sub:
             raise CheckpointError(f"checkpoint {p} has lambdanet metadata but no weights under the prefix {prefix!r}")

@@ -47,9 +47,10 @@ def inference_metadata(data_cfg: Any, classes: Sequence[str] | None = None) -> d
         ``{"classes", "mean", "std", "input_size", "crop_pct"}``; ``crop_pct`` is None where evaluation resizes the
         whole image (array datasets).
     """
-    from lambdanet.data.loader import _STATS, data_info
+    from lambdanet.data.loader import DATASETS, data_info
 
-    mean, std = _STATS[data_cfg.name]
+    spec = DATASETS[data_cfg.name]
+    mean, std = spec.mean, spec.std
     try:
         in_chans = data_info(data_cfg).in_chans
     except (OSError, ValueError):  # an image folder that is no longer there (folders are read as RGB)
@@ -71,18 +72,16 @@ def metadata_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in inference_metadata(DataConfig(**data)).items() if v is not None}
 
 
-def describe_checkpoint(checkpoint: dict[str, Any], data_cfg: Any, datamodule: Any = None) -> None:
-    """Complete a training checkpoint as it is saved: inference metadata and the state dict's checksum.
+def describe_checkpoint(checkpoint: dict[str, Any], data_cfg: Any, classes: Sequence[str] | None = None) -> None:
+    """Complete an image model's training checkpoint as it is saved: inference metadata and the state dict's checksum.
 
     Called from ``LambdaModule.on_save_checkpoint`` (after the ``lambdanet`` metadata is set).
 
     Args:
         checkpoint: the dict Lightning is about to write.
         data_cfg: the run's data configuration.
-        datamodule: the run's data module; its ``splits.classes`` names the classes.
+        classes: the class names, indexed by label.
     """
-    splits = getattr(datamodule, "splits", None)
-    classes = getattr(splits, "classes", None)
     checkpoint.setdefault(CHECKPOINT_KEY, {}).update(inference_metadata(data_cfg, classes))
     seal(checkpoint)
 

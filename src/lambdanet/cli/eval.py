@@ -130,6 +130,8 @@ def main(argv: list[str]) -> int:
         prepare(cfg.data)  # --data.download true fetches and verifies the CIFAR archive
         splits = build_splits(cfg.data, cfg.seed)
         dataset = getattr(splits, opts.split)
+        if dataset is None:
+            raise ValueError(f"data.root={cfg.data.root} has no {opts.split}/ split; use --split val")
     except (CheckpointError, DataError, ValueError) as e:
         return fail(PROG, e)
 

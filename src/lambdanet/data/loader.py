@@ -1,19 +1,24 @@
-"""Data configuration, dataset construction with the standard pipelines, and the resumable epoch sampler."""
+"""Data configuration, the dataset registry, dataset construction with the standard pipelines, and the resumable
+epoch sampler.
+
+Every dataset is one entry of :data:`DATASETS`: a :class:`DatasetSpec` that says what the run links from it (task,
+classes or vocabulary size, input shape) and how its splits are built. Adding a dataset is adding one entry.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
-from lambdanet.data import pathfinder, video
+from lambdanet.data import text as text_data
 from lambdanet.data import transforms as T
 from lambdanet.data.datasets import (
     CIFAR_ARCHIVES,
@@ -27,29 +32,20 @@ from lambdanet.data.datasets import (
     make_synthetic,
 )
 
-__all__ = ["DATASETS", "DataConfig", "DataInfo", "DataSplits", "EpochSampler", "build_splits", "data_info", "prepare"]
+__all__ = [
+    "DATASETS",
+    "DataConfig",
+    "DataInfo",
+    "DataSplits",
+    "DatasetSpec",
+    "EpochSampler",
+    "build_splits",
+    "data_info",
+    "prepare",
+]
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic", "pathfinder", "moving_digits")
-
-# (mean, std) per dataset, on the 0..1 scale.
-_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "digits": ((0.305,), (0.376,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "synthetic": ((0.5,), (0.25,)),
-    "pathfinder": ((0.06,), (0.24,)),
-    "moving_digits": ((0.037,), (0.166,)),
-}
-_NATIVE_SIZE = {
-    "digits": 8,
-    "cifar10": 32,
-    "cifar100": 32,
-    "imagefolder": 224,
-    "synthetic": 32,
-    "pathfinder": 32,
-    "moving_digits": 32,
-}
+CLASSIFICATION = "classification"
+LANGUAGE_MODEL = "language_model"
 
 
 @dataclass
@@ -57,13 +53,13 @@ class DataConfig:
     """What to train on and how to feed it.
 
     Attributes:
-        name: one of ``digits`` (bundled with scikit-learn, no download), ``cifar10``, ``cifar100``,
-            ``imagefolder`` (``root/train/<class>/*``, ``root/val/<class>/*``), ``synthetic``, ``pathfinder``
-            (generated, see ``docs/long_range.md``) or ``moving_digits`` (generated clips (1, T, H, W)).
-        root: CIFAR archive / folder, the image-folder root, or where pathfinder caches (default ``data``).
+        name: a key of :data:`DATASETS`: ``digits`` (bundled with scikit-learn, no download), ``cifar10``,
+            ``cifar100``, ``imagefolder`` (``root/train/<class>/*``, ``root/val/<class>/*``, optional
+            ``root/test/<class>/*``), ``synthetic`` or ``pydoc_topics`` (character-level text bundled with Python).
+        root: CIFAR archive / folder, or the image-folder root.
         download: fetch the CIFAR archive from the official address into ``root`` and verify its MD5.
-        batch_size: images per device and step.
-        eval_batch_size: images per device for evaluation (default ``batch_size``).
+        batch_size: samples per device and step.
+        eval_batch_size: samples per device for evaluation (default ``batch_size``).
         num_workers: data-loader worker processes per device.
         image_size: training (and evaluation) side; default the dataset's native size.
         crop_padding: random-crop padding for array datasets (0 disables the crop).
@@ -73,23 +69,19 @@ class DataConfig:
         crop_pct: evaluation resize: shorter side to ``image_size / crop_pct``, then centre crop (folders).
         min_crop_scale: smallest area fraction of the random-resized crop (folders).
         val_fraction: hold out this stratified fraction of the training split for validation (digits: of the
-            non-test part); 0 validates on the test split (CIFAR convention).
-        test_fraction: digits only: fraction of all images in the fixed test split.
+            non-test part); 0 validates on the test split (CIFAR convention). Text: the contiguous part after the
+            training text.
+        test_fraction: digits and text only: fraction of all samples in the fixed test split.
         bad_images: ``error`` or ``skip`` unreadable images in image folders (``skip`` warns, naming each file, and
             uses the next readable image).
         max_bad_fraction: in ``skip`` mode, more unreadable images than this fraction is still an error.
         verify_images: in ``skip`` mode, check every image when the dataset opens and report the unreadable ones
-            together (one full decode per image and process; catches truncated JPEGs).
+            together (one header read per image and process).
         num_classes: synthetic data only: number of classes.
         in_chans: synthetic data only: image channels.
         synthetic_samples: synthetic data only: training images (validation gets a quarter).
-        generated_samples: pathfinder and moving_digits: training samples (validation and test get a tenth each).
-        pathfinder_difficulty: ``easy``, ``medium`` or ``hard`` (curve length and distractors, see
-            ``docs/long_range.md``); ``image_size`` is the generated side (32, 64 or larger).
-        pathfinder_length: pathfinder: curve length in pixels (overrides the difficulty's).
-        pathfinder_distractors: pathfinder: curves without a dot (overrides the difficulty's).
-        video_frames: moving_digits: frames per clip.
-        video_label: moving_digits: ``faster`` (class of the faster digit) or ``sum`` (sum of the digits mod 10).
+        seq_len: text only: tokens per window (the model predicts each from those before it).
+        max_eval_windows: text only: at most this many evaluation windows per split (None: all).
     """
 
     name: str = "digits"
@@ -113,71 +105,133 @@ class DataConfig:
     num_classes: int | None = None
     in_chans: int = 3
     synthetic_samples: int = 512
-    generated_samples: int = 20000
-    pathfinder_difficulty: str = "medium"
-    pathfinder_length: int | None = None
-    pathfinder_distractors: int | None = None
-    video_frames: int = 12
-    video_label: str = "faster"
+    seq_len: int = 128
+    max_eval_windows: int | None = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values outside their domain."""
         if self.name not in DATASETS:
             raise ValueError(f"data.name={self.name!r}; expected one of {list(DATASETS)}")
-        for key in ("batch_size",):
+        spec = DATASETS[self.name]
+        for key in ("batch_size", "seq_len"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key}={getattr(self, key)} must be >= 1")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
         if self.bad_images not in ("error", "skip"):
             raise ValueError(f"data.bad_images={self.bad_images!r}; expected 'error' or 'skip'")
-        if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
+        if spec.needs_root and not self.root:
             raise ValueError(f"data.root is required for data.name={self.name!r} (a path to the data)")
         if self.name == "synthetic" and not self.num_classes:
             raise ValueError("data.num_classes is required for data.name='synthetic'")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
-        if self.name in ("pathfinder", "moving_digits"):
-            _generated(self).validate()
-            if self.generated_samples < 1:
-                raise ValueError(f"data.generated_samples={self.generated_samples} must be >= 1")
+        if spec.task == LANGUAGE_MODEL and not (0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5):
+            raise ValueError(
+                f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} must be in "
+                f"(0, 0.5) for the text data {self.name!r}"
+            )
 
     @property
     def size(self) -> int:
-        return self.image_size or _NATIVE_SIZE[self.name]
+        return self.image_size or int(DATASETS[self.name].native_size or 0)
 
 
 @dataclass(frozen=True)
 class DataInfo:
+    """What a model must fit: task, classes (or vocabulary size) and the shape of one input.
+
+    Attributes:
+        task: ``classification`` (images -> one label) or ``language_model`` (token ids -> the next token at
+            every position).
+        num_classes: classes, or the vocabulary size of a language model.
+        input_shape: ``(in_chans, side, side)`` for images, ``(seq_len,)`` for token windows.
+        has_test: False when the data has no held-out test split (the final evaluation is on ``val``).
+    """
+
+    task: str
     num_classes: int
-    in_chans: int
-    image_size: int
+    input_shape: tuple[int, ...]
+    has_test: bool = True
 
+    @property
+    def in_chans(self) -> int:
+        return self.input_shape[0] if self.task == CLASSIFICATION else 0
 
-def data_info(cfg: DataConfig) -> DataInfo:
-    """Classes, channels and image side of a configured dataset (cheap: lists folders, reads nothing big)."""
-    cfg.validate()
-    if cfg.name in ("digits", "moving_digits", "pathfinder"):
-        return DataInfo(2 if cfg.name == "pathfinder" else 10, 1, cfg.size)
-    if cfg.name in CIFAR_ARCHIVES:
-        return DataInfo(CIFAR_ARCHIVES[cfg.name].num_classes, 3, cfg.size)
-    if cfg.name == "imagefolder":
-        train = Path(str(cfg.root)) / "train"
-        if not train.is_dir():
-            raise DataError(f"image folder {train} does not exist; expected <root>/train and <root>/val")
-        classes = [d for d in train.iterdir() if d.is_dir()]
-        if not classes:
-            raise DataError(f"{train} has no class sub-folders; expected one sub-folder of images per class")
-        return DataInfo(len(classes), 3, cfg.size)
-    return DataInfo(int(cfg.num_classes or 0), cfg.in_chans, cfg.size)
+    @property
+    def image_size(self) -> int:
+        return self.input_shape[-1] if self.task == CLASSIFICATION else 0
 
 
 @dataclass
 class DataSplits:
-    train: TransformDataset
-    val: TransformDataset
-    test: TransformDataset
+    """The datasets of a run. ``test`` is None when the data has no held-out test split.
+
+    ``classes`` names the labels: class names for images, the characters in id order for text (the vocabulary).
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
     classes: list[str]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registered dataset.
+
+    Attributes:
+        info: ``cfg -> DataInfo``, cheap (lists folders or reads metadata; no pixels).
+        build: ``(cfg, seed) -> DataSplits`` with the training and evaluation pipelines.
+        task: ``classification`` or ``language_model``.
+        mean: per-channel normalisation mean (0..1 scale), images only.
+        std: per-channel normalisation std.
+        native_size: the image side used when ``data.image_size`` is not set.
+        needs_root: ``data.root`` is required.
+        prepare: run once per machine before ``build`` (downloads), or None.
+    """
+
+    info: Callable[[DataConfig], DataInfo]
+    build: Callable[[DataConfig, int], DataSplits]
+    task: str = CLASSIFICATION
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    native_size: int | None = None
+    needs_root: bool = False
+    prepare: Callable[[DataConfig], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def data_info(cfg: DataConfig) -> DataInfo:
+    """Task, classes and input shape of a configured dataset (cheap: lists folders, reads nothing big)."""
+    cfg.validate()
+    return DATASETS[cfg.name].info(cfg)
+
+
+def prepare(cfg: DataConfig) -> None:
+    """Downloads (run once per machine, before :func:`build_splits`)."""
+    spec = DATASETS[cfg.name]
+    if spec.prepare is not None:
+        spec.prepare(cfg)
+
+
+def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
+    """Build the train/val/test datasets of ``cfg`` with their pipelines.
+
+    Training pipelines: array data (digits, CIFAR, synthetic) use a padded random crop and flips on tensors;
+    folders use a random-resized crop and flips. Evaluation: folders resize then centre-crop. RandAugment is
+    optional for both. Text: next-character windows (:mod:`lambdanet.data.text`).
+    """
+    cfg.validate()
+    return DATASETS[cfg.name].build(cfg, seed)
+
+
+# ---------------------------------------------------------------- image pipelines
+
+
+def _stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    spec = DATASETS[cfg.name]
+    return spec.mean, spec.std
 
 
 def _array_train(img: Tensor, gen: torch.Generator | None, cfg: DataConfig, stats: Any) -> Tensor:
@@ -226,63 +280,132 @@ def _holdout(ds: ArrayDataset, fraction: float) -> tuple[ArrayDataset, ArrayData
     return ds.subset(sorted(train)), ds.subset(sorted(val))
 
 
-def prepare(cfg: DataConfig) -> None:
-    """Downloads and generated caches (run once per machine, before :func:`build_splits`)."""
-    if cfg.name in CIFAR_ARCHIVES and cfg.download:
-        download_cifar(cfg.name, str(cfg.root))
-    if cfg.name == "pathfinder":
-        pathfinder.splits_for(cfg)
-
-
-def _generated(cfg: DataConfig) -> Any:
-    """The generator settings of a pathfinder or moving_digits configuration."""
-    if cfg.name == "pathfinder":
-        return pathfinder.settings_for(cfg)
-    return video.settings_for(cfg)
-
-
-def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
-    """Build the train/val/test datasets of ``cfg`` with their pipelines.
-
-    Training pipelines: array data (digits, CIFAR, synthetic) use a padded random crop and flips on tensors;
-    folders use a random-resized crop and flips. Evaluation: folders resize then centre-crop. RandAugment is
-    optional for both.
-    """
-    cfg.validate()
-    stats = _STATS[cfg.name]
-    if cfg.name == "imagefolder":
-        checks = {"bad_images": cfg.bad_images, "max_bad_fraction": cfg.max_bad_fraction, "verify": cfg.verify_images}
-        train_f = ImageFolderDataset(str(cfg.root), "train", **checks)
-        val_f = ImageFolderDataset(str(cfg.root), "val", classes=train_f.classes, **checks)
-        tr, ev = partial(_folder_train, cfg=cfg, stats=stats), partial(_folder_eval, cfg=cfg, stats=stats)
-        val = TransformDataset(val_f, ev)
-        return DataSplits(TransformDataset(train_f, tr, seed, random=True), val, val, train_f.classes)
-    if cfg.name == "digits":
-        train_a, val_a, test_a = load_digits(cfg.test_fraction, cfg.val_fraction)
-    elif cfg.name in ("pathfinder", "moving_digits"):
-        arrays = (pathfinder if cfg.name == "pathfinder" else video).splits_for(cfg)
-        classes = ["different", "same"] if cfg.name == "pathfinder" else [str(i) for i in range(10)]
-        train_a, val_a, test_a = (
-            ArrayDataset(torch.from_numpy(arrays[k][0]), torch.from_numpy(arrays[k][1]), classes)
-            for k in ("train", "val", "test")
-        )
-    elif cfg.name in CIFAR_ARCHIVES:
-        train_a = load_cifar(cfg.name, str(cfg.root), "train")
-        test_a = load_cifar(cfg.name, str(cfg.root), "test")
-        train_a, val_a = _holdout(train_a, cfg.val_fraction) if cfg.val_fraction else (train_a, test_a)
-    else:
-        n = cfg.synthetic_samples
-        k = int(cfg.num_classes or 0)
-        train_a = make_synthetic(n, k, cfg.size, cfg.in_chans, seed=1)
-        test_a = make_synthetic(max(1, n // 4), k, cfg.size, cfg.in_chans, seed=2)
-        val_a = test_a
+def _array_splits(cfg: DataConfig, seed: int, train: ArrayDataset, val: ArrayDataset, test: ArrayDataset) -> DataSplits:
+    stats = _stats(cfg)
     tr, ev = partial(_array_train, cfg=cfg, stats=stats), partial(_array_eval, cfg=cfg, stats=stats)
     return DataSplits(
-        TransformDataset(train_a, tr, seed, random=True),
-        TransformDataset(val_a, ev),
-        TransformDataset(test_a, ev),
-        train_a.classes,
+        TransformDataset(train, tr, seed, random=True),
+        TransformDataset(val, ev),
+        TransformDataset(test, ev),
+        train.classes,
     )
+
+
+# ---------------------------------------------------------------- the registered datasets
+
+
+def _digits_splits(cfg: DataConfig, seed: int) -> DataSplits:
+    return _array_splits(cfg, seed, *load_digits(cfg.test_fraction, cfg.val_fraction))
+
+
+def _cifar_splits(cfg: DataConfig, seed: int) -> DataSplits:
+    train = load_cifar(cfg.name, str(cfg.root), "train")
+    test = load_cifar(cfg.name, str(cfg.root), "test")
+    train, val = _holdout(train, cfg.val_fraction) if cfg.val_fraction else (train, test)
+    return _array_splits(cfg, seed, train, val, test)
+
+
+def _cifar_prepare(cfg: DataConfig) -> None:
+    if cfg.download:
+        download_cifar(cfg.name, str(cfg.root))
+
+
+def _synthetic_splits(cfg: DataConfig, seed: int) -> DataSplits:
+    n, k = cfg.synthetic_samples, int(cfg.num_classes or 0)
+    train = make_synthetic(n, k, cfg.size, cfg.in_chans, seed=1)
+    test = make_synthetic(max(1, n // 4), k, cfg.size, cfg.in_chans, seed=2)
+    return _array_splits(cfg, seed, train, test, test)
+
+
+def _folder_classes(root: Path, split: str) -> list[str]:
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(
+            f"image folder {folder} does not exist; expected <root>/train, <root>/val and optional <root>/test"
+        )
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"{folder} has no class sub-folders; expected one sub-folder of images per class")
+    return classes
+
+
+def _folder_info(cfg: DataConfig) -> DataInfo:
+    root = Path(str(cfg.root))
+    classes = _folder_classes(root, "train")
+    _folder_classes(root, "val")
+    return DataInfo(CLASSIFICATION, len(classes), (3, cfg.size, cfg.size), has_test=(root / "test").is_dir())
+
+
+def _folder_splits(cfg: DataConfig, seed: int) -> DataSplits:
+    checks = {"bad_images": cfg.bad_images, "max_bad_fraction": cfg.max_bad_fraction, "verify": cfg.verify_images}
+    stats = _stats(cfg)
+    train = ImageFolderDataset(str(cfg.root), "train", **checks)
+    ev = partial(_folder_eval, cfg=cfg, stats=stats)
+    val = TransformDataset(ImageFolderDataset(str(cfg.root), "val", classes=train.classes, **checks), ev)
+    test = None
+    if (Path(str(cfg.root)) / "test").is_dir():
+        test = TransformDataset(ImageFolderDataset(str(cfg.root), "test", classes=train.classes, **checks), ev)
+    tr = partial(_folder_train, cfg=cfg, stats=stats)
+    return DataSplits(TransformDataset(train, tr, seed, random=True), val, test, train.classes)
+
+
+def _text_vocab(cfg: DataConfig) -> text_data.CharVocab:
+    return text_data.CharVocab.from_text(text_data.load_corpus(cfg.name))
+
+
+def _text_info(cfg: DataConfig) -> DataInfo:
+    return DataInfo(LANGUAGE_MODEL, len(_text_vocab(cfg)), (cfg.seq_len,))
+
+
+def _text_splits(cfg: DataConfig, seed: int) -> DataSplits:
+    text = text_data.load_corpus(cfg.name)
+    vocab = text_data.CharVocab.from_text(text)
+    train, val, test = text_data.split_ids(vocab.encode(text), cfg.val_fraction, cfg.test_fraction)
+    limit = cfg.max_eval_windows
+    return DataSplits(
+        text_data.TextWindows(train, cfg.seq_len, shift=True, seed=seed),
+        text_data.TextWindows(val, cfg.seq_len, limit=limit),
+        text_data.TextWindows(test, cfg.seq_len, limit=limit),
+        vocab.chars,
+    )
+
+
+def _fixed(task: str, num_classes: Callable[[DataConfig], int], in_chans: Callable[[DataConfig], int]) -> Callable:
+    return lambda cfg: DataInfo(task, num_classes(cfg), (in_chans(cfg), cfg.size, cfg.size))
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(
+        _fixed(CLASSIFICATION, lambda c: 10, lambda c: 1), _digits_splits, mean=(0.305,), std=(0.376,), native_size=8
+    ),
+    **{
+        name: DatasetSpec(
+            _fixed(CLASSIFICATION, lambda c: CIFAR_ARCHIVES[c.name].num_classes, lambda c: 3),
+            _cifar_splits,
+            mean=mean,
+            std=std,
+            native_size=32,
+            needs_root=True,
+            prepare=_cifar_prepare,
+        )
+        for name, mean, std in (
+            ("cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+            ("cifar100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        )
+    },
+    "imagefolder": DatasetSpec(
+        _folder_info, _folder_splits, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), native_size=224,
+        needs_root=True,
+    ),
+    "synthetic": DatasetSpec(
+        _fixed(CLASSIFICATION, lambda c: int(c.num_classes or 0), lambda c: c.in_chans),
+        _synthetic_splits,
+        mean=(0.5,),
+        std=(0.25,),
+        native_size=32,
+    ),
+    "pydoc_topics": DatasetSpec(_text_info, _text_splits, task=LANGUAGE_MODEL),
+}  # fmt: skip
 
 
 class EpochSampler(Sampler):

@@ -1,29 +1,27 @@
-"""Lightning plug-ins for safe, observable runs: atomic checkpoint writes, finite-only checkpoints, throughput
-logging, and global batch statistics for CPU (gloo) data parallelism.
-"""
+"""Lightning plug-ins: atomic checkpoint writes, finite-only checkpoints, a model summary with MACs, run watch."""
 
 from __future__ import annotations
 
-import time
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-import torch.distributed as dist
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import Tensor, nn
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 
 from lambdanet.checkpoint import atomic_save, load_checkpoint, non_finite_keys, remove_stray_temp_files
 
 __all__ = [
     "AtomicCheckpointIO",
     "FiniteModelCheckpoint",
-    "GlobalBatchNorm2d",
+    "ModelSummaryWithMacs",
     "NonFiniteLossError",
-    "ThroughputMonitor",
-    "convert_global_batchnorm",
+    "ProgressBar",
+    "RunWatch",
 ]
 
 
@@ -60,8 +58,17 @@ class FiniteModelCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath:
             remove_stray_temp_files(self.dirpath)
 
+    @staticmethod
+    def _states(trainer: pl.Trainer) -> Iterator[dict[str, Any]]:
+        """The module's state dict and that of every averaged copy a callback holds (Lightning's EMA)."""
+        yield trainer.lightning_module.state_dict()
+        for callback in trainer.callbacks:
+            average = getattr(callback, "_average_model", None)
+            if isinstance(average, nn.Module):
+                yield {f"average.{k}": v for k, v in average.state_dict().items()}
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        bad = non_finite_keys(trainer.lightning_module.state_dict())
+        bad = [key for state in self._states(trainer) for key in non_finite_keys(state)]
         if bad:
             shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
             warnings.warn(f"not saving {filepath}: NaN or Inf in {shown}", stacklevel=2)
@@ -69,69 +76,65 @@ class FiniteModelCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
 
 
-class ThroughputMonitor(Callback):
-    """Log images per second and step time of every training batch (all processes together)."""
-
-    def __init__(self) -> None:
-        self._start = 0.0
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        dt = max(time.perf_counter() - self._start, 1e-9)
-        images = len(batch[0]) * trainer.world_size
-        pl_module.log("train/img_s", images / dt, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
-        pl_module.log("train/step_ms", dt * 1000, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
-
-
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics cover every process's batch (sums all-reduced with autograd).
-
-    ``torch.nn.SyncBatchNorm`` only runs on accelerators; this does the same on CPU (gloo), so that data-parallel
-    training on ``n`` processes with batch ``b`` each matches one process with batch ``n * b``.
+class ModelSummaryWithMacs(ModelSummary):
+    """Lightning's model summary without its FLOPs column (zeros without an example input); "Total Flops" is that of
+    one sample, from :func:`lambdanet.stats.model_stats` (2 x multiply-accumulates, the paper's convention).
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+    def __init__(self, flops_per_sample: int, max_depth: int = 1) -> None:
+        super().__init__(max_depth=max_depth)
+        self.flops_per_sample = flops_per_sample
 
-        c = x.shape[1]
-        xf = x.float()
-        local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), xf.new_tensor([x.numel() / c])])
-        total = all_reduce(local)
-        count = total[-1]
-        mean = total[:c] / count
-        var = (total[c : 2 * c] / count - mean * mean).clamp_min(0)
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
-            with torch.no_grad():
-                assert self.num_batches_tracked is not None
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                unbiased = var.detach() * count / (count - 1).clamp_min(1)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        y = (xf - mean.view(1, c, 1, 1)) * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
-        return y.to(x.dtype)
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        summary = self._summary(trainer, pl_module)
+        data = [column for column in summary._get_summary_data() if column[0] != "FLOPs"]
+        self.summarize(
+            data,
+            summary.total_parameters,
+            summary.trainable_parameters,
+            summary.model_size,
+            summary.total_training_modes,
+            total_flops=self.flops_per_sample,
+            **self._summarize_kwargs,
+        )
 
 
-def convert_global_batchnorm(module: nn.Module) -> nn.Module:
-    """Swap every ``BatchNorm2d`` in ``module`` for :class:`GlobalBatchNorm2d` (same parameters and buffers)."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            new = GlobalBatchNorm2d(
-                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
-            )
-            new.load_state_dict(child.state_dict())
-            new.train(child.training)
-            setattr(module, name, new)
-        else:
-            convert_global_batchnorm(child)
-    return module
+class RunWatch(Callback):
+    """Records what a run needs to report honestly: the signal that stopped it, and where this attempt started.
+
+    ``signal``: ``SIGTERM`` / ``SIGINT`` once Lightning stops on one. ``start_step``: the global step this attempt
+    began at (0, or the resumed checkpoint's), written to ``<csv log dir>/start_step`` so that ``metrics.csv`` can
+    drop the rows a killed attempt logged after its last checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.start_step = 0
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self.signal = "SIGTERM"
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signal = "SIGINT"
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start_step = int(trainer.global_step)
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
+                (Path(logger.log_dir) / "start_step").write_text(f"{self.start_step}\n")
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar without the logger version (``v_num``), which names no metric."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items

@@ -167,9 +167,12 @@ class SystemConfig:
         strategy: ``auto``, ``ddp``, ``ddp_spawn``, ...
         sync_batchnorm: batch statistics over all processes (global-batch BN).
         out_dir: parent of run directories.
-        run_name: run directory name (default ``<recipe>-<time>``; ``<recipe>-<job id>`` under SLURM/torchrun).
+        run_name: run directory name (default ``<recipe>-<model>-<time>``; ``<recipe>-<model>-job<id>`` under
+            SLURM/torchrun).
         progress_bar: show the progress bar.
         matmul_precision: ``torch.set_float32_matmul_precision`` (``highest``, ``high``, ``medium``).
+        loggers: ``csv`` (``metrics.csv``, ``curves.png``), ``tensorboard``, ``wandb``, ``mlflow`` (the last two need
+            the ``wandb`` / ``mlflow`` extras).
     """
 
     accelerator: str = "auto"
@@ -181,6 +184,7 @@ class SystemConfig:
     run_name: str | None = None
     progress_bar: bool = True
     matmul_precision: str = "high"
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``LambdaDataModule``: one LightningDataModule for every dataset of :mod:`lambdanet.data`.
+"""``LambdaDataModule``: one LightningDataModule for every dataset of :mod:`lambdanet.data` (images and text).
 
 Training batches come from :class:`~lambdanet.data.loader.EpochSampler` (seeded by run seed and epoch, sharded
 by rank), so data order survives resuming and matches between 1 and n processes at the same global batch.
@@ -22,13 +22,15 @@ class LambdaDataModule(pl.LightningDataModule):
     Args:
         cfg: data configuration.
         seed: run seed (data order and augmentation).
+        splits: datasets already built from ``cfg`` (e.g. to check them before a run starts); built in ``setup``
+            otherwise.
     """
 
-    def __init__(self, cfg: DataConfig, seed: int = 0) -> None:
+    def __init__(self, cfg: DataConfig, seed: int = 0, splits: DataSplits | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.seed = seed
-        self.splits: DataSplits | None = None
+        self.splits = splits
 
     def prepare_data(self) -> None:
         prepare(self.cfg)
@@ -67,4 +69,6 @@ class LambdaDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         assert self.splits is not None
+        if self.splits.test is None:
+            raise ValueError(f"data.name={self.cfg.name!r} at {self.cfg.root} has no test split")
         return self._loader(self.splits.test, train=False)

@@ -1,7 +1,12 @@
-"""Evaluate a model on a dataset split: top-1, top-5, loss and images per second."""
+"""Evaluate a model on a dataset split: top-1, top-5, loss and samples per second.
+
+Classifiers score one label per image; language models (targets ``(b, n)``) one next token per position, counted
+as the samples here (``loss`` is then nats per token and ``bpc = loss / ln 2`` bits per character).
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -26,8 +31,9 @@ def evaluate(
     """Top-1/top-5 accuracy, mean cross-entropy and throughput of ``model`` over ``dataset``.
 
     Returns:
-        ``{"top1", "top5", "loss", "images", "seconds", "images_per_second"}``; the time covers the forward passes
-        (with device synchronisation) after one warm-up batch, not data loading.
+        ``{"top1", "top5", "loss", "images", "seconds", "images_per_second"}`` (``images`` counts predictions:
+        tokens for a language model, which also gets ``bpc``); the time covers the forward passes (with device
+        synchronisation) after one warm-up batch, not data loading.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -40,11 +46,12 @@ def evaluate(
     loss_sum = 0.0
     images = 0
     seconds = 0.0
+    token_level = False
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(device), y.to(device)
-        if channels_last:
+        if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if i == 0:
             model(x)  # warm-up: lazy initialisation and algorithm selection stay out of the timing
@@ -55,6 +62,9 @@ def evaluate(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start
+        token_level = y.dim() == 2
+        if token_level:  # language model: one prediction per position
+            logits, y = logits.flatten(0, 1), y.flatten()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += int((top[:, 0] == y).sum())
@@ -62,7 +72,7 @@ def evaluate(
         images += len(y)
     if images == 0:
         raise ValueError("the evaluation split is empty")
-    return {
+    out = {
         "top1": correct1 / images,
         "top5": correct5 / images,
         "loss": loss_sum / images,
@@ -70,3 +80,6 @@ def evaluate(
         "seconds": seconds,
         "images_per_second": images / max(seconds, 1e-9),
     }
+    if token_level:
+        out["bpc"] = out["loss"] / math.log(2.0)
+    return out

@@ -1,13 +1,16 @@
-"""``LambdaModule``: a LightningModule that trains any registered model (Bello, ICLR 2021, App. E.2 recipes).
+"""``LambdaModule``: the one LightningModule that trains any registered model on any registered dataset.
 
-Cross-entropy with label smoothing, optional EMA of the weights (evaluated instead of the raw weights), warm-up
-plus cosine / step / exponential schedules stepped per optimizer step, channels_last and torch.compile. Every
-checkpoint carries ``lambdanet`` metadata: model name and overrides, resolved config and RNG states.
+Two tasks share it, picked by the data (:class:`lambdanet.data.loader.DataInfo`): ``classification`` (an image
+batch ``(b, c, h, w)`` -> ``(b, classes)`` logits, one label per image) and ``language_model`` (token ids ``(b, n)``
+-> ``(b, n, vocab)`` logits, the next token at every position). Both use cross-entropy with label smoothing, top-1 /
+top-5 accuracy and, for text, bits per character (``loss / ln 2``); warm-up plus cosine / step / exponential
+schedules stepped per optimizer step, channels_last and torch.compile. The EMA of the weights is Lightning's
+``EMAWeightAveraging`` callback (:func:`ema_callback`). Every checkpoint carries ``lambdanet`` metadata: model name
+and overrides, task, class names or vocabulary, resolved config and RNG state (:data:`CHECKPOINT_KEY`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -19,25 +22,78 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import lambdanet
-from lambdanet.checkpoint import CHECKPOINT_KEY
+from lambdanet.checkpoint import CHECKPOINT_KEY, seal
+from lambdanet.data.loader import CLASSIFICATION, LANGUAGE_MODEL, DataInfo
 from lambdanet.inference import describe_checkpoint
-from lambdanet.train.callbacks import NonFiniteLossError, convert_global_batchnorm
+from lambdanet.train.callbacks import NonFiniteLossError
 from lambdanet.train.config import RunConfig, to_dict
+from lambdanet.train.distributed import convert_global_batchnorm
 from lambdanet.train.optim import build_optimizer, lr_lambda
 
-__all__ = ["CHECKPOINT_KEY", "LambdaModule", "build_model", "model_overrides"]
+__all__ = ["CHECKPOINT_KEY", "LambdaModule", "build_model", "ema_callback", "model_overrides"]
+
+_LN2 = math.log(2.0)
 
 
-def model_overrides(cfg: RunConfig, num_classes: int) -> dict[str, Any]:
-    """The model's builder overrides with ``num_classes`` linked from the data unless the recipe sets it."""
+def _link(overrides: dict[str, Any], key: str, value: int, cfg: RunConfig, what: str) -> None:
+    """Set ``overrides[key] = value`` from the data; a recipe value that disagrees is a one-line error."""
+    given = overrides.get(key)
+    if given is not None and given != value:
+        raise ValueError(
+            f"model.overrides.{key}={given} (recipe {cfg.recipe}) but data.name={cfg.data.name!r} has {what} {value}; "
+            f"drop the override: {key} is taken from the data"
+        )
+    overrides[key] = value
+
+
+def model_overrides(cfg: RunConfig, info: DataInfo) -> dict[str, Any]:
+    """The model's builder overrides with what the data determines linked in.
+
+    Classification: ``num_classes`` and ``in_chans``; language models: ``vocab_size``. A recipe may state them only
+    with the data's values.
+    """
     overrides = dict(cfg.model.overrides)
-    overrides.setdefault("num_classes", num_classes)
+    if info.task == LANGUAGE_MODEL:
+        _link(overrides, "vocab_size", info.num_classes, cfg, "a vocabulary of size")
+    else:
+        _link(overrides, "num_classes", info.num_classes, cfg, "classes:")
+        _link(overrides, "in_chans", info.in_chans, cfg, "image channels:")
     return overrides
 
 
-def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
-    """``create_model(cfg.model.name, **overrides)``, with ``train.bn_momentum`` applied."""
-    model = lambdanet.create_model(cfg.model.name, **model_overrides(cfg, num_classes))
+def build_model(cfg: RunConfig, info: DataInfo) -> nn.Module:
+    """``create_model(cfg.model.name, **overrides)`` fitted to the data, with ``train.bn_momentum`` applied.
+
+    Models with global position embeddings get ``img_size`` from the data unless the recipe sets it. One forward pass
+    of a single zero input checks that model and data fit.
+
+    Raises:
+        ValueError: model and data do not fit (one line naming both).
+    """
+    overrides = model_overrides(cfg, info)
+    task = lambdanet.model_info(cfg.model.name).extra.get("task", CLASSIFICATION)
+    if task != info.task:
+        raise ValueError(
+            f"model.name={cfg.model.name!r} is a {task} model but data.name={cfg.data.name!r} is {info.task} data"
+        )
+    model = lambdanet.create_model(cfg.model.name, **overrides)
+    built_size = getattr(getattr(model, "cfg", None), "img_size", info.image_size)
+    if getattr(model, "fixed_input_size", False) and "img_size" not in overrides and built_size != info.image_size:
+        model = lambdanet.create_model(cfg.model.name, **overrides, img_size=info.image_size)
+    max_length = getattr(getattr(model, "cfg", None), "max_length", None)
+    if info.task == LANGUAGE_MODEL and max_length is not None and info.input_shape[0] > max_length:
+        raise ValueError(f"data.seq_len={info.input_shape[0]} exceeds the max_length={max_length} of {cfg.model.name}")
+    dtype = torch.long if info.task == LANGUAGE_MODEL else torch.float32
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *info.input_shape), dtype=dtype))
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"model {cfg.model.name} with {overrides} does not fit data.name={cfg.data.name!r} inputs of shape "
+            f"{info.input_shape}: {first}"
+        ) from None
+    model.train()
     if cfg.train.bn_momentum is not None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -49,52 +105,49 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     return model
 
 
-class _EMA(nn.Module):
-    """Exponential moving average of a model's parameters (buffers are copied)."""
+def ema_callback(cfg: RunConfig) -> Any:
+    """Lightning's ``EMAWeightAveraging`` for ``train.ema_decay`` (None when off): ``e <- decay e + (1 - decay) p``
+    after every optimizer step, over parameters and buffers; the first update copies the weights.
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        super().__init__()
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay = decay
+    Validation (hence ``best.ckpt``), the final test and checkpoints' ``state_dict`` hold the averaged weights; the
+    trained weights are in ``checkpoint["current_model_state"]`` and the average's update count in
+    ``checkpoint["averaging_state"]``. Resuming restores both, bit for bit (``tests/test_train_resume.py``).
+    """
+    if not cfg.train.ema_decay:
+        return None
+    from lightning.pytorch.callbacks import EMAWeightAveraging
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for e, p in zip(self.module.parameters(), model.parameters(), strict=True):
-            e.lerp_(p.detach().to(e.dtype), 1.0 - self.decay)
-        for e, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            e.copy_(b)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.module(x)
+    return EMAWeightAveraging(decay=cfg.train.ema_decay)
 
 
 class LambdaModule(pl.LightningModule):
-    """Train and evaluate a registered model.
+    """Train and evaluate a registered model on a registered dataset.
 
     Args:
         cfg: resolved run configuration.
-        num_classes: classes of the dataset (linked into the model's overrides).
+        info: what the data determines (task, classes or vocabulary size, input shape).
+        classes: class names, or the characters of the vocabulary in id order (stored in checkpoints).
         global_gbn: replace BatchNorm2d by global-batch BN for multi-process CPU runs.
     """
 
-    def __init__(self, cfg: RunConfig, num_classes: int, global_gbn: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, info: DataInfo, classes: list[str] | None = None, global_gbn: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.num_classes = num_classes
-        self.model = build_model(cfg, num_classes)
+        self.info = info
+        self.task = info.task
+        self.num_classes = info.num_classes
+        self.classes = list(classes or [])
+        self.model = build_model(cfg, info)
         if global_gbn:
             convert_global_batchnorm(self.model)
-        self.ema = _EMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
-        top5 = min(5, num_classes)
+        k = info.num_classes
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_{name}": metric
                 for split in ("train", "val", "test")
                 for name, metric in (
-                    ("acc1", MulticlassAccuracy(num_classes, top_k=1, average="micro")),
-                    ("acc5", MulticlassAccuracy(num_classes, top_k=top5, average="micro")),
+                    ("acc1", MulticlassAccuracy(k, top_k=1, average="micro")),
+                    ("acc5", MulticlassAccuracy(k, top_k=min(5, k), average="micro")),
                     ("loss", MeanMetric()),
                 )
             }
@@ -103,44 +156,43 @@ class LambdaModule(pl.LightningModule):
 
     # -------------------------------------------------------------- model set-up
     def configure_model(self) -> None:
-        if self.cfg.train.channels_last:
+        if self.cfg.train.channels_last and self.task == CLASSIFICATION:
             self.model.to(memory_format=torch.channels_last)
-            if self.ema is not None:
-                self.ema.to(memory_format=torch.channels_last)
-        if self.cfg.train.compile and self._compiled is None:
-            # Kept out of the module tree so that state_dict keys stay those of the plain model.
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def _inputs(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+        if self.cfg.train.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.cfg.train.compile and self._compiled is None:
+            # Compiled on first use (after the EMA callback copied the module), and kept out of the module tree so
+            # that state_dict keys stay those of the plain model.
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
         model = self._compiled if self._compiled is not None else self.model
         return model(self._inputs(x))
 
-    def eval_model(self) -> nn.Module:
-        """The weights used for evaluation: the EMA copy when enabled, else the trained model."""
-        return self.ema.module if self.ema is not None else self.model
-
     # -------------------------------------------------------------- steps
+    @staticmethod
+    def _flat(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Language models: one prediction per position, ``(b, n, v), (b, n) -> (b n, v), (b n)``."""
+        return (logits.flatten(0, 1), y.flatten()) if y.dim() == 2 else (logits, y)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
+        logits, y = self._flat(self(x).float(), y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.train.label_smoothing)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}, "
                 f"batch {batch_idx}); stopping. Lower optim.lr, set train.grad_clip, or use bf16 instead of fp16."
             )
-        self._update_metrics("train", logits.detach(), y, loss.detach())
+        with torch.no_grad():
+            plain = F.cross_entropy(logits, y) if self.cfg.train.label_smoothing else loss
+        self._update_metrics("train", logits.detach(), y, plain.detach())
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, on_step=True, batch_size=1)
         return loss
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
-            self.ema.update(self.model)
 
     def _update_metrics(self, split: str, logits: Tensor, y: Tensor, loss: Tensor) -> None:
         self.metrics[f"{split}_acc1"].update(logits, y)
@@ -149,9 +201,8 @@ class LambdaModule(pl.LightningModule):
 
     def _eval_step(self, split: str, batch: tuple[Tensor, Tensor]) -> None:
         x, y = batch
-        logits = self.eval_model()(self._inputs(x)).float()
-        loss = F.cross_entropy(logits, y)
-        self._update_metrics(split, logits, y, loss)
+        logits, y = self._flat(self(x).float(), y)
+        self._update_metrics(split, logits, y, F.cross_entropy(logits, y))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -159,16 +210,17 @@ class LambdaModule(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
 
-    def _log_epoch(self, split: str) -> None:
-        for name in ("acc1", "acc5", "loss"):
+    def _log_epoch(self, split: str, names: tuple[str, ...] = ("acc1", "acc5", "loss")) -> None:
+        for name in names:
             metric = self.metrics[f"{split}_{name}"]
-            self.log(f"{split}/{name}", metric.compute(), prog_bar=split == "val" and name != "acc5", sync_dist=False)
+            value = metric.compute()
+            self.log(f"{split}/{name}", value, prog_bar=split == "val" and name != "acc5", sync_dist=False)
+            if name == "loss" and self.task == LANGUAGE_MODEL:
+                self.log(f"{split}/bpc", value / _LN2, prog_bar=split == "val", sync_dist=False)
             metric.reset()
 
     def on_train_epoch_end(self) -> None:
-        for name in ("acc1", "acc5"):
-            self.log(f"train/{name}", self.metrics[f"train_{name}"].compute())
-            self.metrics[f"train_{name}"].reset()
+        self._log_epoch("train", ("acc1", "acc5"))
         self.metrics["train_loss"].reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -203,16 +255,25 @@ class LambdaModule(pl.LightningModule):
 
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
+        """Metadata under ``checkpoint["lambdanet"]``; ``vocab`` (language models) or ``classes`` (images) lists the
+        label of every output id, so a checkpoint alone suffices to decode or label predictions."""
+        meta = {
             "model_name": getattr(self.model, "model_name", self.cfg.model.name),
             "model_overrides": dict(getattr(self.model, "model_overrides", {})),
+            "task": self.task,
             "num_classes": self.num_classes,
+            "input_shape": list(self.info.input_shape),
             "config": to_dict(self.cfg),
             "version": lambdanet.__version__,
-            "ema": self.ema is not None,
+            "ema": bool(self.cfg.train.ema_decay),
             "torch_rng_state": torch.get_rng_state(),
         }
-        describe_checkpoint(checkpoint, self.cfg.data, getattr(self._trainer, "datamodule", None))
+        meta["vocab" if self.task == LANGUAGE_MODEL else "classes"] = list(self.classes)
+        checkpoint[CHECKPOINT_KEY] = meta
+        if self.task == LANGUAGE_MODEL:
+            seal(checkpoint)
+        else:
+            describe_checkpoint(checkpoint, self.cfg.data, self.classes)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY)
@@ -224,5 +285,7 @@ class LambdaModule(pl.LightningModule):
                 f"checkpoint holds model {meta.get('model_name')!r} with overrides {meta.get('model_overrides')}, "
                 f"but this run builds {name!r} with {getattr(self.model, 'model_overrides', {})}"
             )
+        if self.task == LANGUAGE_MODEL and meta.get("vocab") not in (None, self.classes):
+            raise ValueError("checkpoint was trained with another vocabulary than this run's data")
         if isinstance(meta.get("torch_rng_state"), Tensor):
             torch.set_rng_state(meta["torch_rng_state"])
