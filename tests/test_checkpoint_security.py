@@ -195,7 +195,7 @@ def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- finite guard
 class _Module(nn.Module):
-    """What the guard sees of a LambdaModule: the model and its EMA copy."""
+    """What the guard sees of a LambdaModule (the model) and of Lightning's EMA callback (the averaged copy)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -205,7 +205,8 @@ class _Module(nn.Module):
 
 def _stub_trainer(module: nn.Module, saved: list[str]) -> Any:
     return SimpleNamespace(
-        lightning_module=module,
+        lightning_module=module.model,
+        callbacks=[SimpleNamespace(_average_model=module.ema)],
         save_checkpoint=lambda path, weights_only=False: saved.append(path),
         global_step=3,
         is_global_zero=False,
@@ -226,7 +227,7 @@ def test_finite_guard_checks_every_floating_tensor(where: str, tmp_path: Path) -
             module.model[1].running_var[1] = float("inf")
         else:
             module.ema[1].running_mean[0] = float("nan")
-    with pytest.warns(UserWarning, match=r"not saving .*last2\.ckpt: NaN or Inf in (model|ema)\."):
+    with pytest.warns(UserWarning, match=r"not saving .*last2\.ckpt: NaN or Inf in (average\.)?[01]\."):
         callback._save_checkpoint(_stub_trainer(module, saved), str(tmp_path / "last2.ckpt"))
     assert saved == [str(tmp_path / "last.ckpt")]
 

@@ -89,7 +89,7 @@ def test_help_lists_every_key_with_type_default_and_docstring(capsys: pytest.Cap
     )
     assert "--quiet {true,false} no progress bar" in flat
     assert "--model.name NAME registered model name" in flat
-    assert "--data.batch_size BATCH_SIZE images per device and step. (type: int, default: 64)" in flat
+    assert "--data.batch_size BATCH_SIZE samples per device and step. (type: int, default: 64)" in flat
     for option in ("-c CONFIG", "--print-config", "--list-recipes", "--resume"):
         assert option in flat
 
