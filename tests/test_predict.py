@@ -50,7 +50,6 @@ def _train_args(root: Path, out: Path, name: str, epochs: int) -> list[str]:
         "--data.root", str(root),
         "--data.image_size", "16",
         "--data.batch_size", "8",
-        "--model.overrides.in_chans", "3",  # until in_chans comes from the data
         "--train.epochs", str(epochs),
         "--system.out_dir", str(out),
         "--system.run_name", name,
@@ -128,14 +127,18 @@ def test_init_from_another_class_count_drops_the_head(
     trained_run: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from lambdanet.checkpoint import read_checkpoint
+    from lambdanet.data.loader import CLASSIFICATION, DataInfo
     from lambdanet.train.config import load_config
     from lambdanet.train.module import build_model
 
+    def images(num_classes: int, in_chans: int = 3) -> DataInfo:
+        return DataInfo(CLASSIFICATION, num_classes, (in_chans, 16, 16))
+
     _, run = trained_run
     source = read_checkpoint(run / "checkpoints" / "best.ckpt").state_dict
-    cfg = load_config(None, {"model": {"overrides": {"in_chans": 3}}, "train": {"init_from": str(run)}})
+    cfg = load_config(None, {"train": {"init_from": str(run)}})
     with caplog.at_level(logging.WARNING, logger="lambdanet.checkpoint"):
-        model = build_model(cfg, num_classes=2)
+        model = build_model(cfg, images(2))
     message = [r.getMessage() for r in caplog.records if "classifier head" in r.getMessage()]
     assert len(message) == 1 and "fc.weight [3, " in message[0] and "-> [2, " in message[0]
     for k, v in model.state_dict().items():
@@ -145,7 +148,7 @@ def test_init_from_another_class_count_drops_the_head(
             assert torch.equal(v, source[k]), k
     # same class count: everything is loaded, nothing dropped
     caplog.clear()
-    same = build_model(cfg, num_classes=3)
+    same = build_model(cfg, images(3))
     assert all(torch.equal(v, source[k]) for k, v in same.state_dict().items())
     assert not [r for r in caplog.records if "classifier head" in r.getMessage()]
     # the CLI: fine-tune on a two-class folder for one epoch
@@ -155,9 +158,9 @@ def test_init_from_another_class_count_drops_the_head(
     _, _, classes = lambdanet.load_for_inference(tmp_path / "runs" / "ft")
     assert classes == ["blue", "red"]
     # a mismatch outside the head is refused with the keys named
-    wide = load_config(None, {"model": {"overrides": {"in_chans": 1}}, "train": {"init_from": str(run)}})
+    wide = load_config(None, {"train": {"init_from": str(run)}})
     with pytest.raises(ValueError, match=r"stem"):
-        build_model(wide, num_classes=3)
+        build_model(wide, images(3, in_chans=1))
 
 
 def test_save_pretrained_round_trip_and_hub_errors(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
