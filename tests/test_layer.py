@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from lambdanet import LambdaLayer, RelativePositionEmbedding
 from lambdanet.layers import ALGORITHMS
-from lambdanet.layers.lambda_ops import content_lambda, fft_size
+from lambdanet.layers.algorithms.fft import fft_size
+from lambdanet.layers.lambda_ops import content_lambda
 from tests.reference import reference_forward, relative_error
 
 TOL = 1e-10
@@ -396,7 +397,7 @@ def test_batchnorm_gradient_workaround() -> None:
 @pytest.mark.parametrize(("spatial", "kernel", "dim_u"), [((4, 5), (3, 3), 1), ((3, 6), (11, 11), 2), ((7,), (5,), 1)])
 def test_position_logits_constructions_match_explicit_sum(construction: str, spatial, kernel, dim_u: int) -> None:
     """Both constructions of the position logits equal sum_k q[k, n] R[k, u, m - n + c] (zero outside the kernel)."""
-    from lambdanet.layers.lambda_ops import position_logits
+    from lambdanet.layers.algorithms.logits import position_logits
 
     n = 1
     for s in spatial:

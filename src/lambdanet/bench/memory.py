@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lambdanet.layers import ALGORITHMS
+from lambdanet.layers.algorithms.fft import fft_size
 from lambdanet.layers.blocked import block_size
-from lambdanet.layers.lambda_ops import fft_size
 
 __all__ = [
     "CHECK_SHAPES",
