@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lambdanet.bench.layer import LayerBenchConfig, build_contender, growth_exponent, run_layer_bench
+from lambdanet.bench.layer import LayerBenchConfig, build_contender, check_model, growth_exponent, run_layer_bench
 from lambdanet.bench.memory import (
     CONTENDERS,
     PAPER_TABLE4_GB,
     LayerShape,
-    check_model,
     layer_saved_bytes,
     paper_appendix_d2,
     paper_table4,

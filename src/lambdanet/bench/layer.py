@@ -28,14 +28,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lambdanet.bench.memory import CONTENDERS, LayerShape, layer_saved_bytes, total_mib
-from lambdanet.bench.timing import median_ms, peak_mib, saved_for_backward_mib, synchronize
+from lambdanet.bench.timing import forward_backward, median_ms, peak_mib, saved_for_backward_mib, synchronize
 from lambdanet.layers import ALGORITHMS, LambdaLayer
 
 __all__ = [
+    "CHECK_SHAPES",
     "LayerBenchConfig",
     "MaterialisedAttention2d",
     "SDPAttention2d",
     "build_contender",
+    "check_model",
     "contender_names",
     "growth_exponent",
     "run_layer_bench",
@@ -337,3 +339,50 @@ def growth_exponent(rows: list[dict[str, Any]], name: str, context: str, key: st
     my = sum(p[1] for p in pts) / len(pts)
     var = sum((p[0] - mx) ** 2 for p in pts)
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / var if var else None
+
+
+# Small shapes where the memory model is checked against measurement: (batch, dim, side, scope).
+CHECK_SHAPES: tuple[tuple[int, int, int, int | None], ...] = (
+    (2, 64, 16, None),
+    (2, 64, 16, 7),
+    (4, 32, 24, 5),
+    (8, 64, 8, 23),
+)
+
+
+def check_model(
+    shapes: tuple[tuple[int, int, int, int | None], ...] = CHECK_SHAPES,
+    kinds: tuple[str, ...] = CONTENDERS,
+    *,
+    measure_peak: bool = False,
+) -> list[dict[str, object]]:
+    """Measure saved-for-backward memory of each layer kind at ``shapes`` and compare it with the memory model
+    (:mod:`lambdanet.bench.memory`).
+
+    Returns one row per (shape, kind) with ``model_mib``, ``saved_mib``, ``ratio`` (measured / model) and the
+    model's dominant term; with ``measure_peak`` also the peak of live bytes of forward + backward.
+    """
+    rows: list[dict[str, object]] = []
+    for batch, dim, side, scope in shapes:
+        shape = LayerShape(batch, dim, side, scope=scope)
+        x = torch.randn(batch, dim, side, side, requires_grad=True)
+        for kind in kinds:
+            if kind.startswith("attention") and scope is not None:
+                continue
+            module = build_contender(kind, dim, side, scope=scope)
+            terms = layer_saved_bytes(kind, shape)
+            model = total_mib(terms)
+            saved = saved_for_backward_mib(lambda module=module, x=x: module(x))
+            row: dict[str, object] = {
+                "shape": f"b{batch} d{dim} {side}x{side}",
+                "scope": "global" if scope is None else scope,
+                "kind": kind,
+                "model_mib": model,
+                "saved_mib": saved,
+                "ratio": saved / model,
+                "dominant term": max(terms, key=terms.__getitem__),
+            }
+            if measure_peak:
+                row["peak_mib"] = peak_mib(forward_backward(module, x))
+            rows.append(row)
+    return rows

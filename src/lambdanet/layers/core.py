@@ -15,7 +15,7 @@ Shape: (b, dim, S..) -> (b, dim_out, ceil(S / stride)..) for the 2-D and 3-D lay
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ from lambdanet.layers.algorithms import ALGORITHMS, choose_algorithm
 from lambdanet.layers.lambda_ops import content_lambda, contiguous_grad, crop_kernel, lambda_output
 from lambdanet.layers.position import RelativePositionEmbedding
 
-__all__ = ["check_scope", "check_size"]
+__all__ = ["cast_output", "check_sides"]
 
 _NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _PROJECTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -34,39 +34,22 @@ _MEMORY_FORMATS = {2: torch.channels_last, 3: torch.channels_last_3d}
 _AXES = {1: "(N,)", 2: "(H, W)", 3: "(T, H, W)"}
 
 
-def check_scope(scope: object, ndim: int) -> tuple[int, ...] | None:
-    """Kernel sides of a local scope: an odd int for every axis, or one odd int per axis; None for global."""
-    sides = (scope,) * ndim if isinstance(scope, int) else scope
-    if scope is None:
+def check_sides(
+    name: str, value: object, ndim: int, ok: Callable[[int], bool], expected: str
+) -> tuple[int, ...] | None:
+    """One int for every axis, or a sequence of ``ndim`` ints, each passing ``ok``; None passes through."""
+    if value is None:
         return None
-    ok = isinstance(sides, tuple) and len(sides) == ndim
-    if not ok or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 or s % 2 == 0 for s in sides):
-        per_axis = f" (or a tuple of {ndim})" if ndim > 1 else ""
-        raise ValueError(f"scope={scope!r} must be an odd positive integer{per_axis}, or None for global context")
+    sides = (value,) * ndim if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(sides) != ndim or not all(isinstance(s, int) and not isinstance(s, bool) and ok(s) for s in sides):
+        raise ValueError(f"{name}={value!r} must be {expected}")
     return sides
 
 
-def check_size(name: str, value: object, ndim: int, allowed: Sequence[int] | None = None) -> tuple[int, ...] | None:
-    """A per-axis size given as one int or an ``ndim``-tuple of ints (each in ``allowed`` if given, else >= 1)."""
-    if value is None:
-        return None
-    sizes = (value,) * ndim if isinstance(value, int) and allowed is not None else value
-    try:
-        sizes = tuple(sizes)  # type: ignore[arg-type]
-    except TypeError:
-        sizes = ()
-    bad = lambda s: isinstance(s, bool) or not isinstance(s, int) or (s not in allowed if allowed else s < 1)  # noqa: E731
-    if len(sizes) != ndim or any(bad(s) for s in sizes):
-        what = f"{' or '.join(map(str, allowed))}, or a tuple of {ndim} of them" if allowed else _AXES[ndim]
-        raise ValueError(f"{name}={value!r} must be {what}" + ("" if allowed else " with positive sides"))
-    return sizes
-
-
 class _LambdaNd(nn.Module):
-    """Multi-query lambda layer over ``ndim`` spatial axes; see :class:`lambdanet.LambdaLayer` for the arguments.
+    """Multi-query lambda layer over ``ndim`` spatial axes; :class:`lambdanet.LambdaLayer` documents the arguments.
 
-    ``global_size`` is the map size for global relative embeddings (``feat_size``; ``(max_length,)`` in 1-D).
-    Subclasses set ``ndim`` and call :meth:`__init__`; the 1-D layer replaces the projection and the forward.
+    Subclasses set ``ndim``; the 1-D layer passes ``feat_size=(max_length,)`` and replaces projection and forward.
     """
 
     ndim = 2
@@ -75,52 +58,49 @@ class _LambdaNd(nn.Module):
         self,
         dim: int,
         *,
-        dim_out: int | None,
-        dim_k: int,
-        heads: int,
-        dim_u: int,
-        scope: int | tuple[int, ...] | None,
-        global_size: tuple[int, ...] | None,
-        content: bool,
-        position: bool,
-        position_bias: bool,
-        algorithm: str,
-        pos_embed: RelativePositionEmbedding | None,
+        dim_out: int | None = None,
+        dim_k: int = 16,
+        heads: int = 4,
+        dim_u: int = 1,
+        scope: int | tuple[int, ...] | None = 23,
+        feat_size: Sequence[int] | None = None,
+        content: bool = True,
+        position: bool = True,
         stride: int | tuple[int, ...] = 1,
+        position_bias: bool = False,
+        algorithm: str = "auto",
+        pos_embed: RelativePositionEmbedding | None = None,
         norm: str = "batch",
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dim = check_positive_int("dim", dim)
-        dim_out = dim if dim_out is None else check_positive_int("dim_out", dim_out)
-        self.dim, self.dim_out = dim, dim_out
-        self.dim_k, self.heads, self.dim_u = (
-            check_positive_int(n, v) for n, v in zip(("dim_k", "heads", "dim_u"), (dim_k, heads, dim_u))
+        self.dim, self.dim_k, self.heads, self.dim_u = (
+            check_positive_int(n, v) for n, v in zip(("dim", "dim_k", "heads", "dim_u"), (dim, dim_k, heads, dim_u))
         )
+        self.dim_out = dim if dim_out is None else check_positive_int("dim_out", dim_out)
         for name, flag in (("content", content), ("position", position), ("position_bias", position_bias)):
             check_flag(name, flag)
-        if dim_out % heads:
-            raise ValueError(f"dim_out={dim_out} must be divisible by heads={heads} (value depth = dim_out / heads)")
+        if self.dim_out % heads:
+            raise ValueError(
+                f"dim_out={self.dim_out} must be divisible by heads={heads} (value depth = dim_out / heads)"
+            )
         if not (content or position):
             raise ValueError("content=False and position=False leave nothing to compute; enable at least one")
         if algorithm != "auto" and algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={algorithm!r} must be 'auto' or one of {ALGORITHMS}")
         if pos_embed is not None and not isinstance(pos_embed, RelativePositionEmbedding):
             raise TypeError(f"pos_embed must be a RelativePositionEmbedding or None, got {type(pos_embed).__name__}")
-        sides = check_scope(scope, self.ndim)
-        self.stride = (
-            stride if isinstance(stride, int) and stride in (1, 2) else check_size("stride", stride, self.ndim, (1, 2))
-        )
-        self.dim_v = dim_out // heads
-        self.scope, self.feat_size, self.content, self.position, self.algorithm, self.norm = (
-            scope,
-            global_size,
-            content,
-            position,
-            algorithm,
-            norm,
-        )
+        per_axis = f" (or a tuple of {self.ndim})" if self.ndim > 1 else ""
+        odd = f"an odd positive integer{per_axis}, or None for global context"
+        sides = check_sides("scope", scope, self.ndim, lambda s: s > 0 and s % 2 == 1, odd)
+        self.feat_size = check_sides("feat_size", feat_size, self.ndim, lambda s: s > 0, f"{_AXES[self.ndim]} of sizes")
+        if scope is None and position and feat_size is None:
+            raise ValueError(f"scope=None (global relative position embeddings) requires feat_size={_AXES[self.ndim]}")
+        strides = check_sides("stride", stride, self.ndim, lambda s: s in (1, 2), f"1 or 2, or a tuple of {self.ndim}")
+        self.dim_v = self.dim_out // heads
+        self.scope, self.content, self.position, self.stride = scope, content, position, stride
+        self.algorithm, self.norm = algorithm, norm
 
         factory = {"device": device, "dtype": dtype}
         # One fused projection: channels ordered (h k) queries | (u k) keys | (u v) values.
@@ -130,7 +110,7 @@ class _LambdaNd(nn.Module):
         self.norm_v = self._make_norm(dim_u * self.dim_v, factory)
         self.pos: RelativePositionEmbedding | None = None
         if position:
-            kernel = sides if sides is not None else tuple(2 * s - 1 for s in global_size)  # type: ignore[union-attr]
+            kernel = sides if sides is not None else tuple(2 * s - 1 for s in self.feat_size)  # type: ignore[union-attr]
             if pos_embed is None:
                 pos_embed = RelativePositionEmbedding(dim_k, kernel, dim_u=dim_u, bias=position_bias, **factory)
             elif (pos_embed.dim_k, pos_embed.dim_u, pos_embed.kernel) != (dim_k, dim_u, kernel):
@@ -139,8 +119,7 @@ class _LambdaNd(nn.Module):
                     f"expected {(dim_k, dim_u, kernel)}"
                 )
             self.pos = pos_embed
-        strides = (self.stride,) * self.ndim if isinstance(self.stride, int) else self.stride
-        if self.ndim > 1 and max(strides) > 1:  # 3-wide average pool with stride 2 on the strided axes
+        if max(strides) > 1:  # 3-wide average pool with stride 2 on the strided axes
             pool = [(3 if s == 2 else 1, s, s - 1) for s in strides]
             self.pool: nn.Module = _POOLS[self.ndim](*[tuple(p[i] for p in pool) for i in range(3)])
         else:
@@ -236,17 +215,9 @@ class _LambdaNd(nn.Module):
                 weight, bias = self.pos()
                 weight, bias = weight.to(compute), None if bias is None else bias.to(compute)
             algorithm = self.resolve_algorithm(b, spatial, x.device.type)
-            y = lambda_output(
-                q,
-                v,
-                lam_c,
-                weight,
-                spatial,
-                algorithm,
-                bias=bias,
-                memory_format=fmt if keep_format else torch.contiguous_format,
-            )
-        return self.pool(cast_output(y, out_dtype))
+            out_format = fmt if keep_format else torch.contiguous_format
+            y = lambda_output(q, v, lam_c, weight, spatial, algorithm, bias=bias, memory_format=out_format)
+        return cast_output(self.pool(y), out_dtype)  # pooled in float32: float16 pooling overflows too
 
     def _content_lambda(self, keys: Tensor, v: Tensor) -> Tensor:
         """(b, k, v) content lambda from key logits (b, S.., u k) and values (b, S.., u, v): softmax over positions."""

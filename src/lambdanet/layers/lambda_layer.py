@@ -9,12 +9,7 @@ Shape: (b, dim, hh, ww) -> (b, dim_out, ceil(hh / stride), ceil(ww / stride))
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-
-from lambdanet.layers.core import _LambdaNd, check_size
-from lambdanet.layers.position import RelativePositionEmbedding
+from lambdanet.layers.core import _LambdaNd
 
 __all__ = ["LambdaLayer"]
 
@@ -65,42 +60,3 @@ class LambdaLayer(_LambdaNd):
     """
 
     ndim = 2
-
-    def __init__(
-        self,
-        dim: int,
-        *,
-        dim_out: int | None = None,
-        dim_k: int = 16,
-        heads: int = 4,
-        dim_u: int = 1,
-        scope: int | None = 23,
-        feat_size: Sequence[int] | None = None,
-        content: bool = True,
-        position: bool = True,
-        stride: int = 1,
-        position_bias: bool = False,
-        algorithm: str = "auto",
-        pos_embed: RelativePositionEmbedding | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        if scope is None and position and feat_size is None:
-            raise ValueError("scope=None (global relative position embeddings) requires feat_size=(H, W)")
-        super().__init__(
-            dim,
-            dim_out=dim_out,
-            dim_k=dim_k,
-            heads=heads,
-            dim_u=dim_u,
-            scope=scope,
-            global_size=check_size("feat_size", feat_size, 2),
-            content=content,
-            position=position,
-            position_bias=position_bias,
-            stride=stride,
-            algorithm=algorithm,
-            pos_embed=pos_embed,
-            device=device,
-            dtype=dtype,
-        )

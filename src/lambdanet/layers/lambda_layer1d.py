@@ -118,7 +118,7 @@ class LambdaLayer1d(_LambdaNd):
             heads=heads,
             dim_u=dim_u,
             scope=scope,
-            global_size=None if max_length is None else (max_length,),
+            feat_size=None if max_length is None else (max_length,),
             content=content,
             position=position,
             position_bias=False,

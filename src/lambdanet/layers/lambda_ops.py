@@ -21,16 +21,8 @@ from torch import Tensor
 from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY
 from lambdanet.layers.algorithms._base import add_content, apply_lambdas, crop_kernel, relative_embeddings
 
-__all__ = [
-    "ALGORITHMS",
-    "apply_lambdas",
-    "content_lambda",
-    "contiguous_grad",
-    "crop_kernel",
-    "lambda_output",
-    "position_output",
-    "relative_embeddings",
-]
+__all__ = ["ALGORITHMS", "apply_lambdas", "content_lambda", "contiguous_grad", "crop_kernel", "lambda_output"]
+__all__ += ["position_output", "relative_embeddings"]
 
 
 def content_lambda(keys: Tensor, v: Tensor) -> Tensor:
@@ -86,20 +78,8 @@ def _positions_output(
 def position_output(
     q: Tensor, v: Tensor, weight: Tensor, spatial: Sequence[int], algorithm: str, bias: Tensor | None = None
 ) -> Tensor:
-    """Position output ``y_p[n] = lambda_p[n]^T q_n`` in the (b, h, k, n) layout.
-
-    Args:
-        q: (b, h, k, n) queries.
-        v: (b, u, v, m) values, with m = n = prod(spatial).
-        weight: (k, u, *kernel) relative position kernel.
-        spatial: the map's size, e.g. (H, W).
-        algorithm: one of :data:`ALGORITHMS`.
-        bias: optional (k,) constant added to every position lambda entry (compatibility with biased Conv3d
-            implementations; not in the paper).
-
-    Returns:
-        (b, h, v, n) output.
-    """
+    """Position output ``y_p[n] = lambda_p[n]^T q_n``: q (b, h, k, n), v (b, u, v, m) with m = n = prod(spatial),
+    weight (k, u, *kernel) -> (b, h, v, n) (the 1-D layer's layout). ``bias``: see :func:`lambda_output`."""
     b, n = q.shape[0], math.prod(spatial)
     qp = q.permute(0, 3, 1, 2).reshape(b, *spatial, *q.shape[1:3])
     vp = v.permute(0, 3, 1, 2).reshape(b, *spatial, *v.shape[1:3])
@@ -127,7 +107,8 @@ def lambda_output(
         weight: (k, u, *kernel) relative position kernel, or None (content-only layer).
         spatial: the map's size.
         algorithm: position algorithm, one of :data:`ALGORITHMS`.
-        bias: optional (k,) compatibility bias of the position lambdas (see :func:`position_output`).
+        bias: optional (k,) constant added to every position lambda entry (compatibility with implementations
+            built on a biased Conv3d; not in the paper).
         memory_format: memory format of the returned map (channels-last for positions-first memory).
 
     Returns:

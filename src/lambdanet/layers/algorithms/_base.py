@@ -53,18 +53,11 @@ class Problem:
 
 @dataclass(frozen=True)
 class PositionAlgorithm:
-    """A registered position algorithm (one module under ``lambdanet.layers.algorithms``).
-
-    Attributes:
-        name: the ``algorithm=`` value that selects it.
-        output: ``(q, v, weight, lam_c=None) -> y`` with the contract of the module docstring.
-        dims: numbers of spatial axes it serves.
-        cost: ``(problem, device_type) -> float | None``: the ``auto`` rule's preference (lower wins) or None
-            when ``auto`` should not pick it there.
-        saved_floats: ``problem -> {term: floats}`` kept for backward beyond what every algorithm keeps (the
-            memory model of ``lambdanet bench memory``).
-        available: ``torch.device -> bool``, whether it runs on that device (a compiled kernel may not).
-    """
+    """A registered position algorithm: ``name`` (the ``algorithm=`` value); ``output(q, v, weight, lam_c=None)``
+    with the contract above; ``cost(problem, device_type)``, the ``auto`` rule's preference (lower wins; None: never
+    picked there); ``saved_floats(problem)``, the floats it keeps for backward beyond what every algorithm keeps
+    (the memory model of ``lambdanet bench memory``); ``dims``, the numbers of spatial axes it serves;
+    ``available(device)``, whether it runs there (a compiled kernel may not)."""
 
     name: str
     output: Callable[..., Tensor]
