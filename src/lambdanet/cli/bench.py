@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     layer.add_argument("--heads", type=int, default=4)
     layer.add_argument("--dim-k", type=int, default=16)
     layer.add_argument("--scope", type=int, default=7, help="local scope of the 'local' context")
-    layer.add_argument("--contexts", nargs="+", choices=("global", "local"), default=["global", "local"])
+    layer.add_argument("--contexts", nargs="+", choices=("global", "local", "3d"), default=["global", "local"])
     layer.add_argument(
         "--contenders", nargs="+", metavar="NAME", help=f"subset of {', '.join(CONTENDER_ALIASES)} (default all)"
     )

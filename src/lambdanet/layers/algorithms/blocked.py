@@ -22,7 +22,13 @@ WIDE_MAX_HALF = 11
 WIDE_MIN_DIM_V = 64
 
 
+#: In 3-D the halo grows as (B + 2c)^3: ``blocked`` wins up to this many kernel taps (3x3x3) only.
+MAX_TAPS_3D = 27
+
+
 def cost(p: Problem, device: str) -> float | None:
+    if len(p.spatial) == 3:
+        return 2.0 if math.prod(p.kernel) <= MAX_TAPS_3D else None
     return 2.0 if p.half <= MAX_HALF or (p.half <= WIDE_MAX_HALF and p.dim_v >= WIDE_MIN_DIM_V) else None
 
 

@@ -88,7 +88,10 @@ def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) ->
 
 
 def cost(p: Problem, device: str) -> float | None:
-    """Small maps whose scope covers at least a third of them, while the logits stay below MAX_ELEMENTS."""
+    """Small 1-D and 2-D maps whose scope covers at least a third of them, while the logits stay below
+    MAX_ELEMENTS (in 3-D ``conv`` is as fast on the smallest maps and much faster on the others)."""
+    if len(p.spatial) == 3:
+        return None
     in_scope = min(p.n, math.prod(p.kernel))
     limit = MAX_ELEMENTS * (4 if device == "cuda" else 1)  # CUDA: a guess, not measured on a GPU yet
     small = p.n <= MAX_WASTE * in_scope and p.batch * p.heads * p.dim_u * p.n * p.n <= limit
