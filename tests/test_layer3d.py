@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lambdanet import LambdaLayer3d, RelativePositionEmbedding
-from lambdanet.layers import ALGORITHMS
+from lambdanet.layers import ALGORITHMS, choose_algorithm
 from lambdanet.layers.algorithms import usable
 from tests.reference import DEVICES, reference_forward, relative_error
 
@@ -170,3 +170,24 @@ def test_torch_export_roundtrip() -> None:
     x = torch.randn(2, 8, 3, 4, 5)
     program = torch.export.export(layer, (x,))
     torch.testing.assert_close(program.module()(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+# (batch, spatial, kernel, dim_v, fastest measured on CPU): docs/algorithms.md, 2-D and 3-D sweeps (|k| 16, |h| 4).
+MEASURED = [
+    (8, (56, 56), (7, 7), 64, "blocked"),
+    (8, (14, 14), (23, 23), 64, "logits"),
+    (32, (16, 16), (7, 7), 32, "blocked"),
+    (2, (64, 64), (23, 23), 16, "fft"),
+    (2, (64, 64), (127, 127), 16, "fft"),
+    (2, (8, 16, 16), (3, 3, 3), 16, "blocked"),
+    (2, (8, 16, 16), (3, 5, 5), 16, "conv"),
+    (2, (8, 28, 28), (3, 7, 7), 16, "conv"),
+    (2, (16, 16, 16), (7, 7, 7), 16, "fft"),
+]
+
+
+@pytest.mark.parametrize(("batch", "spatial", "kernel", "dim_v", "fastest"), MEASURED)
+def test_auto_rule_picks_the_measured_winner(batch, spatial, kernel, dim_v, fastest) -> None:
+    kwargs = {"batch": batch, "spatial": spatial, "kernel": kernel, "dim_k": 16, "dim_v": dim_v, "dim_u": 1, "heads": 4}
+    assert choose_algorithm(**kwargs) == fastest
+    assert choose_algorithm(**kwargs, device="cuda") in ALGORITHMS  # a guess, not measured on a GPU yet

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lambdanet.bench.memory import CONTENDERS, LayerShape, layer_saved_bytes, total_mib
+from lambdanet.bench.memory import CONTENDERS, LayerShape, lambda_saved_floats, layer_saved_bytes, total_mib
 from lambdanet.bench.timing import forward_backward, median_ms, peak_mib, saved_for_backward_mib, synchronize
 from lambdanet.layers import ALGORITHMS, LambdaLayer, LambdaLayer3d
-from lambdanet.layers.algorithms import usable
+from lambdanet.layers.algorithms import Problem, usable
 
 __all__ = [
     "CHECK_SHAPES",
@@ -399,6 +399,13 @@ def _volume_row(cfg: LayerBenchConfig, name: str, volume: tuple, device, notes: 
     row["n"] = math.prod(spatial)
     if progress:
         print(f"{label} 3d {name} {row['side']} scope {scope}", file=sys.stderr, flush=True)
+    if name.startswith("lambda "):
+        problem = Problem(cfg.batch, tuple(spatial), scope, cfg.heads, cfg.dim_k, cfg.dim // cfg.heads)
+        row["model_mib"] = sum(lambda_saved_floats(name.split(" ", 1)[1], problem, cfg.dim).values()) * 4 / 2**20
+        if row["model_mib"] > cfg.memory_budget_mib:
+            row["skipped"] = f"modelled {row['model_mib']:.0f} MiB saved for backward > budget"
+            notes.append(f"3d {name} at {row['side']} skipped: {row['skipped']}")
+            return row
     try:
         module = build_contender3d(name, cfg.dim, scope, heads=cfg.heads, dim_k=cfg.dim_k).to(device)
         x = torch.randn(cfg.batch, cfg.dim, *spatial, device=device, requires_grad=True)

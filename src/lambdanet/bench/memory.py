@@ -20,6 +20,7 @@ Axis legend: b batch | d channels | h heads | k query/key depth | v value depth 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY, Problem
@@ -29,6 +30,7 @@ __all__ = [
     "PAPER_TABLE4_GB",
     "RESNET50_MAPS",
     "LayerShape",
+    "lambda_saved_floats",
     "layer_saved_bytes",
     "paper_appendix_d2",
     "paper_table4",
@@ -181,12 +183,21 @@ def layer_saved_bytes(kind: str, s: LayerShape, *, bytes_per_float: int = 4) -> 
         else:
             floats["log-sum-exp (b h n)"] = b * h * n
     else:
-        qkv = h * s.dim_k + s.dim_u * s.dim_k + s.dim_u * s.dim_v
-        floats["weights (d (hk+uk+uv) + k u r^2)"] = d * qkv + s.dim_k * s.dim_u * s.kernel_side**2
-        floats["q, k, v projections (b (hk+uk+uv) n)"] = b * qkv * n
-        floats["normalised q, softmax keys, normalised v"] = b * qkv * n
-        floats.update(REGISTRY[kind.split(" ", 1)[1]].saved_floats(s.problem))
+        floats = lambda_saved_floats(kind.split(" ", 1)[1], s.problem, d)
     return {name: count * bytes_per_float for name, count in floats.items()}
+
+
+def lambda_saved_floats(algorithm: str, p: Problem, dim: int) -> dict[str, int]:
+    """Floats a lambda layer of any dimension keeps for backward: projection, norms, content lambda, and the
+    position algorithm's own terms (its plug-in's ``saved_floats``)."""
+    qkv = p.heads * p.dim_k + p.dim_u * p.dim_k + p.dim_u * p.dim_v
+    return {
+        "input x (b d n)": p.batch * dim * p.n,
+        "weights (d (hk+uk+uv) + k u r^D)": dim * qkv + p.dim_k * p.dim_u * math.prod(p.kernel),
+        "q, k, v projections (b (hk+uk+uv) n)": p.batch * qkv * p.n,
+        "normalised q, softmax keys, normalised v": p.batch * qkv * p.n,
+        **REGISTRY[algorithm].saved_floats(p),
+    }
 
 
 def total_mib(terms: dict[str, int]) -> float:

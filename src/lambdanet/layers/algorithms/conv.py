@@ -41,11 +41,13 @@ def saved_floats(p: Problem) -> dict[str, int]:
 
 #: In 3-D the lambda convolution (Conv3d) beats ``fft`` up to this many kernel taps (3x7x7) on CPU.
 MAX_TAPS_3D = 160
+SMALL_3D = 1024
 
 
 def cost(p: Problem, device: str) -> float | None:
-    """Never picked in 1-D and 2-D (it never won a measured shape there); 3-D scopes above 3x3x3 up to 3x7x7."""
-    return 2.5 if len(p.spatial) == 3 and math.prod(p.kernel) <= MAX_TAPS_3D else None
+    """Never picked in 1-D and 2-D (it never won a measured shape there); in 3-D for scopes up to 3x7x7 (above
+    3x3x3, where ``blocked`` wins) and on small volumes (up to SMALL_3D positions) whatever the scope."""
+    return 2.5 if len(p.spatial) == 3 and (math.prod(p.kernel) <= MAX_TAPS_3D or p.n <= SMALL_3D) else None
 
 
 ALGORITHM = PositionAlgorithm("conv", output, cost=cost, saved_floats=saved_floats)
