@@ -145,18 +145,6 @@ class LayerShape:
         return Problem(self.batch, (self.side, self.side), kernel, self.heads, self.dim_k, self.dim_v, self.dim_u)
 
 
-def _lambda_common(s: LayerShape) -> dict[str, int]:
-    """Floats saved by every lambda layer whatever the position algorithm (projection, norms, content lambda)."""
-    b, n, d, h, k, u, v = s.batch, s.n, s.dim, s.heads, s.dim_k, s.dim_u, s.dim_v
-    qkv = h * k + u * k + u * v
-    return {
-        "weights (d (hk+uk+uv) + k u r^2)": d * qkv + k * u * s.kernel_side**2,
-        "input x (b d n)": b * d * n,
-        "q, k, v projections (b (hk+uk+uv) n)": b * qkv * n,
-        "normalised q, softmax keys, normalised v": b * qkv * n,
-    }
-
-
 def layer_saved_bytes(kind: str, s: LayerShape, *, bytes_per_float: int = 4) -> dict[str, int]:
     """Model of the bytes saved for backward by one layer, term by term.
 

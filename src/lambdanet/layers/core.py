@@ -1,10 +1,8 @@
 """The N-d lambda layer core shared by :class:`LambdaLayer1d`, :class:`LambdaLayer` (2-D) and :class:`LambdaLayer3d`.
 
-Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, Sec. 3 (equations 1-2) and App. E.1 (initialisation). As
-``torch.nn`` has ``_ConvNd`` behind its Conv1d/2d/3d, :class:`_LambdaNd` holds argument checks, the fused
-projection, the query/value norms, the relative position embedding over an N-d kernel, the content lambda, the
-float32 island, ``reset_parameters``, ``resolve_algorithm``, ``macs`` and the channels-first forward; the layers only
-name their dimensions.
+Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, Sec. 3 and App. E.1. As ``torch.nn``'s ``_ConvNd``,
+:class:`_LambdaNd` holds checks, projection, norms, the N-d relative embedding, the content lambda, the float32
+island, ``reset_parameters``, ``resolve_algorithm``, ``macs`` and the channels-first forward.
 
 Axis legend: b batch | h heads (queries) | k query/key depth |k| | v value depth |v| = dim_out / h
              u intra-depth |u| | n query positions | m context positions | S.. spatial axes
@@ -207,9 +205,10 @@ class _LambdaNd(nn.Module):
         compute = compute_dtype(out_dtype)
         keep_format = x.is_contiguous(memory_format=fmt) and not x.is_contiguous()
         with float32_island(x.device):
-            q = q.to(compute).movedim(1, -1).unflatten(-1, (self.heads, self.dim_k))  # b S.. h k
-            v = v.to(compute).movedim(1, -1).unflatten(-1, (self.dim_u, self.dim_v))  # b S.. u v
-            lam_c = self._content_lambda(k.to(compute).movedim(1, -1), v) if self.content else None
+            last = (0, *range(2, self.ndim + 2), 1)  # channels last: a view of the channels-last memory
+            q = q.to(compute).permute(last).reshape(b, *spatial, self.heads, self.dim_k)  # b S.. h k
+            v = v.to(compute).permute(last).reshape(b, *spatial, self.dim_u, self.dim_v)  # b S.. u v
+            lam_c = self._content_lambda(k.to(compute).permute(last), v) if self.content else None
             weight = bias = None
             if self.pos is not None:
                 weight, bias = self.pos()
@@ -222,8 +221,9 @@ class _LambdaNd(nn.Module):
     def _content_lambda(self, keys: Tensor, v: Tensor) -> Tensor:
         """(b, k, v) content lambda from key logits (b, S.., u k) and values (b, S.., u, v): softmax over positions."""
         b = v.shape[0]
-        keys = keys.reshape(b, -1, self.dim_u, self.dim_k).softmax(dim=1)  # b m u k
-        return content_lambda(keys.permute(0, 2, 3, 1), v.reshape(b, -1, self.dim_u, self.dim_v).permute(0, 2, 3, 1))
+        n = math.prod(v.shape[1:-2])
+        keys = keys.reshape(b, n, self.dim_u, self.dim_k).softmax(dim=1)  # b m u k
+        return content_lambda(keys.permute(0, 2, 3, 1), v.reshape(b, n, self.dim_u, self.dim_v).permute(0, 2, 3, 1))
 
     # ----------------------------------------------------------------------------------------------- accounting
     def macs(self, *spatial: int) -> dict[str, int]:

@@ -116,5 +116,8 @@ def lambda_output(
     """
     b, h, dv, n = q.shape[0], q.shape[-2], v.shape[-1], math.prod(spatial)
     y = _positions_output(q, v, lam_c, weight, spatial, algorithm, bias)  # b S.. h v
-    y = y.reshape(b, n, h * dv).transpose(1, 2).reshape(b, h * dv, *spatial)
+    y = y.reshape(b, n, h * dv).transpose(1, 2)
+    if torch.compiler.is_compiling():  # a copy, so that viewing symbolic sizes raises no layout guards
+        y = y.contiguous()
+    y = y.reshape(b, h * dv, *spatial)
     return y.contiguous(memory_format=memory_format)

@@ -9,15 +9,7 @@ Every module here (``einsum``, ``logits``, ``blocked``, ``conv``, ``fft``) expos
 :mod:`lambdanet.layers.algorithms._base`), the numbers of spatial axes it serves, ``available(device)``, its
 ``cost`` for ``auto`` and its memory model. Adding an algorithm is one module plus one entry in ``_MODULES``.
 
-==========  ====================================================  =============================
-algorithm   work (forward multiply-accumulates)                   extra memory
-==========  ====================================================  =============================
-einsum      b n m k v u (paper, Fig. 3; zeros included)           k u n m + b n k v
-logits      b h n u m (k + v)                                      b h n u m (+ k u n m, batch-free)
-blocked     b h n u (k + v) L^D / B^D, L = B + 2 (r // 2)         one chunk of Z; padded q and v
-conv        b v u n k r^D + apply b h n k v                        b n k v
-fft         (b u v + b k v) P log P + b k v u P                   b k v P, P = prod(S + r // 2)
-==========  ====================================================  =============================
+The work and memory of each are tabulated in ``docs/algorithms.md``.
 
 ``auto`` takes the available algorithm with the lowest cost. On CPU the costs encode the rule measured by
 ``benchmarks/algorithm_sweep.py`` (forward + backward; results and the command in ``docs/algorithms.md``):

@@ -7,10 +7,9 @@ Axis legend: b batch | h heads | k query/key depth | v value depth | u intra-dep
 
 Shape: q (b, S.., h, k), v (b, S.., u, v), weight (k, u, K..), lam_c (b, k, v) -> y (b, S.., h, v)
 
-Position lambdas are relative: ``lambda_p[n] = sum_m E[n, m] v[m]`` with ``E[n, m] = weight[:, :, m - n + c]`` where
-``c = kernel // 2`` (per axis) and ``E[n, m] = 0`` when ``m - n`` falls outside the kernel. Every algorithm computes
-``y[n] = (lambda_c + lambda_p[n])^T q_n`` for this sum through one function with the contract above (positions
-first, any strides, the kernel already cropped to the map by :func:`crop_kernel`, ``lam_c`` optional).
+``lambda_p[n] = sum_m E[n, m] v[m]``, ``E[n, m] = weight[:, :, m - n + c]`` (c = kernel // 2, 0 outside the kernel);
+every algorithm computes ``y[n] = (lambda_c + lambda_p[n])^T q_n`` with the contract above (any strides, the kernel
+cropped by :func:`crop_kernel`, ``lam_c`` optional).
 """
 
 from __future__ import annotations

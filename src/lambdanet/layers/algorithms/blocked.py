@@ -4,8 +4,7 @@ Axis legend: b batch | h heads | k query/key depth | v value depth | u intra-dep
 
 Shape: q (b, S.., h, k), v (b, S.., u, v), weight (k, u, K..) -> y (b, S.., h, v)
 
-Linear in n, content lambda fused into the same pass; the chunked autograd function lives in
-:mod:`lambdanet.layers.blocked`. The winner for small scopes on larger maps.
+Linear in n, content fused; the chunked autograd function lives in :mod:`lambdanet.layers.blocked`.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Axis legend: b batch | k query/key depth | v value depth | u intra-depth | n pos
 
 Shape: q (b, S.., h, k), v (b, S.., u, v), weight (k, u, K..) -> y (b, S.., h, v)
 
-The value depth is folded into the batch: ``conv(v as (b v, u, S..), weight)`` gives ``lambda_p`` as
-(b v, k, S..). Work b v u n k prod(K); linear in n. Exact, never the fastest on CPU.
+The value depth is folded into the batch: ``conv(v as (b v, u, S..), weight)`` gives ``lambda_p`` as (b v, k, S..).
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Axis legend: b batch | k query/key depth | v value depth | u intra-depth | n que
 
 Shape: q (b, S.., h, k), v (b, S.., u, v), weight (k, u, K..) -> y (b, S.., h, v)
 
-Gathers ``E`` (k, u, n, m) from the kernel (zeros outside the scope), then ``lambda_p = einsum('kunm,buvm->bkvn')``:
-work b n m k v u (zeros included), memory Θ(k u n m) independent of the batch. Exact, never the fastest on CPU.
+Gathers ``E`` (k, u, n, m) (zeros outside the scope), then ``lambda_p = einsum('kunm,buvm->bkvn')``; memory Θ(k u n m).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Axis legend: b batch | k query/key depth | v value depth | u intra-depth | n pos
 
 Shape: q (b, S.., h, k), v (b, S.., u, v), weight (k, u, K..) -> y (b, S.., h, v)
 
-Exact up to rounding; the only algorithm below O(n^2) for global relative embeddings on large maps.
+The only algorithm below O(n^2) for global relative embeddings on large maps.
 """
 
 from __future__ import annotations

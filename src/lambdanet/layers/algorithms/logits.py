@@ -5,8 +5,7 @@ Axis legend: b batch | h heads | k query/key depth | v value depth | u intra-dep
 
 Shape: q (b, S.., h, k), v (b, S.., u, v), weight (k, u, K..) -> y (b, S.., h, v)
 
-The paper's sum contracted queries first: one large matrix product per sample, cheaper than ``einsum`` whenever
-h (k + v) < k v. Quadratic in n (the (b, h, n, u, m) logits): the winner on small maps.
+The paper's sum contracted queries first: one large matrix product per sample; quadratic in n, for small maps.
 """
 
 from __future__ import annotations
