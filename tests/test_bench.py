@@ -37,6 +37,7 @@ from lambdanet.bench.model import ModelBenchConfig, parse_model_spec, run_model_
 from lambdanet.bench.report import format_table, write_csv
 from lambdanet.bench.timing import LiveBytes, forward_backward, median_ms, peak_mib, saved_for_backward_mib
 from lambdanet.cli.bench import main
+from lambdanet.layers.algorithms import usable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,8 @@ def test_paper_appendix_d2_recomputed() -> None:
 
 def test_memory_model_matches_measurement() -> None:
     rows = check_model(shapes=((2, 32, 12, None), (2, 32, 12, 5)))
-    assert {r["kind"] for r in rows} == set(CONTENDERS)
+    usable_here = {k for k in CONTENDERS if not k.startswith("lambda ") or usable(k[7:], 2, "cpu")}
+    assert {r["kind"] for r in rows} == usable_here
     for row in rows:
         assert 0.85 <= row["ratio"] <= 1.2, row
 

@@ -263,7 +263,7 @@ def _cases(cfg: LayerBenchConfig) -> list[tuple[str, str, Any]]:
             continue
         for side in cfg.sides:
             for name in cfg.contenders:
-                if name in CONTENDERS_3D:
+                if name in CONTENDERS_3D or (name.startswith("lambda ") and not usable(name[7:], 2, cfg.device)):
                     continue
                 if context == "local" and name.startswith("attention"):
                     continue  # attention here is global
@@ -440,6 +440,10 @@ CHECK_SHAPES: tuple[tuple[int, int, int, int | None], ...] = (
 )
 
 
+def _usable_on_cpu(kind: str) -> bool:
+    return not kind.startswith("lambda ") or usable(kind[7:], 2, "cpu")
+
+
 def check_model(
     shapes: tuple[tuple[int, int, int, int | None], ...] = CHECK_SHAPES,
     kinds: tuple[str, ...] = CONTENDERS,
@@ -457,7 +461,7 @@ def check_model(
         shape = LayerShape(batch, dim, side, scope=scope)
         x = torch.randn(batch, dim, side, side, requires_grad=True)
         for kind in kinds:
-            if kind.startswith("attention") and scope is not None:
+            if (kind.startswith("attention") and scope is not None) or not _usable_on_cpu(kind):
                 continue
             module = build_contender(kind, dim, side, scope=scope)
             terms = layer_saved_bytes(kind, shape)
