@@ -92,7 +92,9 @@ class _LambdaNd(nn.Module):
         per_axis = f" (or a tuple of {self.ndim})" if self.ndim > 1 else ""
         odd = f"an odd positive integer{per_axis}, or None for global context"
         sides = check_sides("scope", scope, self.ndim, lambda s: s > 0 and s % 2 == 1, odd)
-        self.feat_size = check_sides("feat_size", feat_size, self.ndim, lambda s: s > 0, f"{_AXES[self.ndim]} of sizes")
+        self.feat_size = check_sides(
+            "feat_size", feat_size, self.ndim, lambda s: s > 0, f"{_AXES[self.ndim]} with positive sizes"
+        )
         if scope is None and position and feat_size is None:
             raise ValueError(f"scope=None (global relative position embeddings) requires feat_size={_AXES[self.ndim]}")
         strides = check_sides("stride", stride, self.ndim, lambda s: s in (1, 2), f"1 or 2, or a tuple of {self.ndim}")
