@@ -2,6 +2,7 @@
 
     python benchmarks/algorithm_sweep.py                     # default grid, 2 threads
     python benchmarks/algorithm_sweep.py --threads 1 --json sweep.json
+    python benchmarks/algorithm_sweep.py --3d --threads 1 --cpu-time    # LambdaLayer3d shapes (GRID_3D)
 
 For each shape the script prints the forward + backward median time of every algorithm (skipping those whose
 memory would not fit), the fastest one, the rule's choice (``LambdaLayer(algorithm="auto")``) and how much slower
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import forward_backward, median_ms
 
-from lambdanet import LambdaLayer
+from lambdanet import LambdaLayer, LambdaLayer3d
 from lambdanet.layers import ALGORITHMS
 
 # (batch, dim, side, scope): LambdaResNet stages at 224 px, CIFAR stages, MobileNet-like maps, large maps.
@@ -44,6 +48,45 @@ GRID = [
 ]
 
 
+# (batch, dim, (T, H, W), scope) for LambdaLayer3d: video-like and cubic volumes, small to large scopes.
+GRID_3D = [
+    (2, 64, (8, 16, 16), (1, 3, 3)),
+    (2, 64, (8, 16, 16), 3),
+    (2, 128, (8, 16, 16), 3),
+    (2, 64, (8, 16, 16), (3, 5, 5)),
+    (2, 64, (4, 8, 8), 5),
+    (2, 64, (4, 6, 6), 7),
+    (4, 64, (4, 14, 14), (3, 7, 7)),
+    (2, 64, (8, 28, 28), (3, 7, 7)),
+    (2, 64, (16, 16, 16), 7),
+]
+
+
+def _sweep_3d(reps: int, clock) -> None:
+    """Interleaved timing (one call of each algorithm per round) of every algorithm except the quadratic einsum;
+    logits only on small volumes."""
+    print("| batch | dim | volume | scope | logits | blocked | conv | fft | fastest | rule | rule / fastest |")
+    print("|" + "---|" * 11)
+    for batch, dim, volume, scope in GRID_3D:
+        x = torch.randn(batch, dim, *volume, requires_grad=True)
+        names = ["logits", "blocked", "conv", "fft"] if math.prod(volume) <= 1200 else ["blocked", "conv", "fft"]
+        fns = {a: forward_backward(LambdaLayer3d(dim, scope=scope, algorithm=a), x) for a in names}
+        samples: dict[str, list[float]] = {a: [] for a in names}
+        for _ in range(reps + 1):
+            for a, fn in fns.items():
+                t0 = clock()
+                fn()
+                samples[a].append(clock() - t0)
+        times = {a: statistics.median(t[1:]) * 1e3 for a, t in samples.items()}
+        rule = LambdaLayer3d(dim, scope=scope).resolve_algorithm(batch, volume)
+        fastest = min(times, key=times.__getitem__)
+        cells = " | ".join(f"{times[a]:.1f}" if a in times else "-" for a in ("logits", "blocked", "conv", "fft"))
+        shape = "x".join(map(str, volume))
+        ratio = times[rule] / times[fastest]
+        print(f"| {batch} | {dim} | {shape} | {scope} | {cells} | {fastest} | {rule} | {ratio:.2f} |")
+        sys.stdout.flush()
+
+
 def _feasible(name: str, batch: int, side: int, scope: int | None) -> bool:
     n = side * side
     offsets = (2 * side - 1) ** 2
@@ -62,9 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--3d", dest="three_d", action="store_true", help="sweep LambdaLayer3d over GRID_3D")
+    parser.add_argument("--cpu-time", action="store_true", help="3-D: time process CPU time, not wall-clock")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.three_d:
+        _sweep_3d(args.reps, time.process_time if args.cpu_time else time.perf_counter)
+        return 0
     rows = []
     print("| batch | dim | map | scope | " + " | ".join(ALGORITHMS) + " | fastest | rule | rule / fastest |")
     print("|" + "---|" * (len(ALGORITHMS) + 7))

@@ -5,6 +5,7 @@ compare within a run). The cases and targets are those of the layer issue (|k|=1
 
     python benchmarks/layer_speed.py                 # all cases, 2 threads, markdown table on stdout
     python benchmarks/layer_speed.py --threads 1 --json results.json --algorithms
+    python benchmarks/layer_speed.py --cases 5 6 --algorithms --cpu-time   # the 3-D cases, CPU time per call
 
 Results, machine and versions are recorded in docs/benchmarks.md.
 """
@@ -27,8 +28,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import forward_backward, median_ms, saved_for_backward_mib
 
-from lambdanet import LambdaLayer
+from lambdanet import LambdaLayer, LambdaLayer3d
+from lambdanet.bench.layer import LambdaConv3d
 from lambdanet.layers import ALGORITHMS
+from lambdanet.layers.algorithms import usable
 
 # (name, input shape, scope or None for global, targets)
 CASES = [
@@ -37,7 +40,10 @@ CASES = [
     ("CIFAR-sized", (32, 128, 16, 16), 7, "lucid/2"),
     ("64x64 local", (2, 64, 64, 64), 23, "lucid/3"),
     ("64x64 global", (2, 64, 64, 64), None, "lucid/10, mem lucid/10, < attention"),
+    ("3-D video", (2, 64, 8, 28, 28), (3, 7, 7), "lambda-conv3d/3"),
+    ("3-D cube", (2, 64, 16, 16, 16), (7, 7, 7), "lambda-conv3d/3"),
 ]
+CLOCK = time.perf_counter
 
 
 class SelfAttention2d(nn.Module):
@@ -81,13 +87,32 @@ def interleaved_ms(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 
         if r >= 3 and time.perf_counter() - start > budget_s:
             break
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
-            samples[name].append(time.perf_counter() - t0)
+            samples[name].append(CLOCK() - t0)
     return {name: statistics.median(ts) * 1e3 for name, ts in samples.items()}
 
 
+def run_case3d(shape: tuple[int, ...], scope: tuple[int, int, int], algorithms: bool, reps: int) -> dict:
+    """LambdaLayer3d (auto, and every 3-D algorithm) against the Conv3d-style lambda layer and a 3x3x3 convolution."""
+    b, c, *spatial = shape
+    x = torch.randn(shape, requires_grad=True)
+    ours = LambdaLayer3d(c, dim_k=16, heads=4, scope=scope)
+    row: dict = {"shape": list(shape), "scope": scope, "auto": ours.resolve_algorithm(b, spatial)}
+    fns = {"lambdanet": forward_backward(ours, x), "lambda-conv3d": forward_backward(LambdaConv3d(c, scope=scope), x)}
+    fns["conv3x3"] = forward_backward(nn.Conv3d(c, c, 3, padding=1, bias=False), x)
+    if algorithms:
+        for name in (a for a in ALGORITHMS if usable(a, 3) and a not in ("einsum", "logits")):  # quadratic: minutes
+            fns[name] = forward_backward(LambdaLayer3d(c, dim_k=16, heads=4, scope=scope, algorithm=name), x)
+    row["ms"] = interleaved_ms(fns, reps)
+    row["ms"]["lambda-networks"] = row["ms"].pop("lambda-conv3d")  # the column of the Conv3d-style reference
+    row["saved_mib"] = {"lambdanet": saved_for_backward_mib(lambda: ours(x))}
+    return row
+
+
 def run_case(shape: tuple[int, ...], scope: int | None, algorithms: bool, reps: int) -> dict:
+    if len(shape) == 5:
+        return run_case3d(shape, scope, algorithms, reps)  # type: ignore[arg-type]
     b, c, hh, ww = shape
     x = torch.randn(shape, requires_grad=True)
     feat = (hh, ww) if scope is None else None
@@ -159,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithms", action="store_true", help="also time every algorithm explicitly")
     parser.add_argument("--cases", type=int, nargs="*", help="indices into CASES (default all)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--cpu-time", action="store_true", help="time process CPU time instead of wall-clock")
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     picked = args.cases if args.cases else range(len(CASES))

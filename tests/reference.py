@@ -4,85 +4,96 @@ Equation 1: lambda_n = sum_m (softmax_m(k)_m + e_nm) v_m^T, summed over the intr
 Equation 2: y_n = lambda_n^T q_n, for each of the |h| queries of position n (multi-query, Sec. 3.2).
 e_nm = R[m - n + c] when the offset m - n lies inside the kernel (local scope or global relative table), else 0.
 
-It reuses only the parameters of a :class:`lambdanet.LambdaLayer`, never its code paths, so a bug in any of the
-layer's algorithms shows up as a mismatch here.
+It reuses only the parameters of a :class:`lambdanet.LambdaLayer` or :class:`lambdanet.LambdaLayer3d`, never their
+code paths, so a bug in any of the layers' algorithms shows up as a mismatch here. ``DEVICES`` parametrises tests
+over "cpu" and "cuda" (marked ``cuda``, skipped without a GPU: ``pytest -m cuda`` runs the GPU half).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+
+import pytest
 import torch
 from torch import Tensor
 
-from lambdanet import LambdaLayer
+from lambdanet import LambdaLayer, LambdaLayer3d
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")]),
+]
 
 
-def _batch_norm(x: Tensor, bn: torch.nn.BatchNorm2d) -> Tensor:
-    """Batch norm over (batch, H, W) per channel, written out (biased variance in training, as PyTorch)."""
+def _batch_norm(x: Tensor, bn: torch.nn.modules.batchnorm._BatchNorm) -> Tensor:
+    """Batch norm over (batch, S..) per channel, written out (biased variance in training, as PyTorch)."""
+    axes = (0, *range(2, x.dim()))
+    shape = (1, -1, *[1] * (x.dim() - 2))
     if bn.training:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+        mean = x.mean(dim=axes, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=axes, keepdim=True)
     else:
-        mean = bn.running_mean.to(x.dtype)[None, :, None, None]
-        var = bn.running_var.to(x.dtype)[None, :, None, None]
-    return (x - mean) / torch.sqrt(var + bn.eps) * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+        mean, var = bn.running_mean.to(x.dtype).view(shape), bn.running_var.to(x.dtype).view(shape)
+    return (x - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
 
 
-def _avg_pool_3x3_s2(y: Tensor) -> Tensor:
-    """3x3 average pool, stride 2, zero padding 1, divisor 9 (PyTorch's count_include_pad=True)."""
-    b, c, hh, ww = y.shape
-    out = y.new_zeros(b, c, (hh + 1) // 2, (ww + 1) // 2)
-    for i in range(out.shape[2]):
-        for j in range(out.shape[3]):
-            acc = y.new_zeros(b, c)
-            for di in (-1, 0, 1):
-                for dj in (-1, 0, 1):
-                    yi, xj = 2 * i + di, 2 * j + dj
-                    if 0 <= yi < hh and 0 <= xj < ww:
-                        acc = acc + y[:, :, yi, xj]
-            out[:, :, i, j] = acc / 9
+def _avg_pool_3_s2(y: Tensor, strides: tuple[int, ...]) -> Tensor:
+    """Average pool of width 3, stride 2, zero padding 1 along the axes with stride 2, divisor 3 per such axis
+    (PyTorch's count_include_pad=True)."""
+    spatial = y.shape[2:]
+    out_size = [(s + 1) // 2 if st == 2 else s for s, st in zip(spatial, strides)]
+    out = y.new_zeros(*y.shape[:2], *out_size)
+    windows = [(-1, 0, 1) if st == 2 else (0,) for st in strides]
+    for o in itertools.product(*[range(s) for s in out_size]):
+        acc = y.new_zeros(y.shape[:2])
+        for d in itertools.product(*windows):
+            p = [st * oi + di for oi, di, st in zip(o, d, strides)]
+            if all(0 <= pi < s for pi, s in zip(p, spatial)):
+                acc = acc + y[(slice(None), slice(None), *p)]
+        out[(slice(None), slice(None), *o)] = acc / math.prod(len(w) for w in windows)
     return out
 
 
-def reference_forward(layer: LambdaLayer, x: Tensor) -> Tensor:
-    """Output of ``layer`` on ``x`` computed from its parameters with explicit loops over positions."""
-    b, _, hh, ww = x.shape
+def reference_forward(layer: LambdaLayer | LambdaLayer3d, x: Tensor) -> Tensor:
+    """Output of a 2-D or 3-D ``layer`` on ``x`` (b, dim, S..) from its parameters, explicit loops over positions."""
+    b, spatial = x.shape[0], tuple(x.shape[2:])
     heads, dk, du, dv = layer.heads, layer.dim_k, layer.dim_u, layer.dim_v
-    w = layer.qkv.weight[:, :, 0, 0]
-    proj = torch.einsum("oc,bchw->bohw", w, x)
+    proj = torch.einsum("oc,bc...->bo...", layer.qkv.weight.flatten(1), x)
     nq, nk, _ = layer.splits
-    q = _batch_norm(proj[:, :nq], layer.norm_q)  # channels (h k)
+    q = _batch_norm(proj[:, :nq], layer.norm_q).reshape(b, heads, dk, *spatial)  # channels (h k)
     keys = proj[:, nq : nq + nk]  # channels (u k)
-    v = _batch_norm(proj[:, nq + nk :], layer.norm_v)  # channels (u v)
+    v = _batch_norm(proj[:, nq + nk :], layer.norm_v).reshape(b, du, dv, *spatial)  # channels (u v)
 
-    positions = [(i, j) for i in range(hh) for j in range(ww)]
-    q = q.reshape(b, heads, dk, hh, ww)
-    v = v.reshape(b, du, dv, hh, ww)
+    positions = list(itertools.product(*[range(s) for s in spatial]))
     if layer.content:
-        keys = keys.reshape(b, du, dk, hh * ww)
+        keys = keys.reshape(b, du, dk, -1)
         keys = torch.exp(keys - keys.max(dim=-1, keepdim=True).values)
-        keys = (keys / keys.sum(dim=-1, keepdim=True)).reshape(b, du, dk, hh, ww)
+        keys = (keys / keys.sum(dim=-1, keepdim=True)).reshape(b, du, dk, *spatial)
     if layer.pos is not None:
-        table = layer.pos.weight  # (k, u, KH, KW)
-        ch, cw = table.shape[2] // 2, table.shape[3] // 2
+        table = layer.pos.weight  # (k, u, K..)
+        centre = [side // 2 for side in table.shape[2:]]
 
-    y = x.new_zeros(b, heads, dv, hh, ww)
-    for ni, nj in positions:
+    y = x.new_zeros(b, heads, dv, *spatial)
+    at = lambda t, p: t[(slice(None), slice(None), slice(None), *p)]  # noqa: E731
+    for pn in positions:
         lam = x.new_zeros(b, dk, dv)
-        for mi, mj in positions:
+        for pm in positions:
             coeff = x.new_zeros(b, du, dk)
             if layer.content:
-                coeff = coeff + keys[:, :, :, mi, mj]
+                coeff = coeff + at(keys, pm)
             if layer.pos is not None:
-                ti, tj = mi - ni + ch, mj - nj + cw
-                if 0 <= ti < table.shape[2] and 0 <= tj < table.shape[3]:
-                    coeff = coeff + table[:, :, ti, tj].T[None]  # (1, u, k)
+                t = [m - n + c for n, m, c in zip(pn, pm, centre)]
+                if all(0 <= ti < side for ti, side in zip(t, table.shape[2:])):
+                    coeff = coeff + table[(slice(None), slice(None), *t)].T[None]  # (1, u, k)
             # lambda_n += sum_u coeff[u, k] v_m[u, v]^T
-            lam = lam + torch.einsum("buk,buv->bkv", coeff, v[:, :, :, mi, mj])
+            lam = lam + torch.einsum("buk,buv->bkv", coeff, at(v, pm))
         if layer.pos is not None and layer.pos.bias is not None:
             lam = lam + layer.pos.bias[None, :, None]
-        y[:, :, :, ni, nj] = torch.einsum("bkv,bhk->bhv", lam, q[:, :, :, ni, nj])
-    y = y.reshape(b, heads * dv, hh, ww)
-    return _avg_pool_3x3_s2(y) if layer.stride == 2 else y
+        y[(slice(None), slice(None), slice(None), *pn)] = torch.einsum("bkv,bhk->bhv", lam, at(q, pn))
+    y = y.reshape(b, heads * dv, *spatial)
+    strides = (layer.stride,) * len(spatial) if isinstance(layer.stride, int) else tuple(layer.stride)
+    return _avg_pool_3_s2(y, strides) if max(strides) == 2 else y
 
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:

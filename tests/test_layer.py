@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -9,10 +10,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lambdanet import LambdaLayer, RelativePositionEmbedding
+from lambdanet import LambdaLayer, LambdaLayer1d, LambdaLayer3d, RelativePositionEmbedding
 from lambdanet.layers import ALGORITHMS
-from lambdanet.layers.lambda_ops import content_lambda, fft_size
-from tests.reference import reference_forward, relative_error
+from lambdanet.layers.algorithms import usable
+from lambdanet.layers.algorithms.fft import fft_size
+from lambdanet.layers.lambda_ops import content_lambda
+from tests.reference import DEVICES, reference_forward, relative_error
 
 TOL = 1e-10
 
@@ -52,25 +55,27 @@ def _make(kwargs: dict, algorithm: str, train: bool) -> LambdaLayer:
     return layer.train(train)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[_ids(c) for c in CONFIGS])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_matches_reference_forward_and_gradients(cfg, algorithm: str, train: bool) -> None:
+def test_matches_reference_forward_and_gradients(cfg, algorithm: str, train: bool, device: str) -> None:
+    if not usable(algorithm, 2, device):
+        pytest.skip(f"{algorithm} does not serve 2-D inputs on {device}")
     kwargs, shape = cfg
     layer = _make(kwargs, algorithm, train)
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    out = layer(x)
     ref = reference_forward(layer, x)
+    grad_out = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [x, *layer.parameters()], grad_out)
+    layer, xd = layer.to(device), x.detach().to(device).requires_grad_()
+    out = layer(xd)
     assert out.shape == ref.shape
-    assert relative_error(out, ref) < TOL
-
-    grad_out = torch.randn_like(out)
-    params = list(layer.parameters())
-    got = torch.autograd.grad(out, [x, *params], grad_out)
-    want = torch.autograd.grad(ref, [x, *params], grad_out)
+    assert relative_error(out.cpu(), ref) < TOL
+    got = torch.autograd.grad(out, [xd, *layer.parameters()], grad_out.to(device))
     names = ["x"] + [n for n, _ in layer.named_parameters()]
     for name, g, w in zip(names, got, want):
-        assert relative_error(g, w) < TOL, f"gradient of {name}"
+        assert relative_error(g.cpu(), w) < TOL, f"gradient of {name}"
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -94,13 +99,14 @@ def test_hypothesis_search_against_reference(heads, dim_v, dim_k, dim_u, scope, 
     assert relative_error(layer(x), reference_forward(layer, x)) < TOL
 
 
-def test_algorithms_agree_at_realistic_size() -> None:
-    """The four algorithms agree with each other (float64) on a c5-like map and a map larger than the scope."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_algorithms_agree_at_realistic_size(device: str) -> None:
+    """Every algorithm agrees with einsum (float64) on a c5-like map and a map larger than the scope."""
     for shape, scope in [((2, 32, 7, 7), 23), ((1, 16, 20, 17), 7)]:
-        layer = LambdaLayer(shape[1], dim_k=8, heads=4, scope=scope).double().eval()
-        x = torch.randn(shape, dtype=torch.float64)
+        layer = LambdaLayer(shape[1], dim_k=8, heads=4, scope=scope).double().eval().to(device)
+        x = torch.randn(shape, dtype=torch.float64, device=device)
         outs = {}
-        for algorithm in ALGORITHMS:
+        for algorithm in (a for a in ALGORITHMS if usable(a, 2, device)):
             layer.algorithm = algorithm
             outs[algorithm] = layer(x)
         for algorithm, out in outs.items():
@@ -396,7 +402,7 @@ def test_batchnorm_gradient_workaround() -> None:
 @pytest.mark.parametrize(("spatial", "kernel", "dim_u"), [((4, 5), (3, 3), 1), ((3, 6), (11, 11), 2), ((7,), (5,), 1)])
 def test_position_logits_constructions_match_explicit_sum(construction: str, spatial, kernel, dim_u: int) -> None:
     """Both constructions of the position logits equal sum_k q[k, n] R[k, u, m - n + c] (zero outside the kernel)."""
-    from lambdanet.layers.lambda_ops import position_logits
+    from lambdanet.layers.algorithms.logits import position_logits
 
     n = 1
     for s in spatial:
@@ -428,3 +434,135 @@ def test_channels_last_input_gradients(algorithm: str, batch: int) -> None:
     x = torch.randn(batch, 8, 3, 5, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
     assert torch.autograd.gradcheck(layer, (x,))
     torch.testing.assert_close(layer(x), layer(x.contiguous()), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- reliability
+def _any_layer(ndim: int, algorithm: str = "auto", **kwargs):
+    """A small 1-, 2- or 3-D layer (stride 2 for 2-D and 3-D) and its input's shape without the batch."""
+    kwargs = {"dim_k": 4, "heads": 2, "scope": 3, "algorithm": algorithm, **kwargs}
+    if ndim == 1:
+        return LambdaLayer1d(8, **kwargs), (5, 8)
+    if ndim == 2:
+        return LambdaLayer(8, stride=2, **kwargs), (8, 5, 6)
+    return LambdaLayer3d(8, stride=(1, 2, 2), **kwargs), (8, 3, 4, 5)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("algorithm", ["auto", *ALGORITHMS])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_empty_batch_gives_empty_output(ndim: int, algorithm: str, train: bool) -> None:
+    """As nn.Conv2d: batch 0 in, batch 0 out with the shape a batch of one gets, and backward runs."""
+    if algorithm != "auto" and not usable(algorithm, ndim, "cpu"):
+        pytest.skip(f"{algorithm} does not serve {ndim}-D inputs")
+    layer, shape = _any_layer(ndim, algorithm)
+    expected = layer.eval()(torch.randn(1, *shape)).shape[1:]
+    x = torch.randn(0, *shape, requires_grad=True)
+    y = layer.train(train)(x)
+    assert y.shape == (0, *expected)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("algorithm", ["auto", *ALGORITHMS])
+def test_empty_sequence_gives_empty_output(algorithm: str) -> None:
+    layer = LambdaLayer1d(8, dim_out=6, dim_k=4, heads=2, scope=3, algorithm=algorithm).eval()
+    assert layer(torch.randn(2, 0, 8)).shape == (2, 0, 6)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_flags_must_be_bool(ndim: int) -> None:
+    flags = ["content", "position", "causal"] if ndim == 1 else ["content", "position", "position_bias"]
+    for flag in flags:
+        with pytest.raises(TypeError, match=f"{flag}='no' must be a bool"):
+            _any_layer(ndim, **{flag: "no"})
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_integer_and_bool_inputs_name_the_dtype(ndim: int, dtype: torch.dtype) -> None:
+    layer, shape = _any_layer(ndim)
+    with pytest.raises(TypeError, match=f"input dtype {dtype}"):
+        layer(torch.zeros(2, *shape, dtype=dtype))
+    with pytest.raises(TypeError, match=r"input dtype torch.float64 differs from the layer's torch.float32"):
+        layer(torch.zeros(2, *shape, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"input must be a torch\.Tensor"):
+        layer([[0.0]])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e2, 1e3, 1e4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_low_precision_headroom(ndim: int, dtype: torch.dtype, scale: float) -> None:
+    """Eval mode at input scales 1 to 1e4: the output grows with the square of the scale; float16 saturates at its
+    largest finite value instead of overflowing to inf (and NaN in the next layer); otherwise float32's result."""
+    layer32, shape = _any_layer(ndim, scope=5)
+    layer32.eval()
+    layer = copy.deepcopy(layer32)
+    x = (scale * torch.randn(2, *shape)).to(dtype)
+    out = layer.to(dtype)(x)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    limit = torch.finfo(dtype).max
+    expected = layer32(x.float()).clamp(-limit, limit)
+    # bfloat16 keeps 8 bits: key logits in the thousands are rounded by units, which the softmax amplifies
+    assert relative_error(out.float(), expected) < (5e-3 if dtype == torch.float16 else 0.1)
+
+
+def test_reset_parameters_reinitialises_everything() -> None:
+    layers = [_any_layer(n, position_bias=True)[0] for n in (2, 3)] + [_any_layer(1)[0]]
+    for layer in layers:
+        with torch.no_grad():
+            for t in [*layer.parameters(), *layer.buffers()]:
+                t.fill_(3)
+        layer.reset_parameters()
+        for bn in (layer.norm_q, layer.norm_v):
+            assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                assert not bn.running_mean.any() and torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+                assert bn.num_batches_tracked == 0
+        assert not (layer.qkv.weight == 3).any() and not (layer.pos.weight == 3).any()
+        assert layer.pos.bias is None or not layer.pos.bias.any()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ndim=st.integers(1, 3),
+    heads=st.sampled_from([1, 2]),
+    dim_v=st.integers(1, 2),
+    dim_out_extra=st.sampled_from([0, 0, 0, 1]),
+    dim_k=st.integers(1, 3),
+    dim_u=st.integers(1, 2),
+    scope=st.sampled_from([0, 1, 2, 3, 5, None, (3, 1, 3)]),
+    content=st.booleans(),
+    position=st.sampled_from([True, True, False, 1]),
+    batch=st.integers(0, 2),
+    sizes=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3)),
+    algorithm=st.sampled_from(ALGORITHMS),
+)
+def test_fuzz_layers_against_einsum(
+    ndim, heads, dim_v, dim_out_extra, dim_k, dim_u, scope, content, position, batch, sizes, algorithm
+) -> None:
+    """Random arguments and shapes (batch 0 included): either the output equals the einsum algorithm's, or the
+    constructor raises a ValueError/TypeError naming an argument it was given."""
+    kwargs = {"dim_out": heads * dim_v + dim_out_extra, "dim_k": dim_k, "heads": heads, "dim_u": dim_u}
+    kwargs.update(scope=scope, content=content, position=position)
+    spatial = sizes[:ndim]
+    if scope is None:
+        kwargs["max_length" if ndim == 1 else "feat_size"] = spatial[0] if ndim == 1 else spatial
+    cls = {1: LambdaLayer1d, 2: LambdaLayer, 3: LambdaLayer3d}[ndim]
+    try:
+        layer = cls(3, algorithm=algorithm, **kwargs).double().eval()
+    except (ValueError, TypeError) as err:
+        message = str(err)
+    else:
+        message = None
+    if message is not None:
+        assert any(f"{name}=" in message for name in kwargs), message
+        return
+    x = torch.randn(batch, *spatial, 3, dtype=torch.float64) if ndim == 1 else None
+    if x is None:
+        x = torch.randn(batch, 3, *spatial, dtype=torch.float64)
+    out = layer(x)
+    layer.algorithm = "einsum"
+    expected = layer(x)
+    assert out.shape == expected.shape and out.shape[0] == batch
+    assert batch == 0 or relative_error(out, expected) < TOL

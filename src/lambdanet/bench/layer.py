@@ -10,7 +10,13 @@ interactions without the b h n^2 attention maps of self-attention. Every contend
 - ``attention (sdpa)``: ``torch.nn.functional.scaled_dot_product_attention`` with PyTorch's default choice of
   kernel (flash attention on CPU and CUDA, or memory-efficient attention), whose memory grows linearly in n.
 
-Axis legend: b batch | d channels | h heads | n positions (S x S)
+The ``3d`` context times :class:`~lambdanet.layers.LambdaLayer3d` (every algorithm that serves three axes) on
+(b, d, T, H, W) volumes against a 3x3x3 convolution and ``lambda-conv3d``, a lambda convolution written the way
+``lambda-networks`` writes its 2-D one (separate projections, einsums, the value depth as an extra convolution
+axis): torch has no 4-D convolution, so the value depth is folded into the batch of a ``Conv3d(u, k, (rt, r, r))``.
+
+Axis legend: b batch | d channels | h heads | k query/key depth | u intra-depth | v value depth
+             n positions (S x S, or T x H x W)
 """
 
 from __future__ import annotations
@@ -27,21 +33,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lambdanet.bench.memory import CONTENDERS, LayerShape, layer_saved_bytes, total_mib
-from lambdanet.bench.timing import median_ms, peak_mib, saved_for_backward_mib, synchronize
-from lambdanet.layers import ALGORITHMS, LambdaLayer
+from lambdanet.bench.memory import CONTENDERS, LayerShape, lambda_saved_floats, layer_saved_bytes, total_mib
+from lambdanet.bench.timing import forward_backward, median_ms, peak_mib, saved_for_backward_mib, synchronize
+from lambdanet.layers import ALGORITHMS, LambdaLayer, LambdaLayer3d
+from lambdanet.layers.algorithms import Problem, usable
 
 __all__ = [
+    "CHECK_SHAPES",
+    "CONTENDERS_3D",
+    "LambdaConv3d",
     "LayerBenchConfig",
     "MaterialisedAttention2d",
     "SDPAttention2d",
     "build_contender",
+    "check_model",
     "contender_names",
     "growth_exponent",
     "run_layer_bench",
 ]
 
 LUCID = "lambda-networks"
+#: Contenders of the ``3d`` context besides the lambda algorithms.
+CONTENDERS_3D = ("lambda-conv3d", "conv3x3x3")
 
 
 class _TooSlowError(Exception):
@@ -86,6 +99,33 @@ class SDPAttention2d(_Attention2d):
         return F.scaled_dot_product_attention(q, k, v)
 
 
+class LambdaConv3d(nn.Module):
+    """A 3-D lambda layer (content + local position lambdas) written as ``lambda-networks`` writes its 2-D one.
+
+    Shape: (b, d, T, H, W) -> (b, d, T, H, W); position lambdas from ``Conv3d(u, k, scope)`` over (b v, u, T, H, W).
+    """
+
+    def __init__(self, dim: int, *, dim_k: int = 16, heads: int = 4, dim_u: int = 1, scope=(3, 7, 7)) -> None:
+        super().__init__()
+        self.heads, self.dim_k, self.dim_u, self.dim_v = heads, dim_k, dim_u, dim // heads
+        self.to_q = nn.Conv3d(dim, dim_k * heads, 1, bias=False)
+        self.to_k = nn.Conv3d(dim, dim_k * dim_u, 1, bias=False)
+        self.to_v = nn.Conv3d(dim, self.dim_v * dim_u, 1, bias=False)
+        self.norm_q, self.norm_v = nn.BatchNorm3d(dim_k * heads), nn.BatchNorm3d(self.dim_v * dim_u)
+        self.pos_conv = nn.Conv3d(dim_u, dim_k, scope, padding=tuple(r // 2 for r in scope))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, *spatial = x.shape
+        q = self.norm_q(self.to_q(x)).reshape(b, self.heads, self.dim_k, -1)  # b h k n
+        k = self.to_k(x).reshape(b, self.dim_u, self.dim_k, -1).softmax(dim=-1)  # b u k m
+        v = self.norm_v(self.to_v(x)).reshape(b, self.dim_u, self.dim_v, -1)  # b u v m
+        y = torch.einsum("bhkn,bkv->bhvn", q, torch.einsum("bukm,buvm->bkv", k, v))
+        folded = v.transpose(1, 2).reshape(b * self.dim_v, self.dim_u, *spatial)  # (b v) u T H W
+        lam_p = self.pos_conv(folded).reshape(b, self.dim_v, self.dim_k, -1)  # b v k n
+        y = y + torch.einsum("bhkn,bvkn->bhvn", q, lam_p)
+        return y.reshape(b, -1, *spatial)
+
+
 def _lucid_available() -> bool:
     try:
         import lambda_networks  # noqa: F401
@@ -97,7 +137,18 @@ def _lucid_available() -> bool:
 def contender_names(*, lucid: bool | None = None) -> tuple[str, ...]:
     """Every contender name ``build_contender`` accepts (``lambda-networks`` only when installed)."""
     lucid = _lucid_available() if lucid is None else lucid
-    return (*CONTENDERS, LUCID) if lucid else CONTENDERS
+    return (*CONTENDERS, LUCID, *CONTENDERS_3D) if lucid else (*CONTENDERS, *CONTENDERS_3D)
+
+
+def build_contender3d(name: str, dim: int, scope: tuple[int, int, int], *, heads: int = 4, dim_k: int = 16):
+    """The module named ``name`` for (b, dim, T, H, W) inputs: ``lambda <algorithm>`` or one of CONTENDERS_3D."""
+    if name.startswith("lambda ") and name.split(" ", 1)[1] in ALGORITHMS:
+        return LambdaLayer3d(dim, dim_k=dim_k, heads=heads, scope=scope, algorithm=name.split(" ", 1)[1])
+    if name == "lambda-conv3d":
+        return LambdaConv3d(dim, dim_k=dim_k, heads=heads, scope=scope)
+    if name == "conv3x3x3":
+        return nn.Conv3d(dim, dim, 3, padding=1, bias=False)
+    raise ValueError(f"name={name!r} is not a 3-D contender; expected 'lambda <algorithm>' or one of {CONTENDERS_3D}")
 
 
 def build_contender(name: str, dim: int, side: int, *, heads: int = 4, dim_k: int = 16, scope: int | None) -> nn.Module:
@@ -144,7 +195,9 @@ class LayerBenchConfig:
         sides: map sides S of the sweep (n = S^2 positions).
         batch, dim, heads, dim_k: layer shape (|u| = 1, |v| = dim / heads).
         scope: local scope of the "local" context.
-        contexts: "global" (attention, global lambda layers) and/or "local" (scope-limited lambda layers).
+        volumes: (T, H, W, rt, rh, rw) of the "3d" context: volume and per-axis scope.
+        contexts: "global" (attention, global lambda layers), "local" (scope-limited lambda layers) and/or "3d"
+            (3-D lambda layers of every algorithm serving 3-D, lambda-conv3d, conv3x3x3 on ``volumes``).
         contenders: names from :func:`contender_names`; attention runs in the global context only, the 3x3
             convolution in the local one.
         reps, warmup, budget_s: timing (median of ``reps`` calls after ``warmup``; at most ``budget_s`` per case).
@@ -163,6 +216,7 @@ class LayerBenchConfig:
     heads: int = 4
     dim_k: int = 16
     scope: int = 7
+    volumes: Sequence[Sequence[int]] = ((8, 28, 28, 3, 7, 7), (16, 16, 16, 7, 7, 7))
     contexts: Sequence[str] = ("global", "local")
     contenders: Sequence[str] = field(default_factory=contender_names)
     reps: int = 10
@@ -179,9 +233,11 @@ class LayerBenchConfig:
     def __post_init__(self) -> None:
         if not self.sides or min(self.sides) < 1:
             raise ValueError(f"sides={list(self.sides)} must be a non-empty list of positive integers")
-        bad = [c for c in self.contexts if c not in ("global", "local")]
+        bad = [c for c in self.contexts if c not in ("global", "local", "3d")]
         if bad or not self.contexts:
-            raise ValueError(f"contexts={list(self.contexts)} must hold 'global' and/or 'local'")
+            raise ValueError(f"contexts={list(self.contexts)} must hold 'global', 'local' and/or '3d'")
+        if any(len(v) != 6 or min(v) < 1 or any(r % 2 == 0 for r in v[3:]) for v in self.volumes):
+            raise ValueError(f"volumes={list(self.volumes)} must hold (T, H, W, rt, rh, rw) with odd scopes")
         known = contender_names()
         unknown = [c for c in self.contenders if c not in known]
         if unknown:
@@ -195,11 +251,20 @@ class LayerBenchConfig:
         LayerShape(self.batch, self.dim, 1, self.heads, self.dim_k, 1, self.scope)  # validates the rest
 
 
-def _cases(cfg: LayerBenchConfig) -> list[tuple[str, str, int]]:
+def _cases(cfg: LayerBenchConfig) -> list[tuple[str, str, Any]]:
     cases = []
     for context in cfg.contexts:
+        if context == "3d":
+            for volume in cfg.volumes:
+                for name in cfg.contenders:
+                    algorithm = name.split(" ", 1)[1] if name.startswith("lambda ") else None
+                    if name in CONTENDERS_3D or (algorithm in ALGORITHMS and usable(algorithm, 3, cfg.device)):
+                        cases.append((context, name, tuple(volume)))
+            continue
         for side in cfg.sides:
             for name in cfg.contenders:
+                if name in CONTENDERS_3D or (name.startswith("lambda ") and not usable(name[7:], 2, cfg.device)):
+                    continue
                 if context == "local" and name.startswith("attention"):
                     continue  # attention here is global
                 if context == "global" and name == "conv3x3":
@@ -274,6 +339,9 @@ def run_layer_bench(cfg: LayerBenchConfig, *, progress: bool = True) -> dict[str
     device = torch.device(cfg.device)
     first_call: dict[tuple[str, str], tuple[int, float]] = {}  # (context, name) -> (n, seconds) of the last size
     for i, (context, name, side) in enumerate(cases, 1):
+        if context == "3d":
+            rows.append(_volume_row(cfg, name, side, device, notes, progress=progress, label=f"[{i}/{len(cases)}]"))
+            continue
         scope = None if context == "global" else cfg.scope
         shape = LayerShape(cfg.batch, cfg.dim, side, cfg.heads, cfg.dim_k, 1, scope)
         row: dict[str, Any] = {"context": context, "name": name, "side": side, "n": side * side}
@@ -324,6 +392,30 @@ def run_layer_bench(cfg: LayerBenchConfig, *, progress: bool = True) -> dict[str
     return {"config": config, "rows": rows, "notes": notes}
 
 
+def _volume_row(cfg: LayerBenchConfig, name: str, volume: tuple, device, notes: list[str], *, progress, label) -> dict:
+    """One ``3d`` case: (b, d, T, H, W) with per-axis scope ``volume[3:]``."""
+    spatial, scope = volume[:3], volume[3:]
+    row: dict[str, Any] = {"context": "3d", "name": name, "side": "x".join(map(str, spatial)), "scope": scope}
+    row["n"] = math.prod(spatial)
+    if progress:
+        print(f"{label} 3d {name} {row['side']} scope {scope}", file=sys.stderr, flush=True)
+    if name.startswith("lambda "):
+        problem = Problem(cfg.batch, tuple(spatial), scope, cfg.heads, cfg.dim_k, cfg.dim // cfg.heads)
+        row["model_mib"] = sum(lambda_saved_floats(name.split(" ", 1)[1], problem, cfg.dim).values()) * 4 / 2**20
+        if row["model_mib"] > cfg.memory_budget_mib:
+            row["skipped"] = f"modelled {row['model_mib']:.0f} MiB saved for backward > budget"
+            notes.append(f"3d {name} at {row['side']} skipped: {row['skipped']}")
+            return row
+    try:
+        module = build_contender3d(name, cfg.dim, scope, heads=cfg.heads, dim_k=cfg.dim_k).to(device)
+        x = torch.randn(cfg.batch, cfg.dim, *spatial, device=device, requires_grad=True)
+        row.update(_measure(cfg, module, x))
+    except (_TooSlowError, torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+        row["skipped"] = str(err).splitlines()[0][:160]
+        notes.append(f"3d {name} at {row['side']} skipped: {row['skipped']}")
+    return row
+
+
 def growth_exponent(rows: list[dict[str, Any]], name: str, context: str, key: str) -> float | None:
     """Least-squares slope of log(``key``) against log(n) for one contender (2 = quadratic, 1 = linear)."""
     pts = [
@@ -337,3 +429,54 @@ def growth_exponent(rows: list[dict[str, Any]], name: str, context: str, key: st
     my = sum(p[1] for p in pts) / len(pts)
     var = sum((p[0] - mx) ** 2 for p in pts)
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / var if var else None
+
+
+# Small shapes where the memory model is checked against measurement: (batch, dim, side, scope).
+CHECK_SHAPES: tuple[tuple[int, int, int, int | None], ...] = (
+    (2, 64, 16, None),
+    (2, 64, 16, 7),
+    (4, 32, 24, 5),
+    (8, 64, 8, 23),
+)
+
+
+def _usable_on_cpu(kind: str) -> bool:
+    return not kind.startswith("lambda ") or usable(kind[7:], 2, "cpu")
+
+
+def check_model(
+    shapes: tuple[tuple[int, int, int, int | None], ...] = CHECK_SHAPES,
+    kinds: tuple[str, ...] = CONTENDERS,
+    *,
+    measure_peak: bool = False,
+) -> list[dict[str, object]]:
+    """Measure saved-for-backward memory of each layer kind at ``shapes`` and compare it with the memory model
+    (:mod:`lambdanet.bench.memory`).
+
+    Returns one row per (shape, kind) with ``model_mib``, ``saved_mib``, ``ratio`` (measured / model) and the
+    model's dominant term; with ``measure_peak`` also the peak of live bytes of forward + backward.
+    """
+    rows: list[dict[str, object]] = []
+    for batch, dim, side, scope in shapes:
+        shape = LayerShape(batch, dim, side, scope=scope)
+        x = torch.randn(batch, dim, side, side, requires_grad=True)
+        for kind in kinds:
+            if (kind.startswith("attention") and scope is not None) or not _usable_on_cpu(kind):
+                continue
+            module = build_contender(kind, dim, side, scope=scope)
+            terms = layer_saved_bytes(kind, shape)
+            model = total_mib(terms)
+            saved = saved_for_backward_mib(lambda module=module, x=x: module(x))
+            row: dict[str, object] = {
+                "shape": f"b{batch} d{dim} {side}x{side}",
+                "scope": "global" if scope is None else scope,
+                "kind": kind,
+                "model_mib": model,
+                "saved_mib": saved,
+                "ratio": saved / model,
+                "dominant term": max(terms, key=terms.__getitem__),
+            }
+            if measure_peak:
+                row["peak_mib"] = peak_mib(forward_backward(module, x))
+            rows.append(row)
+    return rows

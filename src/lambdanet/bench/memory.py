@@ -10,8 +10,9 @@ replaced (feature maps of 3 blocks at 56x56, 4 at 28x28, 6 at 14x14, 3 at 7x7; h
   per layer, independent of the batch (Θ(lkn²)); shared across each stage, once per stage (Θ(kn²)).
 
 :func:`paper_table4` recomputes the table; :func:`layer_saved_bytes` is a per-layer model of what *our* layers
-keep for the backward pass (``saved_tensors_hooks``), term by term, checked against measurement by
-``lambdanet bench memory`` and ``tests/test_bench.py``.
+keep for the backward pass (``saved_tensors_hooks``), term by term: the terms every lambda layer shares, plus the
+position algorithm's own (``saved_floats`` of its plug-in in :mod:`lambdanet.layers.algorithms`). It is checked
+against measurement by :func:`lambdanet.bench.layer.check_model` (``lambdanet bench memory``).
 
 Axis legend: b batch | d channels | h heads | k query/key depth | v value depth | u intra-depth
              n query positions | m context positions | P FFT grid size
@@ -19,20 +20,17 @@ Axis legend: b batch | d channels | h heads | k query/key depth | v value depth 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from lambdanet.layers import ALGORITHMS
-from lambdanet.layers.blocked import block_size
-from lambdanet.layers.lambda_ops import fft_size
+from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY, Problem
 
 __all__ = [
-    "CHECK_SHAPES",
     "CONTENDERS",
     "PAPER_TABLE4_GB",
     "RESNET50_MAPS",
     "LayerShape",
-    "check_model",
-    "fits",
+    "lambda_saved_floats",
     "layer_saved_bytes",
     "paper_appendix_d2",
     "paper_table4",
@@ -141,21 +139,14 @@ class LayerShape:
         full = 2 * self.side - 1
         return full if self.scope is None else min(self.scope, full)
 
-
-def _lambda_common(s: LayerShape) -> dict[str, int]:
-    """Floats saved by every lambda layer whatever the position algorithm (projection, norms, content lambda)."""
-    b, n, d, h, k, u, v = s.batch, s.n, s.dim, s.heads, s.dim_k, s.dim_u, s.dim_v
-    qkv = h * k + u * k + u * v
-    return {
-        "weights (d (hk+uk+uv) + k u r^2)": d * qkv + k * u * s.kernel_side**2,
-        "input x (b d n)": b * d * n,
-        "q, k, v projections (b (hk+uk+uv) n)": b * qkv * n,
-        "normalised q, softmax keys, normalised v": b * qkv * n,
-    }
+    @property
+    def problem(self) -> Problem:
+        kernel = (self.kernel_side,) * 2
+        return Problem(self.batch, (self.side, self.side), kernel, self.heads, self.dim_k, self.dim_v, self.dim_u)
 
 
 def layer_saved_bytes(kind: str, s: LayerShape, *, bytes_per_float: int = 4) -> dict[str, int]:
-    """Model of the bytes saved for backward by one layer, term by term (float terms times ``bytes_per_float``).
+    """Model of the bytes saved for backward by one layer, term by term.
 
     ``kind`` is ``"lambda <algorithm>"`` (one of :data:`lambdanet.layers.ALGORITHMS`), ``"attention
     (materialised)"`` (softmax(q k^T) v with the b h n n map), ``"attention (sdpa)"`` (a fused kernel keeping only
@@ -167,15 +158,11 @@ def layer_saved_bytes(kind: str, s: LayerShape, *, bytes_per_float: int = 4) -> 
     """
     if kind not in CONTENDERS:
         raise ValueError(f"kind={kind!r} must be one of {CONTENDERS}")
-    b, n, d, h, k, u, v = s.batch, s.n, s.dim, s.heads, s.dim_k, s.dim_u, s.dim_v
-    m = n
-    floats: dict[str, int] = {}
-    other: dict[str, int] = {}  # already in bytes
+    b, n, d, h = s.batch, s.n, s.dim, s.heads
+    floats: dict[str, int] = {"input x (b d n)": b * d * n}
     if kind == "conv3x3":
-        floats["input x (b d n)"] = b * d * n
         floats["weight (d d 3 3)"] = 9 * d * d
     elif kind.startswith("attention"):
-        floats["input x (b d n)"] = b * d * n
         floats["weight (3d d)"] = 3 * d * d
         floats["q, k, v (b 3d n)"] = 3 * b * d * n
         floats["output (b d n)"] = b * d * n
@@ -184,56 +171,26 @@ def layer_saved_bytes(kind: str, s: LayerShape, *, bytes_per_float: int = 4) -> 
         else:
             floats["log-sum-exp (b h n)"] = b * h * n
     else:
-        floats.update(_lambda_common(s))
-        algorithm = kind.split(" ", 1)[1]
-        side = s.kernel_side
-        if algorithm in ("einsum", "conv", "fft"):  # they work on (b, h, k, n) copies of the channels-last q, v
-            floats["(b, h, k, n) and (b, u, v, n) copies of q, v"] = b * (h * k + u * v) * n
-        if algorithm == "einsum":
-            floats["embeddings E (k u n m)"] = k * u * n * m
-            floats["position lambdas (b k v n)"] = b * k * v * n
-            other["relative index (n m int64 + bool mask)"] = 9 * n * m
-        elif algorithm == "logits":
-            floats["position logits (b h n u m)"] = b * h * n * u * m
-            if k * n <= b * h * (2 * s.side - 1) ** 2:  # gathered embeddings (see lambda_ops.position_logits)
-                floats["embeddings E, permuted copy (k u n m)"] = k * u * n * m
-                other["relative index (n m int64 + bool mask)"] = 9 * n * m
-        elif algorithm == "blocked":
-            # Logits and halos are recomputed chunk by chunk in backward: only zero-padded copies of the normalised
-            # queries (when the map is not whole blocks) and values are kept beyond the common terms.
-            block = block_size(side // 2)
-            blocks = -(-s.side // block)
-            if blocks * block != s.side:
-                extra = (blocks * block) ** 2 - n
-                floats["queries padded to whole blocks, extra (b h k ((n' B)^2 - n))"] = b * h * k * extra
-            padded = (blocks * block + 2 * (side // 2)) ** 2
-            floats["values padded by the scope, extra (b u v (P^2 - n))"] = b * u * v * (padded - n)
-        elif algorithm == "conv":
-            floats["position lambdas (b k v n)"] = b * k * v * n
-        elif algorithm == "fft":
-            size = fft_size(s.side, side // 2)
-            freqs = size * (size // 2 + 1)
-            floats["value spectrum (b u v P, complex)"] = 2 * b * u * v * freqs
-            floats["kernel spectrum (k u P, complex)"] = 2 * k * u * freqs
-            floats["position lambdas (b k v n)"] = b * k * v * n
-    out = {name: count * bytes_per_float for name, count in floats.items()}
-    out.update(other)
-    return out
+        floats = lambda_saved_floats(kind.split(" ", 1)[1], s.problem, d)
+    return {name: count * bytes_per_float for name, count in floats.items()}
+
+
+def lambda_saved_floats(algorithm: str, p: Problem, dim: int) -> dict[str, int]:
+    """Floats a lambda layer of any dimension keeps for backward: projection, norms, content lambda, and the
+    position algorithm's own terms (its plug-in's ``saved_floats``)."""
+    qkv = p.heads * p.dim_k + p.dim_u * p.dim_k + p.dim_u * p.dim_v
+    return {
+        "input x (b d n)": p.batch * dim * p.n,
+        "weights (d (hk+uk+uv) + k u r^D)": dim * qkv + p.dim_k * p.dim_u * math.prod(p.kernel),
+        "q, k, v projections (b (hk+uk+uv) n)": p.batch * qkv * p.n,
+        "normalised q, softmax keys, normalised v": p.batch * qkv * p.n,
+        **REGISTRY[algorithm].saved_floats(p),
+    }
 
 
 def total_mib(terms: dict[str, int]) -> float:
     """Sum of a :func:`layer_saved_bytes` dict in MiB."""
     return sum(terms.values()) / 2**20
-
-
-def fits(kind: str, s: LayerShape, budget_mib: float) -> bool:
-    """Whether the modelled saved memory of ``kind`` at ``s`` stays within ``budget_mib`` (used to skip cases)."""
-    return total_mib(layer_saved_bytes(kind, s)) <= budget_mib
-
-
-def attention_map_gib(s: LayerShape, bytes_per_float: int = 4) -> float:
-    """GiB of one b h n n attention map (the quadratic term), for notes on skipped cases."""
-    return s.batch * s.heads * s.n**2 * bytes_per_float / 2**30
 
 
 def resnet50_layers(*, batch: int = 128, scope: int | None = 23, heads: int = 4, dim_k: int = 16) -> list[LayerShape]:
@@ -250,54 +207,3 @@ def resnet50_model_gib(kind: str, *, batch: int = 128, scope: int | None = 23, h
     """Modelled saved-for-backward GiB of ``kind`` in all 16 bottleneck 3x3 slots of ResNet-50 (224 px)."""
     layers = resnet50_layers(batch=batch, scope=scope, heads=heads)
     return sum(sum(layer_saved_bytes(kind, s).values()) for s in layers) / 2**30
-
-
-# Small shapes where the model is checked against measurement: (batch, dim, side, scope).
-CHECK_SHAPES: tuple[tuple[int, int, int, int | None], ...] = (
-    (2, 64, 16, None),
-    (2, 64, 16, 7),
-    (4, 32, 24, 5),
-    (8, 64, 8, 23),
-)
-
-
-def check_model(
-    shapes: tuple[tuple[int, int, int, int | None], ...] = CHECK_SHAPES,
-    kinds: tuple[str, ...] = CONTENDERS,
-    *,
-    measure_peak: bool = False,
-) -> list[dict[str, object]]:
-    """Measure saved-for-backward memory of each layer kind at ``shapes`` and compare it with the model.
-
-    Returns one row per (shape, kind) with ``model_mib``, ``saved_mib``, ``ratio`` (measured / model) and the
-    model's dominant term; with ``measure_peak`` also the peak of live bytes of forward + backward.
-    """
-    import torch
-
-    from lambdanet.bench.layer import build_contender
-    from lambdanet.bench.timing import forward_backward, peak_mib, saved_for_backward_mib
-
-    rows: list[dict[str, object]] = []
-    for batch, dim, side, scope in shapes:
-        shape = LayerShape(batch, dim, side, scope=scope)
-        x = torch.randn(batch, dim, side, side, requires_grad=True)
-        for kind in kinds:
-            if kind.startswith("attention") and scope is not None:
-                continue
-            module = build_contender(kind, dim, side, scope=scope)
-            terms = layer_saved_bytes(kind, shape)
-            model = total_mib(terms)
-            saved = saved_for_backward_mib(lambda module=module, x=x: module(x))
-            row: dict[str, object] = {
-                "shape": f"b{batch} d{dim} {side}x{side}",
-                "scope": "global" if scope is None else scope,
-                "kind": kind,
-                "model_mib": model,
-                "saved_mib": saved,
-                "ratio": saved / model,
-                "dominant term": max(terms, key=terms.__getitem__),
-            }
-            if measure_peak:
-                row["peak_mib"] = peak_mib(forward_backward(module, x))
-            rows.append(row)
-    return rows

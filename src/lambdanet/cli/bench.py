@@ -243,11 +243,11 @@ def _run_model(output: Output, cfg: Any) -> int:
 
 
 def _run_memory(output: Output, args: MemoryOptions) -> int:
+    from lambdanet.bench.layer import check_model
     from lambdanet.bench.memory import (
         CONTENDERS,
         PAPER_TABLE4_GB,
         LayerShape,
-        check_model,
         layer_saved_bytes,
         paper_appendix_d2,
         paper_table4,

@@ -1,9 +1,16 @@
 """Lambda layers and their building blocks. Layers know nothing of models or training."""
 
-from lambdanet.layers.algorithms import choose_algorithm
+from lambdanet.layers.algorithms import ALGORITHMS, choose_algorithm
 from lambdanet.layers.lambda_layer import LambdaLayer
 from lambdanet.layers.lambda_layer1d import LambdaLayer1d
-from lambdanet.layers.lambda_ops import ALGORITHMS
+from lambdanet.layers.lambda_layer3d import LambdaLayer3d
 from lambdanet.layers.position import RelativePositionEmbedding
 
-__all__ = ["ALGORITHMS", "LambdaLayer", "LambdaLayer1d", "RelativePositionEmbedding", "choose_algorithm"]
+__all__ = [
+    "ALGORITHMS",
+    "LambdaLayer",
+    "LambdaLayer1d",
+    "LambdaLayer3d",
+    "RelativePositionEmbedding",
+    "choose_algorithm",
+]

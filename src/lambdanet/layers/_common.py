@@ -1,8 +1,8 @@
-"""Argument checks, initialisation and the float32 island shared by the lambda layers (2-D and 1-D).
+"""Argument checks and the float32 island shared by the lambda layers and their functional core.
 
-Axis legend: h heads | k query/key depth |k| | u intra-depth |u| | v value depth |v| | d input channels
+Axis legend: none (scalar checks and dtype rules)
 
-Shape: qkv projection weight (h k + u k + u v, d, ...) with rows ordered (h k) queries | (u k) keys | (u v) values
+Shape: none
 """
 
 from __future__ import annotations
@@ -10,11 +10,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import Tensor, nn
 
-from lambdanet.layers.lambda_ops import ALGORITHMS
-
-__all__ = ["LOW_PRECISION", "check_lambda_args", "check_positive_int", "compute_dtype", "float32_island", "init_qkv_"]
+__all__ = ["LOW_PRECISION", "check_flag", "check_positive_int", "compute_dtype", "float32_island"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -25,41 +22,10 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
-def check_lambda_args(
-    *,
-    dim: int,
-    dim_out: int | None,
-    dim_k: int,
-    heads: int,
-    dim_u: int,
-    scope: int | None,
-    content: bool,
-    position: bool,
-    algorithm: str,
-) -> tuple[int, int, int, int, int]:
-    """Validate the arguments every lambda layer shares; returns (dim, dim_out, dim_k, heads, dim_u)."""
-    dim = check_positive_int("dim", dim)
-    dim_out = dim if dim_out is None else check_positive_int("dim_out", dim_out)
-    dim_k = check_positive_int("dim_k", dim_k)
-    heads = check_positive_int("heads", heads)
-    dim_u = check_positive_int("dim_u", dim_u)
-    if dim_out % heads:
-        raise ValueError(f"dim_out={dim_out} must be divisible by heads={heads} (value depth = dim_out / heads)")
-    if not (content or position):
-        raise ValueError("content=False and position=False leave nothing to compute; enable at least one")
-    if algorithm != "auto" and algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm={algorithm!r} must be 'auto' or one of {ALGORITHMS}")
-    if scope is not None and (isinstance(scope, bool) or not isinstance(scope, int) or scope < 1 or scope % 2 == 0):
-        raise ValueError(f"scope={scope!r} must be an odd positive integer, or None for global context")
-    return dim, dim_out, dim_k, heads, dim_u
-
-
-def init_qkv_(weight: Tensor, num_queries: int, dim_k: int, dim: int) -> None:
-    """Fan-in normal initialisation of App. E.1: std d^-1/2 for keys and values, (|k| d)^-1/2 for queries (the
-    scaled dot-product scaling absorbed into the projection)."""
-    with torch.no_grad():
-        nn.init.normal_(weight[:num_queries], std=(dim_k * dim) ** -0.5)
-        nn.init.normal_(weight[num_queries:], std=dim**-0.5)
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r} must be a bool (True or False)")
+    return value
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -18,14 +18,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lambdanet.layers._common import (
-    check_lambda_args,
-    check_positive_int,
-    compute_dtype,
-    float32_island,
-    init_qkv_,
-)
+from lambdanet.layers._common import check_flag, check_positive_int, compute_dtype, float32_island
 from lambdanet.layers.algorithms import choose_algorithm
+from lambdanet.layers.core import _LambdaNd
 from lambdanet.layers.lambda_ops import content_lambda, position_output
 from lambdanet.layers.position import RelativePositionEmbedding
 from lambdanet.layers.sequence_ops import (
@@ -40,7 +35,7 @@ __all__ = ["NORMS", "LambdaLayer1d"]
 NORMS = ("auto", "batch", "layer", "none")
 
 
-class LambdaLayer1d(nn.Module):
+class LambdaLayer1d(_LambdaNd):
     """Multi-query lambda layer over a sequence, optionally masked or causal.
 
     Same structure and arguments as :class:`lambdanet.LambdaLayer`: one bias-free projection to queries, keys and
@@ -85,6 +80,8 @@ class LambdaLayer1d(nn.Module):
         for masked use.
     """
 
+    ndim = 1
+
     def __init__(
         self,
         dim: int,
@@ -105,18 +102,6 @@ class LambdaLayer1d(nn.Module):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        dim, dim_out, dim_k, heads, dim_u = check_lambda_args(
-            dim=dim,
-            dim_out=dim_out,
-            dim_k=dim_k,
-            heads=heads,
-            dim_u=dim_u,
-            scope=scope,
-            content=content,
-            position=position,
-            algorithm=algorithm,
-        )
         chunk = check_positive_int("chunk", chunk)
         if max_length is not None:
             max_length = check_positive_int("max_length", max_length)
@@ -124,50 +109,29 @@ class LambdaLayer1d(nn.Module):
             raise ValueError(f"norm={norm!r} must be one of {NORMS}")
         if scope is None and position and max_length is None:
             raise ValueError("scope=None (global relative position embeddings) requires max_length")
+        if pos_embed is not None and pos_embed.bias is not None:
+            raise ValueError("pos_embed has a bias; LambdaLayer1d supports bias-free embeddings only (the paper's)")
+        super().__init__(
+            dim,
+            dim_out=dim_out,
+            dim_k=dim_k,
+            heads=heads,
+            dim_u=dim_u,
+            scope=scope,
+            feat_size=None if max_length is None else (max_length,),
+            content=content,
+            position=position,
+            position_bias=False,
+            algorithm=algorithm,
+            pos_embed=pos_embed,
+            norm=("layer" if check_flag("causal", causal) else "batch") if norm == "auto" else norm,
+            device=device,
+            dtype=dtype,
+        )
+        self.max_length, self.causal, self.chunk = max_length, causal, chunk
 
-        self.dim, self.dim_out, self.dim_k, self.heads, self.dim_u = dim, dim_out, dim_k, heads, dim_u
-        self.dim_v = dim_out // heads
-        self.scope, self.max_length = scope, max_length
-        self.content, self.position, self.causal = content, position, causal
-        self.norm = ("layer" if causal else "batch") if norm == "auto" else norm
-        self.algorithm, self.chunk = algorithm, chunk
-
-        factory = {"device": device, "dtype": dtype}
-        # One fused projection: channels ordered (h k) queries | (u k) keys | (u v) values.
-        self.splits = (heads * dim_k, dim_u * dim_k if content else 0, dim_u * self.dim_v)
-        self.qkv = nn.Linear(dim, sum(self.splits), bias=False, **factory)
-        self.norm_q = self._make_norm(heads * dim_k, factory)
-        self.norm_v = self._make_norm(dim_u * self.dim_v, factory)
-        self.pos: RelativePositionEmbedding | None = None
-        if position:
-            kernel = (scope,) if scope is not None else (2 * max_length - 1,)  # type: ignore[operator]
-            if pos_embed is None:
-                pos_embed = RelativePositionEmbedding(dim_k, kernel, dim_u=dim_u, **factory)
-            elif (pos_embed.dim_k, pos_embed.dim_u, pos_embed.kernel) != (dim_k, dim_u, kernel):
-                raise ValueError(
-                    f"pos_embed has (dim_k, dim_u, kernel)={(pos_embed.dim_k, pos_embed.dim_u, pos_embed.kernel)}, "
-                    f"expected {(dim_k, dim_u, kernel)}"
-                )
-            if pos_embed.bias is not None:
-                raise ValueError("pos_embed has a bias; LambdaLayer1d supports bias-free embeddings only (the paper's)")
-            self.pos = pos_embed
-        self.reset_parameters()
-
-    def _make_norm(self, channels: int, factory: dict) -> nn.Module:
-        if self.norm == "batch":
-            return nn.BatchNorm1d(channels, **factory)
-        if self.norm == "layer":
-            return nn.LayerNorm(channels, **factory)
-        return nn.Identity()
-
-    def reset_parameters(self) -> None:
-        """Fan-in normal initialisation of App. E.1 (queries scaled by an extra |k|^-1/2)."""
-        init_qkv_(self.qkv.weight, self.splits[0], self.dim_k, self.dim)
-        for norm in (self.norm_q, self.norm_v):
-            if hasattr(norm, "reset_parameters"):
-                norm.reset_parameters()
-        if self.pos is not None:
-            self.pos.reset_parameters()
+    def _make_projection(self, dim: int, channels: int, factory: dict) -> nn.Module:
+        return nn.Linear(dim, channels, bias=False, **factory)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -182,8 +146,7 @@ class LambdaLayer1d(nn.Module):
         return norm(x)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 3:
-            raise ValueError(f"input must be a 3-D tensor (batch, length, dim), got shape {tuple(x.shape)}")
+        self._check_tensor(x, "(batch, length, dim)")
         if x.shape[-1] != self.dim:
             raise ValueError(f"input has {x.shape[-1]} channels (shape {tuple(x.shape)}), expected dim={self.dim}")
         if self.max_length is not None and x.shape[1] > self.max_length:

@@ -1,0 +1,273 @@
+"""The N-d lambda layer core shared by :class:`LambdaLayer1d`, :class:`LambdaLayer` (2-D) and :class:`LambdaLayer3d`.
+
+Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, Sec. 3 and App. E.1. As ``torch.nn``'s ``_ConvNd``,
+:class:`_LambdaNd` holds checks, projection, norms, the N-d relative embedding, the content lambda, the float32
+island, ``reset_parameters``, ``resolve_algorithm``, ``macs`` and the channels-first forward.
+
+Axis legend: b batch | h heads (queries) | k query/key depth |k| | v value depth |v| = dim_out / h
+             u intra-depth |u| | n query positions | m context positions | S.. spatial axes
+
+Shape: (b, dim, S..) -> (b, dim_out, ceil(S / stride)..) for the 2-D and 3-D layers
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lambdanet.layers._common import check_flag, check_positive_int, compute_dtype, float32_island
+from lambdanet.layers.algorithms import ALGORITHMS, choose_algorithm
+from lambdanet.layers.lambda_ops import content_lambda, contiguous_grad, crop_kernel, lambda_output
+from lambdanet.layers.position import RelativePositionEmbedding
+
+__all__ = ["cast_output", "check_sides"]
+
+_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_PROJECTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
+_POOLS = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_MEMORY_FORMATS = {2: torch.channels_last, 3: torch.channels_last_3d}
+_AXES = {1: "(N,)", 2: "(H, W)", 3: "(T, H, W)"}
+
+
+def check_sides(
+    name: str, value: object, ndim: int, ok: Callable[[int], bool], expected: str
+) -> tuple[int, ...] | None:
+    """One int for every axis, or a sequence of ``ndim`` ints, each passing ``ok``; None passes through."""
+    if value is None:
+        return None
+    sides = (value,) * ndim if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(sides) != ndim or not all(isinstance(s, int) and not isinstance(s, bool) and ok(s) for s in sides):
+        raise ValueError(f"{name}={value!r} must be {expected}")
+    return sides
+
+
+class _LambdaNd(nn.Module):
+    """Multi-query lambda layer over ``ndim`` spatial axes; :class:`lambdanet.LambdaLayer` documents the arguments.
+
+    Subclasses set ``ndim``; the 1-D layer passes ``feat_size=(max_length,)`` and replaces projection and forward.
+    """
+
+    ndim = 2
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        dim_out: int | None = None,
+        dim_k: int = 16,
+        heads: int = 4,
+        dim_u: int = 1,
+        scope: int | tuple[int, ...] | None = 23,
+        feat_size: Sequence[int] | None = None,
+        content: bool = True,
+        position: bool = True,
+        stride: int | tuple[int, ...] = 1,
+        position_bias: bool = False,
+        algorithm: str = "auto",
+        pos_embed: RelativePositionEmbedding | None = None,
+        norm: str = "batch",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim, self.dim_k, self.heads, self.dim_u = (
+            check_positive_int(n, v) for n, v in zip(("dim", "dim_k", "heads", "dim_u"), (dim, dim_k, heads, dim_u))
+        )
+        self.dim_out = dim if dim_out is None else check_positive_int("dim_out", dim_out)
+        for name, flag in (("content", content), ("position", position), ("position_bias", position_bias)):
+            check_flag(name, flag)
+        if self.dim_out % heads:
+            raise ValueError(
+                f"dim_out={self.dim_out} must be divisible by heads={heads} (value depth = dim_out / heads)"
+            )
+        if not (content or position):
+            raise ValueError("content=False and position=False leave nothing to compute; enable at least one")
+        if algorithm != "auto" and algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={algorithm!r} must be 'auto' or one of {ALGORITHMS}")
+        if pos_embed is not None and not isinstance(pos_embed, RelativePositionEmbedding):
+            raise TypeError(f"pos_embed must be a RelativePositionEmbedding or None, got {type(pos_embed).__name__}")
+        per_axis = f" (or a tuple of {self.ndim})" if self.ndim > 1 else ""
+        odd = f"an odd positive integer{per_axis}, or None for global context"
+        sides = check_sides("scope", scope, self.ndim, lambda s: s > 0 and s % 2 == 1, odd)
+        self.feat_size = check_sides(
+            "feat_size", feat_size, self.ndim, lambda s: s > 0, f"{_AXES[self.ndim]} with positive sizes"
+        )
+        if scope is None and position and feat_size is None:
+            raise ValueError(f"scope=None (global relative position embeddings) requires feat_size={_AXES[self.ndim]}")
+        strides = check_sides("stride", stride, self.ndim, lambda s: s in (1, 2), f"1 or 2, or a tuple of {self.ndim}")
+        self.dim_v = self.dim_out // heads
+        self.scope, self.content, self.position, self.stride = scope, content, position, stride
+        self.algorithm, self.norm = algorithm, norm
+
+        factory = {"device": device, "dtype": dtype}
+        # One fused projection: channels ordered (h k) queries | (u k) keys | (u v) values.
+        self.splits = (heads * dim_k, dim_u * dim_k if content else 0, dim_u * self.dim_v)
+        self.qkv = self._make_projection(dim, sum(self.splits), factory)
+        self.norm_q = self._make_norm(heads * dim_k, factory)
+        self.norm_v = self._make_norm(dim_u * self.dim_v, factory)
+        self.pos: RelativePositionEmbedding | None = None
+        if position:
+            kernel = sides if sides is not None else tuple(2 * s - 1 for s in self.feat_size)  # type: ignore[union-attr]
+            if pos_embed is None:
+                pos_embed = RelativePositionEmbedding(dim_k, kernel, dim_u=dim_u, bias=position_bias, **factory)
+            elif (pos_embed.dim_k, pos_embed.dim_u, pos_embed.kernel) != (dim_k, dim_u, kernel):
+                raise ValueError(
+                    f"pos_embed has (dim_k, dim_u, kernel)={(pos_embed.dim_k, pos_embed.dim_u, pos_embed.kernel)}, "
+                    f"expected {(dim_k, dim_u, kernel)}"
+                )
+            self.pos = pos_embed
+        if max(strides) > 1:  # 3-wide average pool with stride 2 on the strided axes
+            pool = [(3 if s == 2 else 1, s, s - 1) for s in strides]
+            self.pool: nn.Module = _POOLS[self.ndim](*[tuple(p[i] for p in pool) for i in range(3)])
+        else:
+            self.pool = nn.Identity()
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------------- building
+    def _make_projection(self, dim: int, channels: int, factory: dict) -> nn.Module:
+        return _PROJECTIONS[self.ndim](dim, channels, 1, bias=False, **factory)
+
+    def _make_norm(self, channels: int, factory: dict) -> nn.Module:
+        if self.norm == "batch":
+            return _NORMS[self.ndim](channels, **factory)
+        if self.norm == "layer":
+            return nn.LayerNorm(channels, **factory)
+        return nn.Identity()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter and buffer: fan-in normal projection of App. E.1 (std d^-1/2 for keys and
+        values, (|k| d)^-1/2 for queries: the scaled dot-product scaling absorbed), fresh norms (running statistics
+        included), unit normal embeddings."""
+        weight, nq = self.qkv.weight, self.splits[0]
+        with torch.no_grad():
+            nn.init.normal_(weight[:nq], std=(self.dim_k * self.dim) ** -0.5)
+            nn.init.normal_(weight[nq:], std=self.dim**-0.5)
+        for norm in (self.norm_q, self.norm_v):
+            if hasattr(norm, "reset_parameters"):
+                norm.reset_parameters()
+        if self.pos is not None:
+            self.pos.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------------- checks
+    def _check_tensor(self, x: object, layout: str) -> None:
+        """A floating tensor with ``ndim + 2`` axes in the parameters' dtype (unless autocast is on)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor {layout}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"input dtype {x.dtype} is not supported; expected a floating-point tensor")
+        if x.dim() != self.ndim + 2:
+            raise ValueError(f"input must be a {self.ndim + 2}-D tensor {layout}, got shape {tuple(x.shape)}")
+        wdtype = self.qkv.weight.dtype
+        if x.dtype != wdtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"input dtype {x.dtype} differs from the layer's {wdtype}; cast one or use autocast")
+
+    def _check_input(self, x: Tensor) -> None:
+        self._check_tensor(x, f"(batch, dim, {_AXES[self.ndim][1:-1]})")
+        if x.shape[1] != self.dim:
+            raise ValueError(f"input has {x.shape[1]} channels (shape {tuple(x.shape)}), expected dim={self.dim}")
+        if self.scope is None and self.position and tuple(x.shape[2:]) != self.feat_size:
+            raise ValueError(
+                f"input spatial size {tuple(x.shape[2:])} differs from feat_size={self.feat_size}; global relative "
+                "position embeddings need a fixed size (use a local scope for variable sizes)"
+            )
+
+    def resolve_algorithm(self, batch: int, spatial: Sequence[int], device: str = "cpu") -> str:
+        """The position algorithm used for an input of this batch size and spatial shape on ``device``."""
+        if self.algorithm != "auto":
+            return self.algorithm
+        kernel = self.pos.kernel if self.pos is not None else (1,) * len(spatial)
+        return choose_algorithm(
+            batch=batch,
+            spatial=tuple(spatial),
+            kernel=kernel,
+            dim_k=self.dim_k,
+            dim_v=self.dim_v,
+            dim_u=self.dim_u,
+            heads=self.heads,
+            device=device,
+        )
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        b, spatial = x.shape[0], tuple(x.shape[2:])
+        if x.numel() == 0:  # as nn.Conv2d: an empty batch (or map) gives an empty output, still part of the graph
+            y = x.new_zeros(b, self.dim_out, *spatial) + 0 * (x.sum() + self.qkv.weight.sum())
+            return self.pool(y)
+        fmt = _MEMORY_FORMATS[self.ndim]
+        # Channels-last inside: every later step works on rows of (b, S..) positions, and on CPU the 1x1
+        # projection's backward is several times faster in that layout (docs/benchmarks.md).
+        q, k, v = torch.split(self.qkv(x.contiguous(memory_format=fmt)), self.splits, dim=1)
+        q = contiguous_grad(self.norm_q(q.contiguous(memory_format=fmt)), fmt)
+        v = contiguous_grad(self.norm_v(v.contiguous(memory_format=fmt)), fmt)
+        out_dtype = q.dtype
+        compute = compute_dtype(out_dtype)
+        keep_format = x.is_contiguous(memory_format=fmt) and not x.is_contiguous()
+        with float32_island(x.device):
+            last = (0, *range(2, self.ndim + 2), 1)  # channels last: a view of the channels-last memory
+            q = q.to(compute).permute(last).reshape(b, *spatial, self.heads, self.dim_k)  # b S.. h k
+            v = v.to(compute).permute(last).reshape(b, *spatial, self.dim_u, self.dim_v)  # b S.. u v
+            lam_c = self._content_lambda(k.to(compute).permute(last), v) if self.content else None
+            weight = bias = None
+            if self.pos is not None:
+                weight, bias = self.pos()
+                weight, bias = weight.to(compute), None if bias is None else bias.to(compute)
+            algorithm = self.resolve_algorithm(b, spatial, x.device.type)
+            out_format = fmt if keep_format else torch.contiguous_format
+            y = lambda_output(q, v, lam_c, weight, spatial, algorithm, bias=bias, memory_format=out_format)
+        return cast_output(self.pool(y), out_dtype)  # pooled in float32: float16 pooling overflows too
+
+    def _content_lambda(self, keys: Tensor, v: Tensor) -> Tensor:
+        """(b, k, v) content lambda from key logits (b, S.., u k) and values (b, S.., u, v): softmax over positions."""
+        b = v.shape[0]
+        n = math.prod(v.shape[1:-2])
+        keys = keys.reshape(b, n, self.dim_u, self.dim_k).softmax(dim=1)  # b m u k
+        return content_lambda(keys.permute(0, 2, 3, 1), v.reshape(b, n, self.dim_u, self.dim_v).permute(0, 2, 3, 1))
+
+    # ----------------------------------------------------------------------------------------------- accounting
+    def macs(self, *spatial: int) -> dict[str, int]:
+        """Multiply-accumulates of one sample at input size ``spatial``, by part, in the paper's convention.
+
+        The position term counts only in-scope (n, m) pairs: the paper does "not count zeroed out flops when
+        computing positional lambdas with the einsum implementation". Normalisations, the softmax and the
+        average pool are not counted (as ``torch.utils.flop_counter`` does not count them either).
+        """
+        if len(spatial) != self.ndim:
+            raise ValueError(f"macs takes {self.ndim} sizes {_AXES[self.ndim]}, got {spatial}")
+        n = math.prod(spatial)
+        k, v, u, h = self.dim_k, self.dim_v, self.dim_u, self.heads
+        parts = {"projection": n * self.dim * sum(self.splits), "content": 0, "position": 0}
+        if self.content:
+            parts["content"] = n * k * v * u + n * h * k * v  # lambda_c, then applying it
+        if self.pos is not None:
+            kernel = crop_kernel(self.pos.weight[:1, :1], spatial).shape[2:]
+            pairs = math.prod(_pairs_in_scope(s, side) for s, side in zip(spatial, kernel))
+            parts["position"] = pairs * k * v * u + n * h * k * v
+        return parts
+
+    def extra_repr(self) -> str:
+        ctx = f"scope={self.scope}" if self.scope is not None else f"feat_size={self.feat_size}"
+        return (
+            f"dim={self.dim}, dim_out={self.dim_out}, dim_k={self.dim_k}, heads={self.heads}, dim_u={self.dim_u}, "
+            f"{ctx}, content={self.content}, position={self.position}, stride={self.stride}, "
+            f"algorithm={self.algorithm!r}"
+        )
+
+
+def cast_output(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """Cast the float32 output back to ``dtype``; float16 saturates at its largest finite value instead of
+    overflowing: the output grows with the square of the activation scale and exceeds float16's 65504 long before
+    a convolution's does (bfloat16 has float32's range)."""
+    if dtype == torch.float16 and y.dtype != dtype:
+        limit = torch.finfo(torch.float16).max
+        y = y.clamp(-limit, limit)
+    return y.to(dtype)
+
+
+def _pairs_in_scope(size: int, side: int) -> int:
+    """Number of (n, m) pairs along one axis of length ``size`` whose offset lies inside a kernel of ``side``."""
+    c = side // 2
+    return sum(min(size - 1, i + c) - max(0, i - c) + 1 for i in range(size))
