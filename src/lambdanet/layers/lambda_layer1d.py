@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -26,14 +27,10 @@ from lambdanet.layers._common import (
     init_qkv_,
 )
 from lambdanet.layers.algorithms import choose_algorithm
+from lambdanet.layers.causal_chunk import chunk_causal_content, recurrent_causal_content
 from lambdanet.layers.lambda_ops import content_lambda, position_output
 from lambdanet.layers.position import RelativePositionEmbedding
-from lambdanet.layers.sequence_ops import (
-    CausalLambdaState,
-    causal_content_output,
-    causal_kernel,
-    masked_lambda_output,
-)
+from lambdanet.layers.sequence_ops import CausalLambdaState, causal_kernel, masked_lambda_output
 
 __all__ = ["NORMS", "LambdaLayer1d"]
 
@@ -211,19 +208,38 @@ class LambdaLayer1d(nn.Module):
         )
 
     # ----------------------------------------------------------------------------------------------- forward
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        *,
+        state: CausalLambdaState | None = None,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, CausalLambdaState]:
         """Apply the layer.
 
         Args:
             x: (b, n, dim) input.
             mask: optional (n, n) boolean mask, True where query n may use context position m (combined with the
                 causal mask when ``causal=True``).
+            state: continue a causal layer from the state after an earlier prefix (from ``return_state=True`` or
+                :meth:`step`); the state is not modified.
+            return_state: also return the state after the last position (prefill for :meth:`step`); causal
+                layers only.
 
         Returns:
-            (b, n, dim_out) output.
+            (b, n, dim_out) output, and with ``return_state`` the new state. With ``state``, equal to the last n
+            rows of the full pass over prefix and ``x``.
         """
+        if state is not None or return_state:
+            if not self.causal:
+                raise ValueError("state/return_state need causal=True: only causal layers can continue a prefix")
+            if mask is not None:
+                raise ValueError("mask cannot be combined with state/return_state (prefill is causal only)")
         self._check_input(x)
         b, n, _ = x.shape
+        if state is not None:
+            state.check_room(n)
         if mask is not None:
             if mask.dtype != torch.bool or tuple(mask.shape) != (n, n):
                 raise ValueError(
@@ -243,32 +259,63 @@ class LambdaLayer1d(nn.Module):
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)
         with float32_island(x.device):
-            q = rearrange(q.to(compute), "b n (h k) -> b h k n", h=self.heads)
-            v = rearrange(v.to(compute), "b m (u v) -> b u v m", u=self.dim_u)
-            logits = rearrange(k.to(compute), "b m (u k) -> b u k m", u=self.dim_u) if self.content else None
             weight = self._kernel(compute)
-            if mask is not None:
-                y = masked_lambda_output(q, logits, v, mask, weight)
+            if self.causal and mask is None:
+                y, new_state = self._causal_output(q.to(compute), k.to(compute), v.to(compute), weight, state)
+                y = y.reshape(b, n, self.dim_out)
             else:
-                y = self._unmasked_output(q, logits, v, weight, b, n)
-            y = rearrange(y, "b h v n -> b n (h v)")
-        return y.to(out_dtype)
+                q = rearrange(q.to(compute), "b n (h k) -> b h k n", h=self.heads)
+                v = rearrange(v.to(compute), "b m (u v) -> b u v m", u=self.dim_u)
+                logits = rearrange(k.to(compute), "b m (u k) -> b u k m", u=self.dim_u) if self.content else None
+                if mask is not None:
+                    y = masked_lambda_output(q, logits, v, mask, weight)
+                else:
+                    y = self._position(q, v, weight, b, n)
+                    if logits is not None:
+                        y_c = torch.einsum("bhkn,bkv->bhvn", q, content_lambda(logits.softmax(dim=-1), v))
+                        y = y_c if y is None else y_c + y
+                y = rearrange(y, "b h v n -> b n (h v)")
+        y = y.to(out_dtype)
+        return (y, new_state) if return_state else y
 
-    def _unmasked_output(self, q: Tensor, logits: Tensor | None, v: Tensor, weight: Tensor | None, b: int, n: int):
+    def _position(self, q: Tensor, v: Tensor, weight: Tensor | None, b: int, n: int) -> Tensor | None:
+        if weight is None:
+            return None
+        return position_output(q, v, weight, (n,), self.resolve_algorithm(b, n))
+
+    def _causal_output(
+        self, q: Tensor, k: Tensor, v: Tensor, weight: Tensor | None, state: CausalLambdaState | None
+    ) -> tuple[Tensor, CausalLambdaState]:
+        """Causal pass in the channels-last layout (b, n, h, v), continuing ``state``; returns a new state."""
+        b, n, _ = q.shape
+        q = q.view(b, n, self.heads, self.dim_k)
+        v = v.view(b, n, self.dim_u, self.dim_v)
+        start = 0 if state is None else state.length
+        new = self.init_state()
+        new.length = start + n
         y = None
-        if logits is not None:
-            if self.causal:
-                y = causal_content_output(q, logits, v, self.chunk)  # one lambda per n, never materialised
-            else:
-                y = torch.einsum("bhkn,bkv->bhvn", q, content_lambda(logits.softmax(dim=-1), v))
+        if self.content:
+            logits = k.view(b, n, self.dim_u, self.dim_k)
+            prior = None if state is None else state.content
+            y, new.content = chunk_causal_content(q, logits, v, prior, output_final_state=True, chunk_size=self.chunk)
         if weight is not None:
-            y_p = position_output(q, v, weight, (n,), self.resolve_algorithm(b, n))
+            vt = rearrange(v, "b n u v -> b u v n")
+            prefix = None if state is None else state.recent_values()
+            if prefix is not None and prefix.shape[-1]:  # earlier values the new queries still see
+                p = prefix.shape[-1]
+                vt = torch.cat([prefix.to(vt.dtype), vt], dim=-1)
+                qt = F.pad(rearrange(q, "b n h k -> b h k n"), (p, 0))
+                y_p = self._position(qt, vt, weight, b, p + n)[..., p:]
+            else:
+                y_p = self._position(rearrange(q, "b n h k -> b h k n"), vt, weight, b, n)
+            y_p = rearrange(y_p, "b h v n -> b n h v")
             y = y_p if y is None else y + y_p
-        return y
+            new.store_values(vt, new.length)
+        return y, new
 
     # ----------------------------------------------------------------------------------------------- decoding
     def init_state(self) -> CausalLambdaState:
-        """A fresh decoding state for :meth:`step` (causal layers only)."""
+        """A fresh decoding state for :meth:`step` or ``forward(x, state=...)`` (causal layers only)."""
         if not self.causal:
             raise ValueError("init_state needs causal=True: incremental decoding is defined for causal layers only")
         kernel = self.pos.kernel[0] if self.pos is not None else 0
@@ -278,10 +325,10 @@ class LambdaLayer1d(nn.Module):
         """Output (b, dim_out) for the next position ``x`` (b, dim), updating ``state`` in place.
 
         Equals the corresponding row of ``forward`` on the whole prefix; the content term costs O(1) per token,
-        a local position term O(scope).
+        a local position term O(scope) (a ring buffer, written in place).
 
         Raises:
-            ValueError: a non-causal layer, a wrong input shape, or batch norm in training mode.
+            ValueError: a non-causal layer, a wrong input shape, a full state, or batch norm in training mode.
         """
         if not self.causal:
             raise ValueError("step needs causal=True: incremental decoding is defined for causal layers only")
@@ -289,14 +336,22 @@ class LambdaLayer1d(nn.Module):
             raise ValueError(f"step takes one position (batch, dim={self.dim}), got shape {tuple(x.shape)}")
         if self.norm == "batch" and self.training:
             raise ValueError("step with norm='batch' needs eval mode (training-mode batch statistics span positions)")
+        state.check_room(1)
         q, k, v = self._project(x)
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)
         with float32_island(x.device):
             q = rearrange(q.to(compute), "b (h k) -> b h k", h=self.heads)
             v = rearrange(v.to(compute), "b (u v) -> b u v", u=self.dim_u)
-            logits = rearrange(k.to(compute), "b (u k) -> b u k", u=self.dim_u) if self.content else None
-            y = state.step(q, logits, v, self._kernel(compute))
+            y = None
+            if self.content:
+                logits = rearrange(k.to(compute), "b (u k) -> b u k", u=self.dim_u)
+                y, state.content = recurrent_causal_content(q, logits, v, state.content)
+            weight = self._kernel(compute)
+            if weight is not None:
+                y_p = torch.einsum("bhk,bkv->bhv", q, state.position_lambda(v, weight))
+                y = y_p if y is None else y + y_p
+            state.length += 1
         return rearrange(y, "b h v -> b (h v)").to(out_dtype)
 
     def extra_repr(self) -> str:
