@@ -405,3 +405,45 @@ def test_torch_export_roundtrip() -> None:
     x = torch.randn(2, 40, 16)
     with torch.no_grad():
         torch.testing.assert_close(torch.export.export(layer, (x,)).module()(x), layer(x))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"scope": 5},
+        {"scope": None, "max_length": 23},
+        {"scope": 3, "dim_u": 2},
+        {"content": False, "scope": 7},
+        {"position": False},
+    ],
+    ids=["local", "global", "u2", "position-only", "content-only"],
+)
+@pytest.mark.parametrize("algorithm", ["auto", "fft", "logits"])
+def test_prefill_continues_a_state_like_the_full_pass(cfg: dict, algorithm: str) -> None:
+    """forward(x, return_state=True) on a prefix, then forward(rest, state=...) and step(...), equal the full pass;
+    the local ring buffer wraps several times."""
+    layer = _layer(causal=True, chunk=4, algorithm=algorithm, **cfg).eval()
+    x = torch.randn(2, 23, 6, dtype=torch.float64)
+    full = layer(x)
+    head, state = layer(x[:, :9], return_state=True)
+    mid, state2 = layer(x[:, 9:10], state=state, return_state=True)
+    tail, state3 = layer(x[:, 10:17], state=state2, return_state=True)
+    assert state.length == 9 and state3.length == 17
+    steps = [layer.step(x[:, i], state3) for i in range(17, 23)]
+    got = torch.cat([head, mid, tail, torch.stack(steps, dim=1)], dim=1)
+    torch.testing.assert_close(got, full, rtol=1e-11, atol=1e-12)
+    again = layer(x[:, 9:17], state=state)  # the state passed in is not modified
+    torch.testing.assert_close(again, full[:, 9:17], rtol=1e-11, atol=1e-12)
+    if layer.pos is not None and cfg.get("scope"):
+        assert state3.values.shape[-1] == cfg["scope"] // 2 + 1  # O(scope) ring
+
+
+def test_prefill_errors() -> None:
+    layer = _layer(causal=True, scope=None, max_length=8).eval()
+    _, state = layer(torch.randn(1, 6, 6, dtype=torch.float64), return_state=True)
+    with pytest.raises(ValueError, match="6 positions; 3 more exceed max_length=8"):
+        layer(torch.randn(1, 3, 6, dtype=torch.float64), state=state)
+    with pytest.raises(ValueError, match="need causal=True"):
+        _layer(scope=3)(torch.randn(1, 3, 6, dtype=torch.float64), return_state=True)
+    with pytest.raises(ValueError, match="mask cannot be combined"):
+        layer(torch.randn(1, 2, 6, dtype=torch.float64), torch.ones(2, 2, dtype=torch.bool), state=state)
