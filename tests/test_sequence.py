@@ -447,3 +447,18 @@ def test_prefill_errors() -> None:
         _layer(scope=3)(torch.randn(1, 3, 6, dtype=torch.float64), return_state=True)
     with pytest.raises(ValueError, match="mask cannot be combined"):
         layer(torch.randn(1, 2, 6, dtype=torch.float64), torch.ones(2, 2, dtype=torch.bool), state=state)
+
+
+def test_causal_auto_costs_the_past_half_only() -> None:
+    """Causal kernels: logits only for short sequences (it multiplies the zeroed future half too), blocked for
+    1-D scopes up to 127, fft for global positions beyond 512 tokens (measured in docs/sequences.md)."""
+    glob = LambdaLayer1d(64, dim_k=16, heads=4, scope=None, max_length=4096, causal=True)
+    assert [glob.resolve_algorithm(b, n) for b, n in ((1, 256), (8, 512), (1, 1024), (1, 2048))] == [
+        "logits",
+        "logits",
+        "fft",
+        "fft",
+    ]
+    local = LambdaLayer1d(64, dim_k=16, heads=4, scope=63, causal=True)
+    assert [local.resolve_algorithm(1, n) for n in (64, 1024, 65536)] == ["logits", "blocked", "blocked"]
+    assert LambdaLayer1d(64, heads=4, scope=255, causal=True).resolve_algorithm(1, 4096) == "fft"
