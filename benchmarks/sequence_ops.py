@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lambdanet import LambdaLayer1d
 from lambdanet.bench.timing import peak_mib, synchronize
 

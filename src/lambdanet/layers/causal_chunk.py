@@ -11,7 +11,8 @@ slice and key channel; M the running maximum of the key logits)::
 
 i.e. gated linear attention (the layout and op names of flash-linear-attention's ``chunk_gla``) with a data-dependent
 per-channel gate ``exp(M_{n-1} - M_n) <= 1`` and keys ``exp(K_n - M_n) <= 1``, plus a normaliser per channel. Every
-exponent is <= 0, so nothing overflows even for logits of 1e3 or more (a log-space form would lose the accuracy).
+exponent is <= 0, so nothing overflows even for logits of 1e3 or more (a log-space form would lose the accuracy);
+the running maximum of an empty prefix is ``-inf`` (its gate ``exp(-inf) = 0``), so key logits must be finite.
 The running maximum is a constant for autograd: the output is invariant to it, so its gradients are exact; the
 gradients into a returned state are those of (S, z) at a fixed M.
 
@@ -98,11 +99,6 @@ def _check(q: Tensor, k: Tensor, v: Tensor, state: ContentState | None) -> None:
             )
 
 
-def _exp_diff(a: Tensor, b: Tensor) -> Tensor:
-    """``exp(a - b)`` for a <= b, with ``exp(-inf - -inf)`` read as 0 (an empty prefix carries nothing)."""
-    return torch.exp(torch.where(torch.isinf(a) & (a < 0), a, a - b))
-
-
 # ------------------------------------------------------------------------------------------------- reference
 def naive_causal_content(
     q: Tensor, k: Tensor, v: Tensor, initial_state: ContentState | None = None
@@ -123,7 +119,7 @@ def naive_causal_content(
     for n in range(t):
         kn, vn = k[:, n], v[:, n]  # b u k, b u v
         new_top = torch.maximum(top, kn.detach())
-        gate, key = _exp_diff(top, new_top), torch.exp(kn - new_top)
+        gate, key = torch.exp(top - new_top), torch.exp(kn - new_top)
         num = gate[..., None] * num + key[..., None] * vn[:, :, None, :]
         den = gate * den + key
         top = new_top
@@ -144,15 +140,13 @@ def recurrent_causal_content(
         q, k, v = q.float(), k.float(), v.float()
     if state is None:
         top = k.detach()
-        key = torch.ones_like(k)
-        num = key[..., None] * v[:, :, None, :]
-        den = key
+        num, den = v[:, :, None, :].expand(*k.shape, v.shape[-1]), torch.ones_like(k)
     else:
         top = torch.maximum(state.running_max, k.detach())
-        gate, key = _exp_diff(state.running_max, top), torch.exp(k - top)
-        num = gate[..., None] * state.numerator + key[..., None] * v[:, :, None, :]
-        den = gate * state.normaliser + key
-    y = torch.einsum("bhk,bukv->bhv", q, num / den[..., None])
+        gate, key = torch.exp(state.running_max - top), torch.exp(k - top)
+        num = torch.addcmul(gate[..., None] * state.numerator, key[..., None], v[:, :, None, :])
+        den = torch.addcmul(key, gate, state.normaliser)
+    y = torch.matmul(q[:, None] / den[:, :, None], num).sum(dim=1)  # (b u h k) @ (b u k v), summed over u
     return y.to(out_dtype), ContentState(num, den, top)
 
 
@@ -206,7 +200,7 @@ class _ChunkCausalContent(torch.autograd.Function):
             qg, kg, vg, mg = _group_tensors(q, k, v, top, start, g, c)
             w = _weights(kg, mg)
             mstart = _chunk_starts(prev, mg)  # b g u k
-            gate = _exp_diff(mstart, mg[:, :, -1])  # b g u k: decay across each chunk
+            gate = torch.exp(mstart - mg[:, :, -1])  # b g u k: decay across each chunk
             last = w[:, :, -1]  # b g s u k
             d_num = torch.einsum("bgsuk,bgsuv->bgukv", last, vg)
             d_den = last.sum(dim=2)
@@ -219,7 +213,7 @@ class _ChunkCausalContent(torch.autograd.Function):
             sn, sd = torch.stack(s_num, dim=1), torch.stack(s_den, dim=1)  # b g u k v, b g u k
             starts_num.append(sn)
             starts_den.append(sd)
-            scale = _exp_diff(mstart[:, :, None], mg)  # b g c u k
+            scale = torch.exp(mstart[:, :, None] - mg)  # b g c u k
             zt = scale * sd[:, :, None] + w.sum(dim=3)  # b g c u k
             qn = qg[:, :, :, :, None, :] / zt[:, :, :, None]  # b g c h u k
             a = torch.einsum("bgchuk,bgcsuk->bgchus", qn, w)
@@ -254,8 +248,8 @@ class _ChunkCausalContent(torch.autograd.Function):
             prev = top0 if gi == 0 else top[:, start - 1]
             w = _weights(kg, mg)
             mstart = _chunk_starts(prev, mg)
-            gate = _exp_diff(mstart, mg[:, :, -1])
-            scale = _exp_diff(mstart[:, :, None], mg)  # b g c u k
+            gate = torch.exp(mstart - mg[:, :, -1])
+            scale = torch.exp(mstart[:, :, None] - mg)  # b g c u k
             zt = scale * sd[:, :, None] + w.sum(dim=3)
             qn = qg[:, :, :, :, None, :] / zt[:, :, :, None]  # b g c h u k
             a = torch.einsum("bgchuk,bgcsuk->bgchus", qn, w)

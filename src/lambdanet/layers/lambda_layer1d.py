@@ -364,18 +364,17 @@ class LambdaLayer1d(nn.Module):
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)
         with float32_island(x.device):
-            q = rearrange(q.to(compute), "b (h k) -> b h k", h=self.heads)
-            v = rearrange(v.to(compute), "b (u v) -> b u v", u=self.dim_u)
+            q = q.to(compute).unflatten(-1, (self.heads, self.dim_k))
+            v = v.to(compute).unflatten(-1, (self.dim_u, self.dim_v))
             y = None
             if self.content:
-                logits = rearrange(k.to(compute), "b (u k) -> b u k", u=self.dim_u)
+                logits = k.to(compute).unflatten(-1, (self.dim_u, self.dim_k))
                 y, state.content = recurrent_causal_content(q, logits, v, state.content)
-            weight = self._kernel(compute)
-            if weight is not None:
-                y_p = torch.einsum("bhk,bkv->bhv", q, state.position_lambda(v, weight))
+            if self.pos is not None:  # reads offsets <= 0 only: the raw kernel, no per-token causal copy
+                y_p = state.position_output(q, v, self.pos.weight.to(compute))
                 y = y_p if y is None else y + y_p
             state.length += 1
-        return rearrange(y, "b h v -> b (h v)").to(out_dtype)
+        return y.flatten(1).to(out_dtype)
 
     def extra_repr(self) -> str:
         ctx = f"scope={self.scope}" if self.scope is not None else "scope=None"

@@ -215,8 +215,14 @@ class CausalLambdaState:
             slots = torch.arange(total - count, total, device=v.device) % self.window
             self.values[..., slots] = v[..., v.shape[-1] - count :].to(self.values.dtype)
 
-    def position_lambda(self, v: Tensor, weight: Tensor) -> Tensor:
-        """Write value ``v`` (b, u, v) of position ``length`` into the ring; its position lambda (b, k, v)."""
+    def position_output(self, q: Tensor, v: Tensor, weight: Tensor) -> Tensor:
+        """Write value ``v`` (b, u, v) of position ``length`` into the ring; position output (b, h, v) of query q.
+
+        ``weight`` (k, u, t) is the relative kernel; only its offsets ``<= 0`` are read (no causal copy needed).
+
+        Contracts ``q`` with the embeddings first ((b, h, u, w), then with the values): (h k + h v) w work per
+        token instead of the k v w of forming the position lambda.
+        """
         if weight.shape[-1] != self.kernel:
             raise ValueError(f"weight has kernel side {weight.shape[-1]}, but the state was built for {self.kernel}")
         w = self.window
@@ -226,7 +232,9 @@ class CausalLambdaState:
         c = self.kernel // 2
         if self.length < w:  # slots 0..length hold positions 0..length
             filled = self.length + 1
-            return torch.einsum("kuw,buvw->bkv", weight[..., c - filled + 1 : c + 1], self.values[..., :filled])
-        # slot j holds the position of chronological index (j - r) mod w, oldest first (r: the oldest slot)
-        kern = torch.roll(weight[..., c - w + 1 : c + 1], shifts=(self.length + 1) % w, dims=-1)
-        return torch.einsum("kuw,buvw->bkv", kern, self.values)
+            kern, vals = weight[..., c - filled + 1 : c + 1], self.values[..., :filled]
+        else:  # slot j holds the position of chronological index (j - r) mod w, oldest first (r: the oldest slot)
+            kern = torch.roll(weight[..., c - w + 1 : c + 1], shifts=(self.length + 1) % w, dims=-1)
+            vals = self.values
+        scores = torch.matmul(q[:, None], kern.transpose(0, 1))  # b u h w (strided operands, no copies)
+        return torch.matmul(scores, vals.transpose(-1, -2)).sum(dim=1)  # b h v
