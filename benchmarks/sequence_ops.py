@@ -12,6 +12,7 @@ hits all alike), backward ms (the difference) and, with ``--memory``, the peak M
 allocator, else live tensor bytes). Ratios are to ``sdpa`` of the same case.
 
     python benchmarks/sequence_ops.py --lengths 1024 4096 16384 --threads 2
+    python benchmarks/sequence_ops.py --lengths 32768 --reps 1 --warmup 0 --threads 1   # one call each
     python benchmarks/sequence_ops.py --lengths 4096 65536 --contenders content sdpa --reps 3 --device cuda
 
 Results and commands are recorded in docs/sequences.md.
@@ -76,8 +77,9 @@ def run_case(args, batch: int, length: int, heads: int, dim_k: int) -> list[dict
         m(x).sum().backward()
 
     times = {n: {"fwd": [], "fb": []} for n in mods}
-    for m in mods.values():  # warm-up
-        fwd_bwd(m)
+    for _ in range(args.warmup):
+        for m in mods.values():
+            fwd_bwd(m)
     start = time.perf_counter()
     for rep in range(args.reps):
         for n, m in mods.items():  # interleaved: each rep runs every contender once
@@ -87,7 +89,7 @@ def run_case(args, batch: int, length: int, heads: int, dim_k: int) -> list[dict
                 fn(m)
                 synchronize(device)
                 times[n][kind].append(time.perf_counter() - t0)
-        if rep >= 2 and time.perf_counter() - start > args.budget_s:
+        if rep >= 2 and time.perf_counter() - start > args.budget_s:  # at least 3 reps unless --reps is lower
             break
     rows = []
     for n, m in mods.items():
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=256, help="model width (256)")
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per contender (at least 3 run)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forward + backward calls per contender (1)")
     p.add_argument("--budget-s", type=float, default=60.0, help="stop repeating a case after this many seconds")
     p.add_argument("--memory", action="store_true", help="also measure peak memory (slow on CPU)")
     p.add_argument("--threads", type=int, default=None)

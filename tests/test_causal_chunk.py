@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lambdanet import LambdaLayer1d
+from lambdanet.layers import causal_chunk
 from lambdanet.layers.causal_chunk import (
     ContentState,
     chunk_causal_content,
@@ -59,11 +60,19 @@ SHAPES = [  # b, t, h, u, k, v, chunk
 ]
 
 
+@pytest.mark.parametrize("weights", ["factored", "explicit", "mixed"])
 @pytest.mark.parametrize("with_state", [False, True], ids=["fresh", "continued"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_chunk_matches_the_recurrence_in_output_state_and_every_gradient(shape, with_state: bool) -> None:
+def test_chunk_matches_the_recurrence_in_output_state_and_every_gradient(
+    shape, with_state: bool, weights: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     b, t, h, u, dk, dv, chunk = shape
     q, k, v, s0 = _inputs(b, t, h, u, dk, dv, state=with_state)
+    if weights == "explicit":  # every chunk forms its (c, s, k) weights
+        monkeypatch.setattr(causal_chunk, "FACTOR_MAX_RISE", -1.0)
+    if weights == "mixed":  # one chunk per group; a jump of 300 in the logits makes its chunk explicit
+        monkeypatch.setattr(causal_chunk, "GROUP_ELEMENTS", 1)
+        k[:, t // 2, :, 0] += 300.0
     g = torch.Generator().manual_seed(1)
     dy = torch.randn(b, t, h, dv, generator=g, dtype=torch.float64)
     dnum = torch.randn(b, u, dk, dv, generator=g, dtype=torch.float64)

@@ -20,7 +20,9 @@ Three implementations of the same sums:
 
 - :func:`naive_causal_content`: the recurrence above, one position at a time (the test oracle; run it in float64).
 - :func:`chunk_causal_content`: chunks of ``chunk_size`` positions (64 by default). Within a chunk the (chunk x
-  chunk) weights ``exp(K_s - M_t)`` are formed explicitly; across chunks only the boundary states are carried. A
+  chunk) weights ``exp(K_s - M_t) = exp(M_end - M_t) exp(K_s - M_end)`` enter matrix products over k in factored
+  form while the running maximum rises by at most 40 inside the chunk (else they are formed explicitly, per key
+  channel); across chunks only the boundary states are carried. A
   custom autograd function that saves the chunk-boundary states and recomputes the intra-chunk weights in backward,
   walking groups of chunks sized to stay in cache; time and memory are linear in the length, forward and backward.
 - :func:`recurrent_causal_content`: one new position from a state (decoding).
@@ -186,22 +188,81 @@ def _chunk_starts(prev_top: Tensor, mg: Tensor) -> Tensor:
     return torch.cat([prev_top[:, None], mg[:, :-1, -1]], dim=1)
 
 
+#: Largest rise of the running maximum inside one chunk for the factored weights ``exp(K_s - M_end) exp(M_end -
+#: M_c)``: the second factor stays below e^40 (no float32 overflow) and terms lost to underflow of the first are
+#: below e^-47 of a normaliser that is always >= 1. Chunks with a larger rise form the weights explicitly.
+FACTOR_MAX_RISE = 40.0
+
+
+class _Intra:
+    """The intra-chunk weights ``w[c, s] = exp(K_s - M_c)`` (s <= c) of a group, explicit or factored.
+
+    Factored (the fast path, when the running maximum rises by at most :data:`FACTOR_MAX_RISE` inside every
+    chunk of the group): ``w = exp(M_end - M_c) exp(K_s - M_end)``, so every contraction with w is a matrix
+    product over k and no (c, s, k) tensor exists. Explicit: the (b, g, c, s, u, k) weights are formed (any
+    logits, e.g. spans of 1000 inside a chunk). Under ``torch.compile``/export and on the meta device the explicit
+    form is used (no data-dependent branch).
+    """
+
+    def __init__(self, kg: Tensor, mg: Tensor) -> None:
+        c = kg.shape[2]
+        self.tri = torch.ones(c, c, dtype=torch.bool, device=kg.device).tril()[:, None, None, :]  # c 1 1 s
+        self.factored = (
+            not torch.compiler.is_compiling()
+            and kg.device.type != "meta"
+            and bool((mg[:, :, -1] - mg[:, :, 0]).max() <= FACTOR_MAX_RISE)
+        )
+        if self.factored:
+            end = mg[:, :, -1:]  # b g 1 u k
+            self.kf = torch.exp(kg - end)  # b g s u k, <= 1
+            self.qf = torch.exp(end - mg)  # b g c u k, in [1, e^40]
+            self.last = self.kf
+        else:
+            self.w = _weights(kg, mg)  # b g c s u k
+            self.last = self.w[:, :, -1]
+
+    def den(self) -> Tensor:
+        """Intra-chunk normaliser ``sum_{s <= c} w[c, s]`` (b, g, c, u, k)."""
+        return self.qf * self.kf.cumsum(dim=2) if self.factored else self.w.sum(dim=3)
+
+    def scores(self, qn: Tensor) -> Tensor:
+        """``a[c, s] = sum_k qn[c, k] w[c, s, k]`` (b, g, c, h, u, s) for qn (b, g, c, h, u, k)."""
+        if self.factored:
+            a = torch.einsum("bgchuk,bgsuk->bgchus", qn * self.qf[:, :, :, None], self.kf)
+            return a * self.tri
+        return torch.einsum("bgchuk,bgcsuk->bgchus", qn, self.w)
+
+    def weigh(self, d: Tensor) -> Tensor:
+        """``sum_s d[c, s] w[c, s, k]`` (b, g, c, h, u, k) for d (b, g, c, h, u, s) (zero above the diagonal)."""
+        if self.factored:
+            return self.qf[:, :, :, None] * torch.einsum("bgchus,bgsuk->bgchuk", d, self.kf)
+        return torch.einsum("bgchus,bgcsuk->bgchuk", d, self.w)
+
+    def key_grad(self, qn: Tensor, d: Tensor, dz: Tensor) -> Tensor:
+        """``sum_c w[c, s, k] (sum_h qn[c, h, k] d[c, h, s] + dz[c, k])`` (b, g, s, u, k)."""
+        if self.factored:
+            x = torch.einsum("bgchus,bgchuk->bgsuk", d, qn * self.qf[:, :, :, None])
+            return self.kf * (x + (self.qf * dz).flip(2).cumsum(dim=2).flip(2))
+        x = torch.einsum("bgchuk,bgchus->bgcsuk", qn, d) + dz[:, :, :, None]
+        return (self.w * x).sum(dim=2)
+
+
 class _ChunkCausalContent(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, num0, den0, top0, chunk):  # type: ignore[override]
         b, t = q.shape[:2]
         top = torch.maximum(k.cummax(dim=1).values, top0[:, None])  # b t u k: running maximum (no gradient)
-        per_chunk = b * chunk * chunk * k.shape[2] * max(k.shape[3], q.shape[2])
+        per_chunk = b * chunk * chunk * k.shape[2] * max(k.shape[3], q.shape[2])  # the explicit weights' size
         groups = _groups(t, chunk, per_chunk)
         y = q.new_empty(b, t, q.shape[2], v.shape[3])
         starts_num, starts_den = [], []
         num, den, prev = num0, den0, top0
         for start, g, c in groups:
             qg, kg, vg, mg = _group_tensors(q, k, v, top, start, g, c)
-            w = _weights(kg, mg)
+            intra = _Intra(kg, mg)
             mstart = _chunk_starts(prev, mg)  # b g u k
             gate = torch.exp(mstart - mg[:, :, -1])  # b g u k: decay across each chunk
-            last = w[:, :, -1]  # b g s u k
+            last = intra.last  # b g s u k: weights of the chunk's last position
             d_num = torch.einsum("bgsuk,bgsuv->bgukv", last, vg)
             d_den = last.sum(dim=2)
             s_num, s_den = [], []
@@ -214,9 +275,9 @@ class _ChunkCausalContent(torch.autograd.Function):
             starts_num.append(sn)
             starts_den.append(sd)
             scale = torch.exp(mstart[:, :, None] - mg)  # b g c u k
-            zt = scale * sd[:, :, None] + w.sum(dim=3)  # b g c u k
+            zt = scale * sd[:, :, None] + intra.den()  # b g c u k
             qn = qg[:, :, :, :, None, :] / zt[:, :, :, None]  # b g c h u k
-            a = torch.einsum("bgchuk,bgcsuk->bgchus", qn, w)
+            a = intra.scores(qn)
             yg = torch.einsum("bgchus,bgsuv->bgchv", a, vg)
             yg = yg + torch.einsum("bgchuk,bgukv->bgchv", qn * scale[:, :, :, None], sn)
             y[:, start : start + g * c] = yg.reshape(b, g * c, *yg.shape[3:])
@@ -246,15 +307,15 @@ class _ChunkCausalContent(torch.autograd.Function):
             dyg = dy[:, start:end].reshape(b, g, c, *dy.shape[2:])
             sn, sd = starts_num[gi], starts_den[gi]
             prev = top0 if gi == 0 else top[:, start - 1]
-            w = _weights(kg, mg)
+            intra = _Intra(kg, mg)
             mstart = _chunk_starts(prev, mg)
             gate = torch.exp(mstart - mg[:, :, -1])
             scale = torch.exp(mstart[:, :, None] - mg)  # b g c u k
-            zt = scale * sd[:, :, None] + w.sum(dim=3)
+            zt = scale * sd[:, :, None] + intra.den()
             qn = qg[:, :, :, :, None, :] / zt[:, :, :, None]  # b g c h u k
-            a = torch.einsum("bgchuk,bgcsuk->bgchus", qn, w)
-            dvv = torch.einsum("bgchv,bgsuv->bgchus", dyg, vg)  # dy . v_s
-            dyp = torch.einsum("bgchus,bgcsuk->bgchuk", dvv, w)  # dy . P_c[k] (intra part)
+            a = intra.scores(qn)
+            dvv = torch.einsum("bgchv,bgsuv->bgchus", dyg, vg) * intra.tri  # dy . v_s for s <= c
+            dyp = intra.weigh(dvv)  # dy . P_c[k] (intra part)
             dyp = dyp + scale[:, :, :, None] * torch.einsum("bgchv,bgukv->bgchuk", dyg, sn)
             dpq = dyp / zt[:, :, :, None]  # gradient of q through each u
             dq[:, start:end] = dpq.sum(dim=4).reshape(b, g * c, *q.shape[2:])
@@ -269,11 +330,10 @@ class _ChunkCausalContent(torch.autograd.Function):
                 dnum = gate[:, i, :, :, None] * dnum + g_num[:, i]
                 dden = gate[:, i] * dden + g_den[:, i]
             en, ed = torch.stack(end_num[::-1], dim=1), torch.stack(end_den[::-1], dim=1)  # b g u k v, b g u k
-            last = w[:, :, -1]  # b g s u k
+            last = intra.last  # b g s u k
             dvg = torch.einsum("bgchus,bgchv->bgsuv", a, dyg) + torch.einsum("bgsuk,bgukv->bgsuv", last, en)
             dv[:, start:end] = dvg.reshape(b, g * c, *v.shape[2:])
-            x = torch.einsum("bgchuk,bgchus->bgcsuk", qn, dvv) + dz[:, :, :, None]
-            dkg = (w * x).sum(dim=2)
+            dkg = intra.key_grad(qn, dvv, dz)
             dkg = dkg + last * (torch.einsum("bgukv,bgsuv->bgsuk", en, vg) + ed[:, :, None])
             dk[:, start:end] = dkg.reshape(b, g * c, *k.shape[2:])
         return dq, dk, dv, dnum, dden, None, None
