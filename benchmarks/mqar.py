@@ -17,7 +17,7 @@ positions of a fixed test set) is reported. Results: JSON, a markdown table and 
 size (``--out``).
 
     python benchmarks/mqar.py --preset smoke                 # seconds: the test's configuration
-    python benchmarks/mqar.py --preset cpu --out runs/mqar   # a small grid for a CPU (about 20 minutes)
+    python benchmarks/mqar.py --preset cpu --out runs/mqar   # a small grid for a CPU (10 runs, 10-30 minutes)
     python benchmarks/mqar.py --preset gpu --out runs/mqar   # the full grid (CUDA)
 
 Results and commands are recorded in docs/sequences.md.
@@ -143,11 +143,11 @@ PRESETS = {
         dim=32, heads=2, models=[("lambda", 16), ("linear", 16), ("attention", 16)],
         lrs=[3e-3], steps=6, batch=8, test_examples=32,
     ),
-    # A grid that fits a loaded CPU in about 20 minutes (short sequences, small vocabulary).
+    # A grid that fits a loaded CPU in 10-30 minutes (short sequences, small vocabulary).
     "cpu": Preset(
         MQARConfig(vocab_size=64, seq_len=32, num_kv_pairs=4),
         dim=64, heads=2, models=[("lambda", 16), ("lambda", 64), ("linear", 16), ("linear", 64), ("attention", 32)],
-        lrs=[1e-3, 3e-3, 1e-2], steps=1500, batch=32, test_examples=512,
+        lrs=[3e-3, 1e-2], steps=800, batch=32, test_examples=512,
     ),
     # Zoology's scale (vocab 8192, lengths 64-512, 4-64 pairs, 4 learning rates): for a GPU.
     "gpu": Preset(
