@@ -89,7 +89,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, state: ContentState | None) -> None:
     b, t, _, dk = q.shape
     if k.shape[:2] != (b, t) or v.shape[:3] != (b, t, k.shape[2]) or k.shape[3] != dk:
         raise ValueError(
-            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not share (b, t), u and |k' as "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not share (b, t), u and |k| as "
             f"(b, t, h, k), (b, t, u, k), (b, t, u, v)"
         )
     if state is not None:
