@@ -233,6 +233,7 @@ def table(best: list[dict]) -> str:
 
 def plot(best: list[dict], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -248,13 +249,14 @@ def plot(best: list[dict], path: Path) -> None:
             )
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker=marker, label=mixer)
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("recurrent state per sequence (floats, all layers)")
         ax.set_title(f"MQAR, length {n}, {d} pairs")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (best learning rate)")
-    axes[0][0].legend()
+    axes[0][0].legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
