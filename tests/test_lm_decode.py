@@ -63,5 +63,7 @@ def test_decoding_errors() -> None:
     _, state = model.prefill(torch.zeros(1, 38, dtype=torch.long))
     with pytest.raises(ValueError, match="sequence length 41 exceeds max_length=40"):
         model.prefill(prompt[:, :3], state)
+    with pytest.raises(ValueError, match="the cache holds a batch of 1 sequences, got 2"):
+        model.step(torch.zeros(2, dtype=torch.long), state)
     with pytest.raises(ValueError, match="expected 2 states"):
         model.step(prompt[:, 0], state[:1])

@@ -445,6 +445,10 @@ def test_prefill_errors() -> None:
         layer(torch.randn(1, 3, 6, dtype=torch.float64), state=state)
     with pytest.raises(ValueError, match="need causal=True"):
         _layer(scope=3)(torch.randn(1, 3, 6, dtype=torch.float64), return_state=True)
+    with pytest.raises(ValueError, match="a batch of 1 sequences, got an input batch of 2"):
+        layer(torch.randn(2, 1, 6, dtype=torch.float64), state=state)
+    with pytest.raises(ValueError, match="a batch of 1 sequences, got an input batch of 3"):
+        layer.step(torch.randn(3, 6, dtype=torch.float64), state)
     with pytest.raises(ValueError, match="mask cannot be combined"):
         layer(torch.randn(1, 2, 6, dtype=torch.float64), torch.ones(2, 2, dtype=torch.bool), state=state)
 

@@ -262,7 +262,7 @@ class LambdaLayer1d(nn.Module):
         self._check_input(x)
         b, n, _ = x.shape
         if state is not None:
-            state.check_room(n)
+            state.check_room(n, b)
         if mask is not None:
             if mask.dtype != torch.bool or tuple(mask.shape) != (n, n):
                 raise ValueError(
@@ -359,7 +359,7 @@ class LambdaLayer1d(nn.Module):
             raise ValueError(f"step takes one position (batch, dim={self.dim}), got shape {tuple(x.shape)}")
         if self.norm == "batch" and self.training:
             raise ValueError("step with norm='batch' needs eval mode (training-mode batch statistics span positions)")
-        state.check_room(1)
+        state.check_room(1, x.shape[0])
         q, k, v = self._project(x)
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)

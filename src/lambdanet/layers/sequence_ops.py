@@ -191,10 +191,13 @@ class CausalLambdaState:
         self.content: ContentState | None = None
         self.values: Tensor | None = None  # ring buffer b u v w: position p lives in slot p % w
 
-    def check_room(self, n: int) -> None:
-        """Raise unless ``n`` more positions fit under ``max_length``."""
+    def check_room(self, n: int, batch: int | None = None) -> None:
+        """Raise unless ``n`` more positions (of ``batch`` sequences, if given) fit this state."""
         if self.max_length is not None and self.length + n > self.max_length:
             raise ValueError(f"the state holds {self.length} positions; {n} more exceed max_length={self.max_length}")
+        held = self.values if self.values is not None else (None if self.content is None else self.content[0])
+        if batch is not None and held is not None and held.shape[0] != batch:
+            raise ValueError(f"the state holds a batch of {held.shape[0]} sequences, got an input batch of {batch}")
 
     def recent_values(self) -> Tensor | None:
         """The last ``min(length, window - 1)`` values (b, u, v, p) in order (those later positions still see)."""

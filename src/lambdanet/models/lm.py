@@ -78,6 +78,8 @@ class KVCache:
         n = k.shape[2]
         if self.length + n > self.max_length:
             raise ValueError(f"the cache holds {self.length} positions; {n} more exceed max_length={self.max_length}")
+        if self.keys is not None and self.keys.shape[0] != k.shape[0]:
+            raise ValueError(f"the cache holds a batch of {self.keys.shape[0]} sequences, got {k.shape[0]}")
         if self.keys is None:
             shape = (k.shape[0], k.shape[1], self.max_length, k.shape[3])
             self.keys, self.values = k.new_zeros(shape), v.new_zeros(shape)
