@@ -14,15 +14,23 @@ from torch import Tensor
 
 import lambdanet
 from lambdanet import LambdaLayer1d
+from lambdanet.layers.causal_chunk import chunk_causal_content, recurrent_causal_content
 from lambdanet.layers.lambda_ops import ALGORITHMS
 from lambdanet.layers.sequence_ops import (
     CausalLambdaState,
     causal_content_lambdas,
-    causal_content_output,
     causal_kernel,
     masked_content_lambdas,
     masked_lambda_output,
 )
+
+
+def causal_content_output(q: Tensor, logits: Tensor, v: Tensor, chunk: int = 64) -> Tensor:
+    """The chunkwise op in this file's (b, h, k, n) layout: (b, h, v, n)."""
+    y, _ = chunk_causal_content(
+        q.permute(0, 3, 1, 2), logits.permute(0, 3, 1, 2), v.permute(0, 3, 1, 2), None, False, chunk
+    )
+    return y.permute(0, 2, 3, 1)
 
 
 def _norm(x: Tensor, norm: torch.nn.Module, kind: str) -> Tensor:
@@ -234,10 +242,10 @@ def test_large_logits_and_long_sequences_stay_finite_and_exact(dtype: torch.dtyp
     expected = torch.einsum("bhkn,bkvn->bhvn", q.double(), want)
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=4 * tol)
     # The decoding state is just as stable.
-    state = CausalLambdaState()
+    state = None
     q = torch.eye(2, dtype=dtype)[None]  # b h=2 k=2: reads back the lambda rows
     for i in (0, 1, 2):
-        out = state.step(q, logits[..., i].to(dtype), v[..., i].to(dtype))
+        out, state = recurrent_causal_content(q, logits[..., i].to(dtype), v[..., i].to(dtype), state)
     torch.testing.assert_close(out.double(), want[..., 2], rtol=tol, atol=tol)
 
 
@@ -397,3 +405,64 @@ def test_torch_export_roundtrip() -> None:
     x = torch.randn(2, 40, 16)
     with torch.no_grad():
         torch.testing.assert_close(torch.export.export(layer, (x,)).module()(x), layer(x))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"scope": 5},
+        {"scope": None, "max_length": 23},
+        {"scope": 3, "dim_u": 2},
+        {"content": False, "scope": 7},
+        {"position": False},
+    ],
+    ids=["local", "global", "u2", "position-only", "content-only"],
+)
+@pytest.mark.parametrize("algorithm", ["auto", "fft", "logits"])
+def test_prefill_continues_a_state_like_the_full_pass(cfg: dict, algorithm: str) -> None:
+    """forward(x, return_state=True) on a prefix, then forward(rest, state=...) and step(...), equal the full pass;
+    the local ring buffer wraps several times."""
+    layer = _layer(causal=True, chunk=4, algorithm=algorithm, **cfg).eval()
+    x = torch.randn(2, 23, 6, dtype=torch.float64)
+    full = layer(x)
+    head, state = layer(x[:, :9], return_state=True)
+    mid, state2 = layer(x[:, 9:10], state=state, return_state=True)
+    tail, state3 = layer(x[:, 10:17], state=state2, return_state=True)
+    assert state.length == 9 and state3.length == 17
+    steps = [layer.step(x[:, i], state3) for i in range(17, 23)]
+    got = torch.cat([head, mid, tail, torch.stack(steps, dim=1)], dim=1)
+    torch.testing.assert_close(got, full, rtol=1e-11, atol=1e-12)
+    again = layer(x[:, 9:17], state=state)  # the state passed in is not modified
+    torch.testing.assert_close(again, full[:, 9:17], rtol=1e-11, atol=1e-12)
+    if layer.pos is not None and cfg.get("scope"):
+        assert state3.values.shape[-1] == cfg["scope"] // 2 + 1  # O(scope) ring
+
+
+def test_prefill_errors() -> None:
+    layer = _layer(causal=True, scope=None, max_length=8).eval()
+    _, state = layer(torch.randn(1, 6, 6, dtype=torch.float64), return_state=True)
+    with pytest.raises(ValueError, match="6 positions; 3 more exceed max_length=8"):
+        layer(torch.randn(1, 3, 6, dtype=torch.float64), state=state)
+    with pytest.raises(ValueError, match="need causal=True"):
+        _layer(scope=3)(torch.randn(1, 3, 6, dtype=torch.float64), return_state=True)
+    with pytest.raises(ValueError, match="a batch of 1 sequences, got an input batch of 2"):
+        layer(torch.randn(2, 1, 6, dtype=torch.float64), state=state)
+    with pytest.raises(ValueError, match="a batch of 1 sequences, got an input batch of 3"):
+        layer.step(torch.randn(3, 6, dtype=torch.float64), state)
+    with pytest.raises(ValueError, match="mask cannot be combined"):
+        layer(torch.randn(1, 2, 6, dtype=torch.float64), torch.ones(2, 2, dtype=torch.bool), state=state)
+
+
+def test_causal_auto_costs_the_past_half_only() -> None:
+    """Causal kernels: logits only for short sequences (it multiplies the zeroed future half too), blocked for
+    1-D scopes up to 127, fft for global positions beyond 512 tokens (measured in docs/sequences.md)."""
+    glob = LambdaLayer1d(64, dim_k=16, heads=4, scope=None, max_length=4096, causal=True)
+    assert [glob.resolve_algorithm(b, n) for b, n in ((1, 256), (8, 512), (1, 1024), (1, 2048))] == [
+        "logits",
+        "logits",
+        "fft",
+        "fft",
+    ]
+    local = LambdaLayer1d(64, dim_k=16, heads=4, scope=63, causal=True)
+    assert [local.resolve_algorithm(1, n) for n in (64, 1024, 65536)] == ["logits", "blocked", "blocked"]
+    assert LambdaLayer1d(64, heads=4, scope=255, causal=True).resolve_algorithm(1, 4096) == "fft"

@@ -15,24 +15,29 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from lambdanet.layers._common import check_flag, check_positive_int, compute_dtype, float32_island
 from lambdanet.layers.algorithms import choose_algorithm
+from lambdanet.layers.algorithms.logits import MAX_ELEMENTS as LOGITS_MAX_ELEMENTS
+from lambdanet.layers.algorithms.logits import MAX_WASTE as LOGITS_MAX_WASTE
+from lambdanet.layers.causal_chunk import chunk_causal_content, recurrent_causal_content
 from lambdanet.layers.core import _LambdaNd
 from lambdanet.layers.lambda_ops import content_lambda, position_output
 from lambdanet.layers.position import RelativePositionEmbedding
-from lambdanet.layers.sequence_ops import (
-    CausalLambdaState,
-    causal_content_output,
-    causal_kernel,
-    masked_lambda_output,
-)
+from lambdanet.layers.sequence_ops import CausalLambdaState, causal_kernel, masked_lambda_output
 
 __all__ = ["NORMS", "LambdaLayer1d"]
 
 NORMS = ("auto", "batch", "layer", "none")
+#: Causal ``auto``: ``logits`` (an (n, n) map, half of it zeros) only up to this length; at 1-2k tokens it was
+#: 2.0-3.8x slower than ``fft`` for any batch (both grow linearly with the batch), at 512 and below faster.
+CAUSAL_LOGITS_MAX_LENGTH = 512
+#: Causal ``auto``: ``blocked`` up to this scope radius (1-D windows cost B + 2 r per position, not (B + 2 r)^2):
+#: 0.6-0.95x of ``fft`` for 63- and 127-wide scopes at 1k-4k tokens, 1.15x at 255.
+CAUSAL_BLOCKED_MAX_HALF = 63
 
 
 class LambdaLayer1d(_LambdaNd):
@@ -159,10 +164,27 @@ class LambdaLayer1d(_LambdaNd):
         return causal_kernel(weight) if self.causal else weight
 
     def resolve_algorithm(self, batch: int, length: int) -> str:
-        """The position algorithm used by the unmasked paths for an input of this batch size and length."""
+        """The position algorithm used by the unmasked paths for an input of this batch size and length.
+
+        Causal layers cost only the past half of their kernel (offsets ``-(t // 2) .. 0``; every algorithm still
+        multiplies the zeroed future half), with the 1-D causal rule measured in ``docs/sequences.md``:
+        ``logits`` up to :data:`CAUSAL_LOGITS_MAX_LENGTH` tokens while the past scope covers a third of the
+        sequence, ``blocked`` for scopes up to ``2 * CAUSAL_BLOCKED_MAX_HALF + 1``, ``fft`` otherwise.
+        """
         if self.algorithm != "auto":
             return self.algorithm
         kernel = self.pos.kernel if self.pos is not None else (1,)
+        if self.causal:
+            half = min(kernel[0] // 2, length - 1)
+            past = half + 1  # in-scope context positions of the last query
+            elements = batch * self.heads * self.dim_u * length * length
+            if (
+                length <= CAUSAL_LOGITS_MAX_LENGTH
+                and length <= LOGITS_MAX_WASTE * past
+                and elements <= LOGITS_MAX_ELEMENTS
+            ):
+                return "logits"
+            return "blocked" if half <= CAUSAL_BLOCKED_MAX_HALF else "fft"
         return choose_algorithm(
             batch=batch,
             spatial=(length,),
@@ -174,19 +196,38 @@ class LambdaLayer1d(_LambdaNd):
         )
 
     # ----------------------------------------------------------------------------------------------- forward
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        *,
+        state: CausalLambdaState | None = None,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, CausalLambdaState]:
         """Apply the layer.
 
         Args:
             x: (b, n, dim) input.
             mask: optional (n, n) boolean mask, True where query n may use context position m (combined with the
                 causal mask when ``causal=True``).
+            state: continue a causal layer from the state after an earlier prefix (from ``return_state=True`` or
+                :meth:`step`); the state is not modified.
+            return_state: also return the state after the last position (prefill for :meth:`step`); causal
+                layers only.
 
         Returns:
-            (b, n, dim_out) output.
+            (b, n, dim_out) output, and with ``return_state`` the new state. With ``state``, equal to the last n
+            rows of the full pass over prefix and ``x``.
         """
+        if state is not None or return_state:
+            if not self.causal:
+                raise ValueError("state/return_state need causal=True: only causal layers can continue a prefix")
+            if mask is not None:
+                raise ValueError("mask cannot be combined with state/return_state (prefill is causal only)")
         self._check_input(x)
         b, n, _ = x.shape
+        if state is not None:
+            state.check_room(n, b)
         if mask is not None:
             if mask.dtype != torch.bool or tuple(mask.shape) != (n, n):
                 raise ValueError(
@@ -206,32 +247,63 @@ class LambdaLayer1d(_LambdaNd):
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)
         with float32_island(x.device):
-            q = rearrange(q.to(compute), "b n (h k) -> b h k n", h=self.heads)
-            v = rearrange(v.to(compute), "b m (u v) -> b u v m", u=self.dim_u)
-            logits = rearrange(k.to(compute), "b m (u k) -> b u k m", u=self.dim_u) if self.content else None
             weight = self._kernel(compute)
-            if mask is not None:
-                y = masked_lambda_output(q, logits, v, mask, weight)
+            if self.causal and mask is None:
+                y, new_state = self._causal_output(q.to(compute), k.to(compute), v.to(compute), weight, state)
+                y = y.reshape(b, n, self.dim_out)
             else:
-                y = self._unmasked_output(q, logits, v, weight, b, n)
-            y = rearrange(y, "b h v n -> b n (h v)")
-        return y.to(out_dtype)
+                q = rearrange(q.to(compute), "b n (h k) -> b h k n", h=self.heads)
+                v = rearrange(v.to(compute), "b m (u v) -> b u v m", u=self.dim_u)
+                logits = rearrange(k.to(compute), "b m (u k) -> b u k m", u=self.dim_u) if self.content else None
+                if mask is not None:
+                    y = masked_lambda_output(q, logits, v, mask, weight)
+                else:
+                    y = self._position(q, v, weight, b, n)
+                    if logits is not None:
+                        y_c = torch.einsum("bhkn,bkv->bhvn", q, content_lambda(logits.softmax(dim=-1), v))
+                        y = y_c if y is None else y_c + y
+                y = rearrange(y, "b h v n -> b n (h v)")
+        y = y.to(out_dtype)
+        return (y, new_state) if return_state else y
 
-    def _unmasked_output(self, q: Tensor, logits: Tensor | None, v: Tensor, weight: Tensor | None, b: int, n: int):
+    def _position(self, q: Tensor, v: Tensor, weight: Tensor | None, b: int, n: int) -> Tensor | None:
+        if weight is None:
+            return None
+        return position_output(q, v, weight, (n,), self.resolve_algorithm(b, n))
+
+    def _causal_output(
+        self, q: Tensor, k: Tensor, v: Tensor, weight: Tensor | None, state: CausalLambdaState | None
+    ) -> tuple[Tensor, CausalLambdaState]:
+        """Causal pass in the channels-last layout (b, n, h, v), continuing ``state``; returns a new state."""
+        b, n, _ = q.shape
+        q = q.view(b, n, self.heads, self.dim_k)
+        v = v.view(b, n, self.dim_u, self.dim_v)
+        start = 0 if state is None else state.length
+        new = self.init_state()
+        new.length = start + n
         y = None
-        if logits is not None:
-            if self.causal:
-                y = causal_content_output(q, logits, v, self.chunk)  # one lambda per n, never materialised
-            else:
-                y = torch.einsum("bhkn,bkv->bhvn", q, content_lambda(logits.softmax(dim=-1), v))
+        if self.content:
+            logits = k.view(b, n, self.dim_u, self.dim_k)
+            prior = None if state is None else state.content
+            y, new.content = chunk_causal_content(q, logits, v, prior, output_final_state=True, chunk_size=self.chunk)
         if weight is not None:
-            y_p = position_output(q, v, weight, (n,), self.resolve_algorithm(b, n))
+            vt = rearrange(v, "b n u v -> b u v n")
+            prefix = None if state is None else state.recent_values()
+            if prefix is not None and prefix.shape[-1]:  # earlier values the new queries still see
+                p = prefix.shape[-1]
+                vt = torch.cat([prefix.to(vt.dtype), vt], dim=-1)
+                qt = F.pad(rearrange(q, "b n h k -> b h k n"), (p, 0))
+                y_p = self._position(qt, vt, weight, b, p + n)[..., p:]
+            else:
+                y_p = self._position(rearrange(q, "b n h k -> b h k n"), vt, weight, b, n)
+            y_p = rearrange(y_p, "b h v n -> b n h v")
             y = y_p if y is None else y + y_p
-        return y
+            new.store_values(vt, new.length)
+        return y, new
 
     # ----------------------------------------------------------------------------------------------- decoding
     def init_state(self) -> CausalLambdaState:
-        """A fresh decoding state for :meth:`step` (causal layers only)."""
+        """A fresh decoding state for :meth:`step` or ``forward(x, state=...)`` (causal layers only)."""
         if not self.causal:
             raise ValueError("init_state needs causal=True: incremental decoding is defined for causal layers only")
         kernel = self.pos.kernel[0] if self.pos is not None else 0
@@ -241,10 +313,10 @@ class LambdaLayer1d(_LambdaNd):
         """Output (b, dim_out) for the next position ``x`` (b, dim), updating ``state`` in place.
 
         Equals the corresponding row of ``forward`` on the whole prefix; the content term costs O(1) per token,
-        a local position term O(scope).
+        a local position term O(scope) (a ring buffer, written in place).
 
         Raises:
-            ValueError: a non-causal layer, a wrong input shape, or batch norm in training mode.
+            ValueError: a non-causal layer, a wrong input shape, a full state, or batch norm in training mode.
         """
         if not self.causal:
             raise ValueError("step needs causal=True: incremental decoding is defined for causal layers only")
@@ -252,15 +324,22 @@ class LambdaLayer1d(_LambdaNd):
             raise ValueError(f"step takes one position (batch, dim={self.dim}), got shape {tuple(x.shape)}")
         if self.norm == "batch" and self.training:
             raise ValueError("step with norm='batch' needs eval mode (training-mode batch statistics span positions)")
+        state.check_room(1, x.shape[0])
         q, k, v = self._project(x)
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)
         with float32_island(x.device):
-            q = rearrange(q.to(compute), "b (h k) -> b h k", h=self.heads)
-            v = rearrange(v.to(compute), "b (u v) -> b u v", u=self.dim_u)
-            logits = rearrange(k.to(compute), "b (u k) -> b u k", u=self.dim_u) if self.content else None
-            y = state.step(q, logits, v, self._kernel(compute))
-        return rearrange(y, "b h v -> b (h v)").to(out_dtype)
+            q = q.to(compute).unflatten(-1, (self.heads, self.dim_k))
+            v = v.to(compute).unflatten(-1, (self.dim_u, self.dim_v))
+            y = None
+            if self.content:
+                logits = k.to(compute).unflatten(-1, (self.dim_u, self.dim_k))
+                y, state.content = recurrent_causal_content(q, logits, v, state.content)
+            if self.pos is not None:  # reads offsets <= 0 only: the raw kernel, no per-token causal copy
+                y_p = state.position_output(q, v, self.pos.weight.to(compute))
+                y = y_p if y is None else y + y_p
+            state.length += 1
+        return y.flatten(1).to(out_dtype)
 
     def extra_repr(self) -> str:
         ctx = f"scope={self.scope}" if self.scope is not None else "scope=None"

@@ -17,7 +17,8 @@ Position embeddings are masked: ``lambda_p[n] = sum_m E[n, m] mask[n, m] v_m``.
 
 The causal mask (``mask[n, m] = m <= n``) needs no (n, m) tensor: the content lambdas are prefix sums of
 ``exp(k_m - M) v_m^T`` with a running maximum ``M`` per key channel that rescales the sums when it grows (online
-softmax), computed chunk by chunk so that memory is linear in the length; the position lambdas use the relative
+softmax), computed chunk by chunk so that memory is linear in the length (the chunkwise op the layer uses lives in
+:mod:`lambdanet.layers.causal_chunk`); the position lambdas use the relative
 kernel with its future half (offsets ``m - n > 0``) set to zero, so every algorithm of
 :func:`lambdanet.layers.lambda_ops.position_output` applies unchanged.
 """
@@ -29,12 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lambdanet.layers._common import LOW_PRECISION
+from lambdanet.layers.causal_chunk import ContentState
 from lambdanet.layers.lambda_ops import apply_lambdas, relative_embeddings
 
 __all__ = [
     "CausalLambdaState",
     "causal_content_lambdas",
-    "causal_content_output",
     "causal_kernel",
     "masked_content_lambdas",
     "masked_key_weights",
@@ -121,8 +122,10 @@ def causal_content_lambdas(logits: Tensor, v: Tensor, chunk: int = 64) -> Tensor
     Prefix sums with a running maximum per key channel (online softmax): inside a chunk of ``chunk`` positions the
     (chunk x chunk) lower-triangular weights ``exp(k_m - M_n)`` are formed explicitly (each <= 1, so nothing
     overflows); the sums carried from earlier chunks are rescaled by ``exp(M_old - M_n) <= 1``. Memory is
-    Θ(b u k (v + chunk) n): linear in the length. float16/bfloat16 inputs are accumulated in float32 and the
-    result is cast back.
+    Θ(b u k (v + chunk) n): linear in the length, forward and backward. The layer itself never forms these
+    per-position lambdas: it contracts them with the queries chunk by chunk
+    (:func:`lambdanet.layers.causal_chunk.chunk_causal_content`). float16/bfloat16 inputs are accumulated in
+    float32 and the result is cast back.
 
     Args:
         logits: (b, u, k, n) key logits.
@@ -139,12 +142,12 @@ def causal_content_lambdas(logits: Tensor, v: Tensor, chunk: int = 64) -> Tensor
     out_dtype = logits.dtype
     if out_dtype in LOW_PRECISION:
         logits, v = logits.float(), v.float()
-    length = logits.shape[-1]
     tri = torch.ones(chunk, chunk, dtype=torch.bool, device=logits.device).tril()  # n >= m
     out: list[Tensor] = []
     num_prev = den_prev = top_prev = None
-    for s in range(0, length, chunk):
-        kc, vc = logits[..., s : s + chunk], v[..., s : s + chunk]
+    # ``split`` (not slicing): in backward the chunks' gradients are concatenated once, where slices of the
+    # full-length tensors would each zero-fill a full-length gradient (O(n^2 / chunk) traffic).
+    for kc, vc in zip(logits.split(chunk, dim=-1), v.split(chunk, dim=-1), strict=True):
         size = kc.shape[-1]
         # Running maximum up to each position; shift invariance lets it be a constant for autograd.
         top = kc.detach().cummax(dim=-1).values  # b u k n
@@ -163,68 +166,18 @@ def causal_content_lambdas(logits: Tensor, v: Tensor, chunk: int = 64) -> Tensor
     return torch.cat(out, dim=-1).to(out_dtype)
 
 
-def causal_content_output(q: Tensor, logits: Tensor, v: Tensor, chunk: int = 32) -> Tensor:
-    """Causal content output ``y_c[n] = lambda_c[n]^T q_n`` (b, h, v, n) without forming per-position lambdas.
-
-    The same online-softmax scan as :func:`causal_content_lambdas`, contracted with the queries inside each chunk:
-    ``y[n] = sum_m (q_n / Z_n)^T w[n, m] v_m + (q_n / Z_n)^T (scale_n S)`` where ``w[n, m] = exp(k_m - M_n)``
-    (m <= n in the chunk) and ``S`` is the numerator carried from earlier chunks. Only the carried state (b, u, k, v)
-    and one chunk's (chunk x chunk) weights are live at a time, so memory is linear in the length with a small
-    constant. float16/bfloat16 inputs are accumulated in float32 and the result is cast back.
-
-    Args:
-        q: (b, h, k, n) queries.
-        logits: (b, u, k, n) key logits.
-        v: (b, u, v, n) values.
-        chunk: positions per block of the scan.
-
-    Raises:
-        ValueError: for a non-positive ``chunk`` or mismatched lengths.
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk} must be a positive integer")
-    if not q.shape[-1] == logits.shape[-1] == v.shape[-1]:
-        raise ValueError(f"lengths differ: q {q.shape[-1]}, logits {logits.shape[-1]}, values {v.shape[-1]}")
-    out_dtype = q.dtype
-    if out_dtype in LOW_PRECISION:
-        q, logits, v = q.float(), logits.float(), v.float()
-    length = logits.shape[-1]
-    tri = torch.ones(chunk, chunk, dtype=torch.bool, device=logits.device).tril()  # n >= m
-    out: list[Tensor] = []
-    num_prev = den_prev = top_prev = None
-    for s in range(0, length, chunk):
-        qc, kc, vc = q[..., s : s + chunk], logits[..., s : s + chunk], v[..., s : s + chunk]
-        size = kc.shape[-1]
-        top = kc.detach().cummax(dim=-1).values  # b u k n: running maximum (a constant for autograd)
-        if top_prev is not None:
-            top = torch.maximum(top, top_prev[..., None])
-        diff = (kc[:, :, :, None, :] - top[..., None]).masked_fill(~tri[:size, :size], float("-inf"))
-        w = torch.exp(diff)  # b u k n m, each <= 1, zero above the diagonal
-        den = w.sum(dim=-1)  # b u k n
-        scale = None
-        if top_prev is not None:
-            scale = torch.exp(top_prev[..., None] - top)  # b u k n, <= 1
-            den = den + den_prev[..., None] * scale
-        qn = qc[:, :, None] / den[:, None]  # b h u k n
-        y = torch.einsum("bhunm,buvm->bhvn", torch.einsum("bhukn,buknm->bhunm", qn, w), vc)
-        num = torch.einsum("bukm,buvm->bukv", w[..., -1, :], vc)  # numerator at the chunk's last position
-        if scale is not None:
-            y = y + torch.einsum("bhukn,bukv->bhvn", qn * scale[:, None], num_prev)
-            num = num + num_prev * scale[..., -1, None]
-        out.append(y)
-        num_prev, den_prev, top_prev = num, den[..., -1], top[..., -1]
-    return torch.cat(out, dim=-1).to(out_dtype)
-
-
 class CausalLambdaState:
-    """Incremental decoding state of one causal lambda layer: feed one position at a time with :meth:`step`.
+    """Decoding state of one causal lambda layer after a prefix: continue it with ``LambdaLayer1d.step`` or
+    ``LambdaLayer1d.forward(x, state=...)``.
 
-    Holds the content prefix sums (numerator (b, u, k, v), normaliser and running maximum (b, u, k)), so the content
-    term costs O(1) per token, and the last ``window`` values (b, u, v, w) for the position term, so a local scope
-    costs O(scope) per token (a global kernel keeps up to ``max_length`` values).
+    Holds the content state (:class:`~lambdanet.layers.causal_chunk.ContentState`: numerator (b, u, k, v),
+    normaliser and running maximum (b, u, k)), so the content term costs O(1) per token, and a ring buffer of the
+    last ``window`` values (b, u, v, w) for the position term (``window = kernel // 2 + 1``: the offsets
+    ``-(kernel // 2) .. 0``), written in place, so a local scope costs O(scope) per token and nothing is
+    re-concatenated; a global kernel keeps up to ``max_length`` values.
 
     Args:
-        kernel: side t of the relative position kernel (0 for no position term). Offsets ``-(t // 2) .. 0`` are used.
+        kernel: side t of the relative position kernel (0 for no position term).
         max_length: longest sequence accepted (None: unlimited); a global kernel must cover it.
     """
 
@@ -235,54 +188,56 @@ class CausalLambdaState:
         self.window = kernel // 2 + 1 if kernel else 0
         self.max_length = max_length
         self.length = 0
-        self.numerator: Tensor | None = None
-        self.normaliser: Tensor | None = None
-        self.running_max: Tensor | None = None
-        self.values: Tensor | None = None
+        self.content: ContentState | None = None
+        self.values: Tensor | None = None  # ring buffer b u v w: position p lives in slot p % w
 
-    def step(self, q: Tensor, logits: Tensor | None, v: Tensor, weight: Tensor | None = None) -> Tensor:
-        """Output (b, h, v) at the next position.
+    def check_room(self, n: int, batch: int | None = None) -> None:
+        """Raise unless ``n`` more positions (of ``batch`` sequences, if given) fit this state."""
+        if self.max_length is not None and self.length + n > self.max_length:
+            raise ValueError(f"the state holds {self.length} positions; {n} more exceed max_length={self.max_length}")
+        held = self.values if self.values is not None else (None if self.content is None else self.content[0])
+        if batch is not None and held is not None and held.shape[0] != batch:
+            raise ValueError(f"the state holds a batch of {held.shape[0]} sequences, got an input batch of {batch}")
 
-        Args:
-            q: (b, h, k) query of the new position.
-            logits: (b, u, k) key logits of the new position, or None for no content term.
-            v: (b, u, v) value of the new position.
-            weight: (k, u, t) relative kernel (t = ``kernel``), or None for no position term.
+    def recent_values(self) -> Tensor | None:
+        """The last ``min(length, window - 1)`` values (b, u, v, p) in order (those later positions still see)."""
+        if self.values is None:
+            return None
+        count = min(self.length, self.window - 1)
+        slots = torch.arange(self.length - count, self.length, device=self.values.device) % self.window
+        return self.values[..., slots]
 
-        Raises:
-            ValueError: beyond ``max_length`` or a kernel of the wrong side.
+    def store_values(self, v: Tensor, total: int) -> None:
+        """Write the trailing values of ``v`` (b, u, v, p), ending at position ``total - 1``, into the ring."""
+        if not self.window:
+            return
+        if self.values is None:
+            self.values = v.new_zeros(*v.shape[:-1], self.window)
+        count = min(v.shape[-1], self.window - 1, total)
+        if count:
+            slots = torch.arange(total - count, total, device=v.device) % self.window
+            self.values[..., slots] = v[..., v.shape[-1] - count :].to(self.values.dtype)
+
+    def position_output(self, q: Tensor, v: Tensor, weight: Tensor) -> Tensor:
+        """Write value ``v`` (b, u, v) of position ``length`` into the ring; position output (b, h, v) of query q.
+
+        ``weight`` (k, u, t) is the relative kernel; only its offsets ``<= 0`` are read (no causal copy needed).
+
+        Contracts ``q`` with the embeddings first ((b, h, u, w), then with the values): (h k + h v) w work per
+        token instead of the k v w of forming the position lambda.
         """
-        out_dtype = q.dtype
-        if out_dtype in LOW_PRECISION:  # float32 accumulators, as in causal_content_lambdas
-            q, v = q.float(), v.float()
-            logits = None if logits is None else logits.float()
-            weight = None if weight is None else weight.float()
-        if self.max_length is not None and self.length >= self.max_length:
-            raise ValueError(f"the state already holds max_length={self.max_length} positions; cannot step further")
-        lam = None
-        if logits is not None:
-            top = logits.detach() if self.running_max is None else torch.maximum(self.running_max, logits.detach())
-            e = torch.exp(logits - top)  # b u k
-            num = e[..., None] * v[:, :, None, :]  # b u k v
-            den = e
-            if self.running_max is not None:
-                scale = torch.exp(self.running_max - top)
-                num = num + self.numerator * scale[..., None]
-                den = den + self.normaliser * scale
-            self.numerator, self.normaliser, self.running_max = num, den, top
-            lam = (num / den[..., None]).sum(dim=1)  # b k v
-        if weight is not None:
-            if weight.shape[-1] != self.kernel:
-                raise ValueError(
-                    f"weight has kernel side {weight.shape[-1]}, but the state was built for {self.kernel}"
-                )
-            vals = v[..., None] if self.values is None else torch.cat([self.values, v[..., None]], dim=-1)
-            vals = vals[..., -self.window :]  # b u v w: the newest value last (offset 0)
-            self.values = vals
-            c, w = self.kernel // 2, vals.shape[-1]
-            lam_p = torch.einsum("kuw,buvw->bkv", weight[..., c - w + 1 : c + 1], vals)
-            lam = lam_p if lam is None else lam + lam_p
-        if lam is None:
-            raise ValueError("step needs logits (content term) or weight (position term), got neither")
-        self.length += 1
-        return torch.einsum("bhk,bkv->bhv", q, lam).to(out_dtype)
+        if weight.shape[-1] != self.kernel:
+            raise ValueError(f"weight has kernel side {weight.shape[-1]}, but the state was built for {self.kernel}")
+        w = self.window
+        if self.values is None:
+            self.values = v.new_zeros(*v.shape, w)
+        self.values[..., self.length % w] = v
+        c = self.kernel // 2
+        if self.length < w:  # slots 0..length hold positions 0..length
+            filled = self.length + 1
+            kern, vals = weight[..., c - filled + 1 : c + 1], self.values[..., :filled]
+        else:  # slot j holds the position of chronological index (j - r) mod w, oldest first (r: the oldest slot)
+            kern = torch.roll(weight[..., c - w + 1 : c + 1], shifts=(self.length + 1) % w, dims=-1)
+            vals = self.values
+        scores = torch.matmul(q[:, None], kern.transpose(0, 1))  # b u h w (strided operands, no copies)
+        return torch.matmul(scores, vals.transpose(-1, -2)).sum(dim=1)  # b h v

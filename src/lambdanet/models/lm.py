@@ -27,7 +27,7 @@ from lambdanet.layers import LambdaLayer1d
 from lambdanet.layers.sequence_ops import CausalLambdaState
 from lambdanet.models._registry import ModelMeta, register_model
 
-__all__ = ["CausalLM", "LMCfg", "lambda_lm_tiny", "transformer_lm_tiny"]
+__all__ = ["CausalLM", "KVCache", "LMCfg", "lambda_lm_tiny", "transformer_lm_tiny"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,31 @@ class LMCfg:
     algorithm: str = "auto"
 
 
+class KVCache:
+    """Key/value cache of one attention block: keys and values (b, heads, max_length, c) written in place."""
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self.length = 0
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (b, h, n, c) after the cached positions; all keys and values so far (views)."""
+        n = k.shape[2]
+        if self.length + n > self.max_length:
+            raise ValueError(f"the cache holds {self.length} positions; {n} more exceed max_length={self.max_length}")
+        if self.keys is not None and self.keys.shape[0] != k.shape[0]:
+            raise ValueError(f"the cache holds a batch of {self.keys.shape[0]} sequences, got {k.shape[0]}")
+        if self.keys is None:
+            shape = (k.shape[0], k.shape[1], self.max_length, k.shape[3])
+            self.keys, self.values = k.new_zeros(shape), v.new_zeros(shape)
+        self.keys[:, :, self.length : self.length + n] = k
+        self.values[:, :, self.length : self.length + n] = v
+        self.length += n
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+
 class _CausalSelfAttention(nn.Module):
     """Multi-head causal softmax attention (PyTorch's fused kernel); (b, n, dim) -> (b, n, dim)."""
 
@@ -74,10 +99,20 @@ class _CausalSelfAttention(nn.Module):
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Attend causally; with ``cache``, after the cached positions (the cache is extended in place)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # b h n c each
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        start = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.append(k, v)
+        if start == 0:
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif n == 1:  # one new query sees every cached position
+            y = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:  # query i sits at position start + i
+            mask = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return y.transpose(1, 2).reshape(b, n, d)
 
 
@@ -104,13 +139,35 @@ class _Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_hidden), nn.GELU(), nn.Linear(cfg.mlp_hidden, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop(self.proj(self.mixer(self.norm1(x))))
+    def forward(self, x: Tensor, state: DecodingState | None = None) -> tuple[Tensor, DecodingState | None]:
+        """Residual block; with ``state`` (a lambda state or a key/value cache), continue it: (output, new state)."""
+        h = self.norm1(x)
+        if state is None:
+            h = self.mixer(h)
+        elif isinstance(state, KVCache):
+            h = self.mixer(h, cache=state)
+        else:
+            h, state = self.mixer(h, state=state, return_state=True)
+        x = x + self.drop(self.proj(h))
+        return x + self.drop(self.mlp(self.norm2(x))), state
+
+    def step(self, x: Tensor, state: DecodingState) -> Tensor:
+        """One position (b, dim), updating ``state`` in place."""
+        h = self.norm1(x)
+        h = self.mixer(h[:, None], cache=state)[:, 0] if isinstance(state, KVCache) else self.mixer.step(h, state)
+        x = x + self.drop(self.proj(h))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+
+#: Per-block decoding state: a causal lambda layer's state or an attention block's key/value cache.
+DecodingState = CausalLambdaState | KVCache
 
 
 class CausalLM(nn.Module):
     """Next-token model: (b, n) token ids -> (b, n, vocab_size) logits; output n depends on tokens <= n only.
+
+    Decoding: :meth:`prefill` runs a prompt once and returns the per-block states (causal lambda states, or
+    key/value caches for the Transformer), :meth:`step` feeds one token, :meth:`generate` samples a continuation.
 
     Raises:
         ValueError: an unknown mixer, or inputs that are not (b, n) integer ids with n <= ``max_length``.
@@ -137,16 +194,23 @@ class CausalLM(nn.Module):
                 nn.init.normal_(lin.weight, std=0.02 / (2 * self.cfg.depth) ** 0.5)
                 nn.init.zeros_(lin.bias)
 
-    def forward_features(self, tokens: Tensor) -> Tensor:
+    def _check_tokens(self, tokens: Tensor, start: int = 0) -> None:
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be (batch, length) integer ids, got {tuple(tokens.shape)} {tokens.dtype}")
-        if tokens.shape[1] > self.cfg.max_length:
-            raise ValueError(f"sequence length {tokens.shape[1]} exceeds max_length={self.cfg.max_length}")
+        if start + tokens.shape[1] > self.cfg.max_length:
+            raise ValueError(f"sequence length {start + tokens.shape[1]} exceeds max_length={self.cfg.max_length}")
+
+    def _embed(self, tokens: Tensor, start: int) -> Tensor:
         x = self.embed(tokens)
         if self.pos_embed is not None:
-            x = x + self.pos_embed[: tokens.shape[1]]
+            x = x + self.pos_embed[start : start + tokens.shape[-1]]
+        return x
+
+    def forward_features(self, tokens: Tensor) -> Tensor:
+        self._check_tokens(tokens)
+        x = self._embed(tokens, 0)
         for block in self.blocks:
-            x = block(x)
+            x, _ = block(x)
         return self.norm(x)
 
     def forward_head(self, x: Tensor) -> Tensor:
@@ -155,30 +219,109 @@ class CausalLM(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(tokens))
 
-    def init_state(self) -> list[CausalLambdaState]:
-        """Per-block decoding states for :meth:`step` (lambda mixer only).
+    # ------------------------------------------------------------------------------------------- decoding
+    def init_state(self) -> list[DecodingState]:
+        """Empty per-block decoding states (lambda states, or key/value caches for the attention mixer)."""
+        if self.cfg.mixer == "lambda":
+            return [block.mixer.init_state() for block in self.blocks]
+        return [KVCache(self.cfg.max_length) for _ in self.blocks]
 
-        Raises:
-            ValueError: for the attention mixer (no key/value cache is implemented).
+    def prefill(self, tokens: Tensor, state: list[DecodingState] | None = None) -> tuple[Tensor, list[DecodingState]]:
+        """Run ``tokens`` (b, n) in one pass after the prefix held by ``state`` (None: an empty prefix).
+
+        Returns:
+            logits (b, n, vocab_size), equal to the last n rows of ``forward`` on prefix and tokens, and the
+            per-block states after the last token (lambda states are new objects; key/value caches are extended
+            in place).
         """
-        if self.cfg.mixer != "lambda":
-            raise ValueError(f"incremental decoding needs mixer='lambda', this model has mixer={self.cfg.mixer!r}")
-        return [block.mixer.init_state() for block in self.blocks]
+        state = self._check_state(self.init_state() if state is None else state)
+        start = state[0].length
+        self._check_tokens(tokens, start)
+        x = self._embed(tokens, start)
+        new = []
+        for block, st in zip(self.blocks, state, strict=True):
+            x, st = block(x, st)
+            new.append(st)
+        return self.head(self.norm(x)), new
 
-    def step(self, token: Tensor, states: list[CausalLambdaState]) -> Tensor:
+    def step(self, token: Tensor, states: list[DecodingState]) -> Tensor:
         """Next-token logits (b, vocab_size) after feeding ``token`` (b,); equals ``forward`` on the whole prefix.
 
-        Each lambda layer does O(1) work per token for its content term (and O(scope) for a local position term).
+        Each lambda layer does O(1) work per token for its content term (and O(scope) for a local position term);
+        attention reads the whole key/value cache (O(prefix)).
         """
         if token.dim() != 1:
             raise ValueError(f"step takes one token per sequence, shape (batch,), got {tuple(token.shape)}")
+        states = self._check_state(states)
+        start = states[0].length
+        self._check_tokens(token[:, None], start)
+        x = self._embed(token[:, None], start)[:, 0]
+        for block, state in zip(self.blocks, states, strict=True):
+            x = block.step(x, state)
+        return self.head(self.norm(x))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample ``max_new_tokens`` tokens after the prompt ``tokens`` (b, n): prefill once, then step.
+
+        Args:
+            tokens: (b, n) prompt ids, n >= 1.
+            max_new_tokens: tokens to append.
+            temperature: softmax temperature; 0 picks the most likely token (greedy).
+            top_k: sample among the k most likely tokens only (None: all).
+            generator: random generator for reproducible sampling.
+
+        Returns:
+            (b, n + max_new_tokens) ids: the prompt followed by the samples.
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
+        if not temperature >= 0:
+            raise ValueError(f"temperature={temperature!r} must be >= 0 (0: greedy)")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k={top_k!r} must be a positive integer or None")
+        self._check_tokens(tokens)
+        if tokens.shape[1] == 0:
+            raise ValueError("tokens must hold a prompt of at least one token, got length 0")
+        if tokens.shape[1] + max_new_tokens - 1 > self.cfg.max_length:
+            raise ValueError(
+                f"prompt of {tokens.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds "
+                f"max_length={self.cfg.max_length}"
+            )
+        out = [tokens]
+        if max_new_tokens == 0:
+            return tokens
+        logits, state = self.prefill(tokens)
+        logits = logits[:, -1]
+        for i in range(max_new_tokens):
+            nxt = _sample(logits, temperature, top_k, generator)
+            out.append(nxt[:, None])
+            if i + 1 < max_new_tokens:
+                logits = self.step(nxt, state)
+        return torch.cat(out, dim=1)
+
+    def _check_state(self, states: list[DecodingState]) -> list[DecodingState]:
         if len(states) != len(self.blocks):
             raise ValueError(f"expected {len(self.blocks)} states (one per block), got {len(states)}")
-        x = self.embed(token)
-        for block, state in zip(self.blocks, states, strict=True):
-            x = x + block.drop(block.proj(block.mixer.step(block.norm1(x), state)))
-            x = x + block.drop(block.mlp(block.norm2(x)))
-        return self.head(self.norm(x))
+        return states
+
+
+def _sample(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
+    """Token ids (b,) from logits (b, vocab)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
 
 
 def _build(base: LMCfg, overrides: dict[str, Any]) -> CausalLM:
