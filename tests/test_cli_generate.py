@@ -7,19 +7,19 @@ import torch
 
 import lambdanet
 from lambdanet.cli import main
-from lambdanet.train.lm import CharVocab, load_corpus
+from lambdanet.data.text import CharVocab, load_corpus
 
 TINY = {"max_length": 48, "dim": 16, "depth": 1, "heads": 2, "dim_k": 4, "mlp_hidden": 32}
 
 
 def _checkpoint(tmp_path, name: str = "lambda_lm_tiny", vocab: str | None = None) -> str:
     """A checkpoint as ``lambdanet train`` writes it for a language model (state_dict under ``model.``)."""
-    chars = CharVocab(load_corpus()).chars
+    chars = CharVocab.from_text(load_corpus()).chars
     model = lambdanet.create_model(name, vocab_size=len(chars), **TINY)
     meta = {
         "model_name": name,
         "model_overrides": model.model_overrides,
-        "config": {"data": {"corpus": "pydoc_topics"}},
+        "config": {"data": {"name": "pydoc_topics"}},
         "task": "language_model",
     }
     if vocab is not None:

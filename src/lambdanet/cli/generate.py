@@ -39,28 +39,31 @@ def load_lm_checkpoint(path: str, weights: str = "auto") -> tuple[Any, Any]:
     """The causal LM of a training checkpoint (eval mode, CPU) and its character vocabulary.
 
     Expects ``checkpoint["lambdanet"]`` with ``model_name`` and ``model_overrides`` (as every training checkpoint
-    has) and either ``vocab`` (the characters in id order, a string or a list of one-character strings) or
-    ``config["data"]["corpus"]`` (an embedded corpus the vocabulary is rebuilt from).
+    has) and either ``vocab`` (the characters in id order, as ``lambdanet train`` stores them) or a run config whose
+    ``data.name`` is an embedded corpus the vocabulary is rebuilt from.
 
     Raises:
-        ValueError: (CheckpointError included) an unreadable checkpoint, a model that is not a language model, or
-            a vocabulary that does not fit the model.
+        ValueError: (CheckpointError included) an unreadable or unsafe checkpoint, a model that is not a language
+            model, or a vocabulary that does not fit the model.
     """
-    from lambdanet.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-    from lambdanet.train.lm import CharVocab, load_corpus
+    import lambdanet
+    from lambdanet.checkpoint import CheckpointError, read_checkpoint
+    from lambdanet.data.text import CORPORA, CharVocab, load_corpus
 
-    ckpt = load_checkpoint(path)
-    meta = ckpt["lambdanet"]
-    model = model_from_checkpoint(ckpt, path, weights)
+    ckpt = read_checkpoint(path, weights=weights)
+    meta = ckpt.meta
+    if ckpt.model_name is None:
+        raise CheckpointError(f"checkpoint {path} names no model; expected a `lambdanet train` checkpoint")
+    model = lambdanet.create_model(ckpt.model_name, checkpoint=ckpt).eval()
     if not callable(getattr(model, "generate", None)):
-        raise CheckpointError(f"checkpoint {path} holds model {meta.get('model_name')!r}, not a language model")
+        raise CheckpointError(f"checkpoint {path} holds model {ckpt.model_name!r}, not a language model")
     if meta.get("vocab") is not None:
-        vocab = CharVocab("".join(meta["vocab"]))
+        vocab = CharVocab(list(meta["vocab"]))
     else:
-        corpus = ((meta.get("config") or {}).get("data") or {}).get("corpus")
-        if corpus is None:
+        corpus = ((meta.get("config") or {}).get("data") or {}).get("name")
+        if corpus not in CORPORA:
             raise CheckpointError(f"checkpoint {path} stores neither a vocabulary nor the corpus it was trained on")
-        vocab = CharVocab(load_corpus(str(corpus)))
+        vocab = CharVocab.from_text(load_corpus(str(corpus)))
     if len(vocab) != model.cfg.vocab_size:
         raise CheckpointError(
             f"checkpoint {path}: the vocabulary has {len(vocab)} characters but the model expects "
