@@ -152,6 +152,31 @@ def test_matches_blocked_and_causal_kernel_without_content():
 
 
 @here
+def test_layers_take_it_as_algorithm_triton():
+    """Registered as ``algorithm="triton"``: the 2-D layer (u > 1, odd map) and the causal 1-D layer give the
+    ``blocked`` algorithm's output and gradients."""
+    from lambdanet import LambdaLayer, LambdaLayer1d
+    from lambdanet.layers.algorithms import usable
+
+    assert usable("triton", 2, DEVICE) and usable("triton", 1, DEVICE) and not usable("triton", 3, DEVICE)
+    for make, shape in (
+        (lambda a: LambdaLayer(8, dim_k=4, heads=2, dim_u=2, scope=5, algorithm=a), (2, 8, 5, 7)),
+        (lambda a: LambdaLayer1d(8, dim_k=4, heads=2, scope=5, causal=True, algorithm=a), (2, 9, 8)),
+    ):
+        torch.manual_seed(0)
+        fused = make("triton").to(DEVICE)
+        plain = make("blocked").to(DEVICE)
+        plain.load_state_dict(fused.state_dict())
+        x = torch.randn(*shape, device=DEVICE, requires_grad=True)
+        y = fused(x)
+        (gx,) = torch.autograd.grad(y.square().sum(), x)
+        y0 = plain(x)
+        (gx0,) = torch.autograd.grad(y0.square().sum(), x)
+        torch.testing.assert_close(y, y0, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(gx, gx0, atol=1e-3, rtol=1e-3)
+
+
+@here
 def test_runs_under_torch_compile():
     """Under torch.compile the kernels run as they are (excluded from the graph), with the same result."""
     q, v, w, lam = (x.detach() for x in _inputs((4, 5), 2, 3, 1, 4, (3, 3)))

@@ -4,7 +4,7 @@ Axis legend: b batch | h heads | k query/key depth | v value depth | u intra-dep
 
 Shape: none (a registry and a pure function of the layer configuration and the input shape)
 
-Every module here (``einsum``, ``logits``, ``blocked``, ``conv``, ``fft``) exposes ``ALGORITHM``, a
+Every module here (``einsum``, ``logits``, ``blocked``, ``conv``, ``fft``, ``triton_fused``) exposes ``ALGORITHM``, a
 :class:`PositionAlgorithm`: its ``output(q, v, weight, lam_c=None)`` (all compute the same sums, see
 :mod:`lambdanet.layers.algorithms._base`), the numbers of spatial axes it serves, ``available(device)``, its
 ``cost`` for ``auto`` and its memory model. Adding an algorithm is one module plus one entry in ``_MODULES``.
@@ -26,12 +26,12 @@ from collections.abc import Sequence
 
 import torch
 
-from lambdanet.layers.algorithms import blocked, conv, einsum, fft, logits
+from lambdanet.layers.algorithms import blocked, conv, einsum, fft, logits, triton_fused
 from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem
 
 __all__ = ["ALGORITHMS", "REGISTRY", "PositionAlgorithm", "Problem", "choose_algorithm", "usable"]
 
-_MODULES = (einsum, logits, blocked, conv, fft)
+_MODULES = (einsum, logits, blocked, conv, fft, triton_fused)
 REGISTRY: dict[str, PositionAlgorithm] = {m.ALGORITHM.name: m.ALGORITHM for m in _MODULES}
 ALGORITHMS = tuple(REGISTRY)
 
