@@ -189,10 +189,16 @@ class _Walker:
     def random_starts(self, m: int) -> np.ndarray:
         return self.rng.integers(self.lo, self.hi + 1, size=(m, 2))
 
-    def walk(self, starts: np.ndarray | None, m: int, forbidden: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def walk(
+        self, starts: np.ndarray | None, m: int, forbidden: np.ndarray | None, dot_ends: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``tries`` walks per image from ``starts`` (m, 2) (random if None); returns (ok (m,), pixels (m, L, 2)).
 
-        A walk is valid if every pixel is inside the frame and none is ``forbidden`` (m, s, s).
+        A walk is valid if every pixel is inside the frame and none is ``forbidden`` (m, s, s). With ``dot_ends``
+        1 (a dot at the start) or 2 (dots at both ends), the walk must also not come back near its own dot(s): past
+        its first (before its last) ``2 * (zone + 1)`` steps it stays more than ``zone`` = dot radius + separation
+        pixels away. Every curve then keeps the same distance from every dot, whichever dot it carries, so a
+        curve folding back onto its own dot does not mark positives.
         """
         st, rng, t, n = self.st, self.rng, self.st.tries, self.st.curve_length
         if starts is None:
@@ -209,11 +215,22 @@ class _Walker:
             clipped = np.clip(pix, 0, st.image_size - 1)
             rows = np.broadcast_to(np.arange(m)[:, None, None], pix.shape[:3])
             ok &= ~forbidden[rows, clipped[..., 0], clipped[..., 1]].any(axis=2)
+        zone = self.lo + st.gap + 1
+        skip = 2 * (zone + 1)
+        if dot_ends >= 1 and n > skip:
+            ok &= (np.abs(pix[:, :, skip:] - pix[:, :, :1]).max(-1) > zone).all(-1)
+        if dot_ends >= 2 and n > skip:
+            ok &= (np.abs(pix[:, :, : n - skip] - pix[:, :, -1:]).max(-1) > zone).all(-1)
         first = ok.argmax(axis=1)
         return ok.any(axis=1), pix[np.arange(m), first]
 
     def place(
-        self, starts: np.ndarray | None, forbidden: np.ndarray | None, need: np.ndarray, rounds: int = 12
+        self,
+        starts: np.ndarray | None,
+        forbidden: np.ndarray | None,
+        need: np.ndarray,
+        dot_ends: int = 0,
+        rounds: int = 12,
     ) -> tuple[np.ndarray, np.ndarray]:
         """A valid walk for every image with ``need`` (m,), retrying the failed ones ``rounds`` times.
 
@@ -227,7 +244,10 @@ class _Walker:
             if not len(idx):
                 break
             sub_ok, sub_pix = self.walk(
-                None if starts is None else starts[idx], len(idx), None if forbidden is None else forbidden[idx]
+                None if starts is None else starts[idx],
+                len(idx),
+                None if forbidden is None else forbidden[idx],
+                dot_ends,
             )
             ok[idx[sub_ok]] = True
             pix[idx[sub_ok]] = sub_pix[sub_ok]
@@ -273,19 +293,19 @@ def _generate_block(st: PathfinderSettings, rng: np.random.Generator) -> tuple[n
         every = np.ones(m, bool)
         a = walker.random_starts(m)
         # the second dot: the end of a positive's curve, or of an undrawn walk of the same law (negatives)
-        ok, first = walker.place(a, None, every)
+        ok, first = walker.place(a, None, every, dot_ends=2)
         b = first[:, -1]
         alive = ok & (np.abs(a - b).max(axis=1) > sep + 2 * walker.lo)  # dots apart, whatever the label
         # negatives: the curve from A keeps away from B's dot
         b_dot = np.zeros((m, s, s), bool)
         _draw(b_dot, b_dot, dot_pixels(np.clip(b, walker.lo, walker.hi)), np.ones((m, len(dot_off)), bool), every)
-        ok, neg_curve = walker.place(a, _dilate(b_dot, sep), alive & ~pos)
+        ok, neg_curve = walker.place(a, _dilate(b_dot, sep), alive & ~pos, dot_ends=1)
         alive &= pos | ok
         curve_a = np.where(pos[:, None, None], first, neg_curve)
         _draw(occupied, drawn, curve_a, dashes(m), alive)
         _draw(occupied, drawn, dot_pixels(a), np.ones((m, len(dot_off)), bool), alive)
         # negatives: a fresh curve grown from B, away from A's curve and dot
-        ok, curve_b = walker.place(b, _dilate(occupied, sep), alive & ~pos)
+        ok, curve_b = walker.place(b, _dilate(occupied, sep), alive & ~pos, dot_ends=1)
         alive &= pos | ok
         _draw(occupied, drawn, curve_b, dashes(m), alive & ~pos)
         _draw(occupied, drawn, dot_pixels(b), np.ones((m, len(dot_off)), bool), alive)
