@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ArgumentParser, Namespace, set_loader, set_parsing_settings
+from jsonargparse import ArgumentParser, Namespace, _typehints, set_loader, set_parsing_settings
 
 __all__ = [
     "MAX_YAML_NODES",
@@ -44,6 +44,19 @@ _BOOL_WORDS = ("true", "false", "yes", "no", "on", "off")
 
 # A value that names a class (``class_path``) stays a plain dict: no file or option we read may import or run code.
 set_parsing_settings(instantiate_subclass_spec_in_any=False, docstring_parse_attribute_docstrings=True)
+# The setting above stops instantiation, but jsonargparse still imports the named module to check an ``Any``-typed
+# value (``model.overrides``); a value naming a class is passed through as data before that check.
+# tests/test_train_config.py::test_values_naming_classes_stay_data_and_import_nothing guards this.
+_adapt_any = _typehints.adapt_classes_any
+
+
+def _adapt_any_as_data(val: Any, *args: Any, **kwargs: Any) -> Any:
+    if _typehints.is_subclass_spec(val):
+        return val
+    return _adapt_any(val, *args, **kwargs)
+
+
+_typehints.adapt_classes_any = _adapt_any_as_data
 
 
 class ConfigError(ValueError):

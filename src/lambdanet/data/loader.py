@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from lambdanet.data import pathfinder, video
 from lambdanet.data import text as text_data
 from lambdanet.data import transforms as T
 from lambdanet.data.datasets import (
@@ -80,6 +81,13 @@ class DataConfig:
         num_classes: synthetic data only: number of classes.
         in_chans: synthetic data only: image channels.
         synthetic_samples: synthetic data only: training images (validation gets a quarter).
+        generated_samples: pathfinder and moving_digits: training samples (validation and test get a tenth each).
+        pathfinder_difficulty: ``easy``, ``medium`` or ``hard`` (curve length and distractors, see
+            ``docs/long_range.md``); ``image_size`` is the generated side (32, 64 or larger).
+        pathfinder_length: pathfinder: curve length in pixels (overrides the difficulty's).
+        pathfinder_distractors: pathfinder: curves without a dot (overrides the difficulty's).
+        video_frames: moving_digits: frames per clip.
+        video_label: moving_digits: ``faster`` (class of the faster digit) or ``sum`` (sum of the digits mod 10).
         seq_len: text only: tokens per window (the model predicts each from those before it).
         max_eval_windows: text only: at most this many evaluation windows per split (None: all).
     """
@@ -105,6 +113,12 @@ class DataConfig:
     num_classes: int | None = None
     in_chans: int = 3
     synthetic_samples: int = 512
+    generated_samples: int = 20000
+    pathfinder_difficulty: str = "medium"
+    pathfinder_length: int | None = None
+    pathfinder_distractors: int | None = None
+    video_frames: int = 12
+    video_label: str = "faster"
     seq_len: int = 128
     max_eval_windows: int | None = None
 
@@ -126,6 +140,10 @@ class DataConfig:
             raise ValueError("data.num_classes is required for data.name='synthetic'")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+        if self.name in GENERATED:
+            GENERATED[self.name].settings_for(self).validate()
+            if self.generated_samples < 1:
+                raise ValueError(f"data.generated_samples={self.generated_samples} must be >= 1")
         if spec.task == LANGUAGE_MODEL and not (0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5):
             raise ValueError(
                 f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} must be in "
@@ -374,6 +392,32 @@ def _fixed(task: str, num_classes: Callable[[DataConfig], int], in_chans: Callab
     return lambda cfg: DataInfo(task, num_classes(cfg), (in_chans(cfg), cfg.size, cfg.size))
 
 
+#: The generated datasets: their module (``settings_for``, ``splits_for``) and class names.
+GENERATED = {"pathfinder": pathfinder, "moving_digits": video}
+_GENERATED_CLASSES = {"pathfinder": ["different", "same"], "moving_digits": [str(i) for i in range(10)]}
+
+
+def _generated_info(cfg: DataConfig) -> DataInfo:
+    frames = (cfg.video_frames,) if cfg.name == "moving_digits" else ()
+    return DataInfo(CLASSIFICATION, len(_GENERATED_CLASSES[cfg.name]), (1, *frames, cfg.size, cfg.size))
+
+
+def _generate_and_cache(cfg: DataConfig) -> None:
+    GENERATED[cfg.name].splits_for(cfg)
+
+
+def _generated_splits(cfg: DataConfig, seed: int) -> DataSplits:
+    """Pathfinder images (1, H, W) or moving-digits clips (1, T, H, W), generated from fixed seeds (pathfinder is
+    cached under ``data.root``)."""
+    arrays = GENERATED[cfg.name].splits_for(cfg)
+    classes = _GENERATED_CLASSES[cfg.name]
+    train, val, test = (
+        ArrayDataset(torch.from_numpy(arrays[k][0]), torch.from_numpy(arrays[k][1]), classes)
+        for k in ("train", "val", "test")
+    )
+    return _array_splits(cfg, seed, train, val, test)
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(
         _fixed(CLASSIFICATION, lambda c: 10, lambda c: 1), _digits_splits, mean=(0.305,), std=(0.376,), native_size=8
@@ -405,6 +449,11 @@ DATASETS: dict[str, DatasetSpec] = {
         native_size=32,
     ),
     "pydoc_topics": DatasetSpec(_text_info, _text_splits, task=LANGUAGE_MODEL),
+    "pathfinder": DatasetSpec(
+        _generated_info, _generated_splits, mean=(0.06,), std=(0.24,), native_size=32,
+        prepare=_generate_and_cache,
+    ),
+    "moving_digits": DatasetSpec(_generated_info, _generated_splits, mean=(0.037,), std=(0.166,), native_size=32),
 }  # fmt: skip
 
 
