@@ -14,8 +14,6 @@ import lambdanet
 from lambdanet.models.video import VideoBlock
 from lambdanet.stats import model_stats
 
-HAS_3D = hasattr(lambdanet.layers, "LambdaLayer3d")
-needs_3d = pytest.mark.skipif(not HAS_3D, reason="lambdanet.layers has no LambdaLayer3d")
 CLIP = (1, 16, 32, 32)
 
 
@@ -25,7 +23,6 @@ def _lambda_params(d: int, k: int = 16, h: int = 4, u: int = 1, scope: int = 5) 
     return d * (h * k + u * k + u * v) + 2 * h * k + 2 * u * v + k * u * scope**3
 
 
-@needs_3d
 def test_lambda_layout_and_parameters() -> None:
     """Stages 2-4 swap their second 3x3x3 convolution for a lambda layer; everything else is the baseline."""
     with torch.device("meta"):
@@ -39,7 +36,6 @@ def test_lambda_layout_and_parameters() -> None:
     assert sum(p.numel() for p in lam.parameters()) == expected
 
 
-@needs_3d
 def test_lambda_macs_by_hand() -> None:
     """Paper convention in 3-D: projection n d (hk + uk + uv), content n k v u + n h k v, position n min(|m|, n) k v u
     + n h k v; the lambda layers of stages 2-4 see (8, 8, 8), (4, 4, 4) and (2, 2, 2) maps of a 16x32x32 clip."""
@@ -63,7 +59,7 @@ def test_lambda_macs_by_hand() -> None:
     assert s_conv.lambda_macs == 0
 
 
-@pytest.mark.parametrize("name", ["video_tiny", pytest.param("lambda_video_tiny", marks=needs_3d)])
+@pytest.mark.parametrize("name", ["video_tiny", "lambda_video_tiny"])
 @pytest.mark.parametrize("frames", [10, 13, 16])
 def test_clips_of_any_length(name: str, frames: int) -> None:
     torch.manual_seed(0)
@@ -74,7 +70,6 @@ def test_clips_of_any_length(name: str, frames: int) -> None:
     assert out.isfinite().all()
 
 
-@needs_3d
 def test_lambda_layers_mix_information_across_frames() -> None:
     """With live residual branches, changing only the last frame changes the features at the first time step of
     stage 4 (a 2x2x2 map, whose lambda layer's 5-wide scope spans both time steps): context crosses time."""
@@ -92,7 +87,6 @@ def test_lambda_layers_mix_information_across_frames() -> None:
     assert not torch.allclose(fx[:, :, 0], fy[:, :, 0])
 
 
-@needs_3d
 def test_global_scope_fixes_the_clip_size() -> None:
     model = lambdanet.create_model("lambda_video_tiny", scope=None, clip_size=(8, 16, 16), num_classes=3).eval()
     assert model.fixed_input_size

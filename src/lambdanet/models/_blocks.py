@@ -123,10 +123,17 @@ LAMBDA_KEYS = tuple(f.name for f in fields(LambdaCfg))
 
 
 def make_lambda(
-    cfg: LambdaCfg, dim: int, dim_out: int | None = None, *, stride: int = 1, feat_size: tuple[int, int] | None = None
-) -> LambdaLayer:
-    """A :class:`LambdaLayer` from ``cfg``; ``feat_size`` is used only for global scope (``cfg.scope=None``)."""
-    return LambdaLayer(
+    cfg: LambdaCfg,
+    dim: int,
+    dim_out: int | None = None,
+    *,
+    stride: int = 1,
+    feat_size: tuple[int, ...] | None = None,
+    layer: type[nn.Module] = LambdaLayer,
+) -> nn.Module:
+    """A lambda layer (``layer``: :class:`LambdaLayer` or :class:`LambdaLayer3d`) from ``cfg``; ``feat_size`` is used
+    only for global scope (``cfg.scope=None``)."""
+    return layer(
         dim,
         dim_out=dim_out,
         dim_k=cfg.dim_k,

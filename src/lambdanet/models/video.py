@@ -9,8 +9,7 @@ layers in the later stages, BN + ReLU after them as after the convolution they r
 Conv3d baseline with the same layout.
 
 Note:
-    Not models from the paper. The lambda layer comes from ``lambdanet.layers.LambdaLayer3d``; building
-    ``lambda_video_tiny`` without it raises ``ImportError``.
+    Not models from the paper. The lambda layer is :class:`lambdanet.layers.LambdaLayer3d`.
 
 Axis legend: b batch | c channels | tt time | hh ww spatial
 
@@ -26,10 +25,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lambdanet.models._blocks import LambdaCfg, apply_overrides, check_bool, check_int, check_rate, init_weights
+from lambdanet.layers import LambdaLayer3d
+from lambdanet.models._blocks import (
+    LambdaCfg,
+    apply_overrides,
+    check_bool,
+    check_int,
+    check_rate,
+    init_weights,
+    make_lambda,
+)
 from lambdanet.models._registry import ModelMeta, register_model
 
-__all__ = ["VideoBlock", "VideoNet", "VideoNetCfg", "lambda_video_tiny", "make_lambda3d", "video_tiny"]
+__all__ = ["VideoBlock", "VideoNet", "VideoNetCfg", "lambda_video_tiny", "video_tiny"]
 
 Size3 = tuple[int, int, int]
 
@@ -88,32 +96,6 @@ class VideoNetCfg:
             raise ValueError(f"lam={self.lam!r} must be a LambdaCfg")
 
 
-def make_lambda3d(cfg: LambdaCfg, dim: int, dim_out: int | None = None, *, feat_size: Size3 | None = None) -> nn.Module:
-    """A ``LambdaLayer3d`` from ``cfg``; ``feat_size`` is used only for global scope (``cfg.scope=None``).
-
-    Raises:
-        ImportError: when ``lambdanet.layers`` has no ``LambdaLayer3d``.
-    """
-    import lambdanet.layers
-
-    layer_cls = getattr(lambdanet.layers, "LambdaLayer3d", None)
-    if layer_cls is None:
-        raise ImportError("lambda video models need lambdanet.layers.LambdaLayer3d, which this installation lacks")
-    return layer_cls(
-        dim,
-        dim_out=dim_out,
-        dim_k=cfg.dim_k,
-        heads=cfg.heads,
-        dim_u=cfg.dim_u,
-        scope=cfg.scope,
-        feat_size=feat_size if cfg.scope is None else None,
-        content=cfg.content,
-        position=cfg.position,
-        position_bias=cfg.position_bias,
-        algorithm=cfg.algorithm,
-    )
-
-
 def _conv_bn(cin: int, cout: int, k: int, stride: int | Size3 = 1) -> list[nn.Module]:
     return [nn.Conv3d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm3d(cout)]
 
@@ -133,7 +115,7 @@ class VideoBlock(nn.Module):
         if lam is None:
             self.conv2: nn.Module = nn.Conv3d(out_chs, out_chs, 3, 1, 1, bias=False)
         else:
-            self.conv2 = make_lambda3d(lam, out_chs, feat_size=feat_size)
+            self.conv2 = make_lambda(lam, out_chs, feat_size=feat_size, layer=LambdaLayer3d)
         self.bn2 = nn.BatchNorm3d(out_chs)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_chs != out_chs:
