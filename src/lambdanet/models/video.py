@@ -197,7 +197,7 @@ MODEL_CFGS: dict[str, VideoNetCfg] = {
         **_META,
         paper_ref="ResNet-3D (Hara et al., CVPR 2018) at reduced width; Conv3d baseline of lambda_video_tiny",
         config=MODEL_CFGS["video_tiny"],
-        extra={"task": "video"},
+        extra={"task": "classification", "input": "clips (batch, channels, frames, height, width)"},
     )
 )
 def video_tiny(**overrides: Any) -> VideoNet:
@@ -210,7 +210,7 @@ def video_tiny(**overrides: Any) -> VideoNet:
         **_META,
         paper_ref="arXiv:2102.08602 Sec. 4 lambda convolution in 3-D, ResNet-3D layout; small, not from the paper",
         config=MODEL_CFGS["lambda_video_tiny"],
-        extra={"task": "video"},
+        extra={"task": "classification", "input": "clips (batch, channels, frames, height, width)"},
     )
 )
 def lambda_video_tiny(**overrides: Any) -> VideoNet:
