@@ -5,7 +5,7 @@ to the one the checkpoint was trained on and can be changed with ``--data.*`` ov
 
 Examples::
 
-    lambdanet eval runs/digits_tiny-20250101-120000/checkpoints/best.ckpt
+    lambdanet eval runs/digits_tiny-lambda_net_tiny-20250101-120000/checkpoints/best.ckpt
     lambdanet eval best.ckpt --data.name cifar10 --data.root ~/data --split test --json result.json
 """
 

@@ -5,7 +5,7 @@ Examples::
     lambdanet train                                   # lambda_net_tiny on the bundled 8x8 digits
     lambdanet train -c cifar10_lambda_resnet18 --data.root ~/data --optim.lr 0.05
     lambdanet train --print-config
-    lambdanet train --resume runs/digits_tiny-20250101-120000
+    lambdanet train --resume runs/digits_tiny-lambda_net_tiny-20250101-120000
 """
 
 from __future__ import annotations
