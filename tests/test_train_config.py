@@ -94,6 +94,15 @@ def test_help_lists_every_key_with_type_default_and_docstring(capsys: pytest.Cap
         assert option in flat
 
 
+def test_list_recipes_shows_model_data_length_and_description(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_train.main(["--list-recipes"]) == 0
+    rows = {line.split()[0]: line.split(maxsplit=4)[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == set(list_recipes())
+    assert rows["lm_tiny"][:3] == ["lambda_lm_tiny", "pydoc_topics", "2"]
+    assert rows["digits_tiny"][:3] == ["lambda_net_tiny", "digits", "20"]
+    assert "leaderj1001/LambdaNetworks" in rows["cifar10_lambda_resnet18"][-1]
+
+
 def test_cli_dotted_overrides_and_print_config_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     argv = ["-c", "digits_tiny", "--print-config", "--optim.lr", "0.25", "--train.epochs=3", "--quiet"]
     argv += ["--model.overrides.scope", "3", "--data.hflip", "true", "--system.run_name", "r", "--seed", "7"]
