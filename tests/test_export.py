@@ -125,6 +125,13 @@ def test_cli_torch_export_with_checkpoint(tmp_path: Path, capsys: pytest.Capture
     assert "nope" in capsys.readouterr().err
 
 
+def test_cli_refuses_language_models_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli(["export", "lambda_lm_tiny", "--format", "onnx", "--output", str(tmp_path / "lm.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "model='lambda_lm_tiny' is a language model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "lm.onnx").exists()
+
+
 def test_onnx_from_a_checkpoint_takes_its_size_and_carries_its_metadata(tmp_path: Path) -> None:
     from lambdanet.checkpoint import seal
     from lambdanet.interop import onnx_metadata

@@ -77,6 +77,11 @@ def main(argv: list[str]) -> int:
         model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
         stored = getattr(model, "pretrained_cfg", {}).get("input_size")  # the checkpoint's channels and size
         size = tuple(args.input_size or stored or lambdanet.model_info(args.model).input_size)
+        if len(lambdanet.model_info(args.model).input_size) == 1:
+            raise ValueError(
+                f"model={args.model!r} is a language model (token ids in, not images); lambdanet export supports "
+                "image and video models only"
+            )
         with torch.no_grad():
             try:
                 model(torch.zeros(1, *size))
