@@ -152,10 +152,12 @@ def main(argv: list[str]) -> int:
             "device": str(opts.device),
         }
     )
+    unit, rate = ("characters", "char/s") if "bpc" in result else ("images", "img/s")  # language models: per token
+    bpc = f"  bpc {result['bpc']:.4f}" if "bpc" in result else ""
     print(
         f"{meta.get('model_name')} on {cfg.data.name}/{opts.split}: top-1 {result['top1']:.4f}  "
-        f"top-5 {result['top5']:.4f}  loss {result['loss']:.4f}  {result['images']} images  "
-        f"{result['images_per_second']:.1f} img/s ({opts.device}, batch {batch})"
+        f"top-5 {result['top5']:.4f}  loss {result['loss']:.4f}{bpc}  {result['images']} {unit}  "
+        f"{result['images_per_second']:.1f} {rate} ({opts.device}, batch {batch})"
     )
     if opts.json:
         path = Path(opts.json)
