@@ -82,11 +82,10 @@ def test_help_lists_every_key_with_type_default_and_docstring(capsys: pytest.Cap
     code, out, _ = _train(["--help"], capsys)
     assert code == 0
     flat = " ".join(out.split())
+    assert "``" not in out  # reST markup of the docstrings is not shown raw
     for key in field_types(RunConfig):
         assert f"--{key} " in flat, key
-    assert (
-        "--optim.lr LR peak learning rate (at ``lr_base_batch`` when that is set). (type: float, default: 0.1)" in flat
-    )
+    assert "--optim.lr LR peak learning rate (at `lr_base_batch` when that is set). (type: float, default: 0.1)" in flat
     assert "--quiet {true,false} no progress bar" in flat
     assert "--model.name NAME registered model name" in flat
     assert "--data.batch_size BATCH_SIZE samples per device and step. (type: int, default: 64)" in flat

@@ -96,7 +96,9 @@ def _commands() -> dict[str, tuple[str, tuple[type, ...]]]:
 def _parser(command: str | None = None) -> ArgumentParser:
     """The parser of ``bench <command>``; without a command, the parser of ``bench`` with the three subcommands."""
     if command is None:
-        top = ArgumentParser(prog="lambdanet bench", description=__doc__.split("\n\n")[0], exit_on_error=False)
+        top = ArgumentParser(
+            prog="lambdanet bench", description=__doc__.split("\n\n")[0].replace("``", "`"), exit_on_error=False
+        )
         sub = top.add_subcommands(dest="command")
         for name, (text, _) in _commands().items():
             sub.add_subcommand(name, _parser(name), help=text)
