@@ -238,13 +238,13 @@ def config_parser(
 
 
 def _plain_help(parser: ArgumentParser) -> None:
-    """Help texts come from reST docstrings: ````x```` reads as ```x``` on a terminal."""
+    """Help texts come from reST docstrings: ````x```` and ``:func:`x``` read as ```x``` on a terminal."""
     groups = list((getattr(parser, "groups", None) or {}).values())  # jsonargparse's groups of class arguments
     for item in [parser, *parser._actions, *parser._action_groups, *groups]:
         for attr in ("help", "description", "title"):
             text = getattr(item, attr, None)
-            if isinstance(text, str) and "``" in text:
-                setattr(item, attr, text.replace("``", "`"))
+            if isinstance(text, str) and "`" in text:
+                setattr(item, attr, re.sub(r":[a-z]+:`", "`", text.replace("``", "`")))  # also :func:`x` -> `x`
 
 
 def _shared_docs(parser: ArgumentParser, cls: type, key: str | None) -> None:
