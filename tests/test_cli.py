@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import lambdanet
 from lambdanet.cli import main
 
 
@@ -15,6 +19,20 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("demo", "train", "models"):
         assert command in out
+
+
+def test_help_does_not_import_torch_and_public_names_load_on_use() -> None:
+    code = (
+        "import sys; from lambdanet.cli import main; main(['--help']); assert 'torch' not in sys.modules, 'torch';"
+        "import lambdanet; from lambdanet import LambdaLayer; assert lambdanet.LambdaLayer is LambdaLayer;"
+        "assert lambdanet.layers.LambdaLayer is LambdaLayer and callable(lambdanet.create_model);"
+        "assert set(lambdanet.__all__) <= set(dir(lambdanet))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = lambdanet.nope
 
 
 def test_unknown_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
