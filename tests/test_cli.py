@@ -105,6 +105,7 @@ def test_help_lists_keys_with_docs(command: str, capsys: pytest.CaptureFixture[s
         (["--data.batch_size", "0"], "data.batch_size=0 must be >= 1"),
         (["--data.nam", "cifar10"], "unknown key 'data.nam'; did you mean data.name"),
         (["--device", "tpu:x"], "device='tpu:x' is not a torch device"),
+        (["--data.root", "~/data/cifar"], "data.root='~/data/cifar' is not used by data.name='digits'"),
     ],
 )
 def test_eval_option_errors_are_one_line(
