@@ -68,10 +68,16 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         return fail(PROG, e)
     args.output = args.output or f"{args.model}.{'onnx' if args.format == 'onnx' else 'pt2'}"
+    import logging
+    import warnings
+
     import torch
 
     import lambdanet
     from lambdanet.interop import export as ex
+
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)  # torch's own deprecation
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
 
     try:
         model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
