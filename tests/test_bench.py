@@ -279,7 +279,9 @@ def test_cli_layer_writes_table_json_csv_plots(tmp_path: Path, capsys: pytest.Ca
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "fwd+bwd ms" in out and "attention (sdpa)" in out and "Growth exponent" in out
+    assert "exponents fitted over 2 sizes are rough" in out  # two sides only: the fit is flagged
     data = json.loads((tmp_path / "layer.json").read_text())
+    assert all(g["sizes"] == 2 for g in data["growth"])
     assert data["environment"]["torch"] == torch.__version__
     assert len(data["rows"]) == 2 * 4 + 2 * 3
     with (tmp_path / "layer.csv").open() as f:

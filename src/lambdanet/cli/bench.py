@@ -184,6 +184,7 @@ def _run_layer(output: Output, cfg: Any) -> int:
             row = {"context": context, "name": name}
             for key in ("fwd_bwd_ms", "saved_mib"):
                 row[key] = growth_exponent(rows, name, context, key)
+            row["sizes"] = sum(1 for r in rows if (r["name"], r["context"]) == (name, context) and "fwd_bwd_ms" in r)
             if row["fwd_bwd_ms"] is not None:
                 growth.append(row)
     if growth:
@@ -191,10 +192,18 @@ def _run_layer(output: Output, cfg: Any) -> int:
         _print(
             format_table(
                 growth,
-                [("context", "context"), ("name", "implementation"), ("fwd_bwd_ms", "time"), ("saved_mib", "memory")],
+                [
+                    ("context", "context"),
+                    ("name", "implementation"),
+                    ("fwd_bwd_ms", "time"),
+                    ("saved_mib", "memory"),
+                    ("sizes", "sizes"),
+                ],
                 markdown=output.markdown,
             )
         )
+    if any(g["sizes"] < 3 for g in growth):
+        _print("note: exponents fitted over 2 sizes are rough (a single noisy timing moves them); sweep more --sides")
     for note in result["notes"]:
         _print(f"note: {note}")
     result["growth"] = growth
