@@ -89,7 +89,9 @@ def test_results_paths_share_one_style_and_a_short_run_says_it_has_no_best(
     assert results["best_checkpoint"] == results["tested_checkpoint"] == str(Path("runs/run/checkpoints/best.ckpt"))
     assert results["last_checkpoint"] == str(Path("runs/run/checkpoints/last.ckpt"))
     assert results["plot"] == str(Path("runs/run/curves.png"))
-    assert "no best.ckpt" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no best.ckpt" not in out
+    assert f"run directory: {Path('runs/run')} (on 1 cpu device)" in out  # which device, since recipes pin cpu
 
     cfg = tiny_config(tmp_path, epochs=1, max_steps=2)  # stops before the first validation
     cfg.system.run_name = "short"

@@ -339,7 +339,9 @@ def _fit(
         for logger in loggers:
             logger.log_hyperparams(_flat(to_dict(cfg)))
         if not cfg.quiet:
-            print(f"run directory: {run_dir}" + (f" (resuming {ckpt_path})" if ckpt_path else ""), flush=True)
+            device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()  # the recipe may pin cpu
+            where = f"on {trainer.num_devices} {device} device{'s' if trainer.num_devices > 1 else ''}"
+            print(f"run directory: {run_dir} ({where}" + (f"; resuming {ckpt_path})" if ckpt_path else ")"), flush=True)
 
     start = time.perf_counter()
     try:
