@@ -88,7 +88,7 @@ def test_help_lists_keys_with_docs(command: str, capsys: pytest.CaptureFixture[s
     flat = " ".join(capsys.readouterr().out.split())
     expected = {
         "eval": ["--max_batches MAX_BATCHES stop after this many batches. (type: int | null", "--data.batch_size"],
-        "export": ["--format {onnx,torch-export}", "--input_size INPUT_SIZE example input size C H W"],
+        "export": ["--format FORMAT `onnx` or `torch-export`", "--force {true,false} overwrite", "--input_size"],
         "convert": ["--data_root DATA_ROOT image-folder root", "--force {true,false} overwrite"],
     }[command]
     for text in expected:
