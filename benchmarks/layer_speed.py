@@ -1,7 +1,7 @@
 """Lambda layer speed and memory against the `lambda-networks` package, a 3x3 convolution and attention.
 
 Forward + backward on CPU, median of many runs, every contender timed in this one process (machines are noisy:
-compare within a run). The cases and targets are those of the layer issue (|k|=16, |h|=4, |u|=1).
+compare within a run). Cases and speed targets: docs/benchmarks.md (|k|=16, |h|=4, |u|=1).
 
     python benchmarks/layer_speed.py                 # all cases, 2 threads, markdown table on stdout
     python benchmarks/layer_speed.py --threads 1 --json results.json --algorithms

@@ -227,6 +227,39 @@ def test_layer_bench_skips_predicted_slow_cases() -> None:
     assert result["notes"]
 
 
+@pytest.mark.parametrize(("fwd_bwd_ms", "large_skipped"), [(2.0, False), (10.0, True)])
+def test_layer_bench_extrapolates_from_the_warm_time(
+    monkeypatch: pytest.MonkeyPatch, fwd_bwd_ms: float, large_skipped: bool
+) -> None:
+    # A cold first call (0.9 s of one-time warm-up) must not make the next size look too slow: the prediction is the
+    # warm median x (n / n_prev)^2 = fwd_bwd_ms x 16 (4x4 -> 8x8), against max_call_s = 0.1 s (32 ms: measured,
+    # 160 ms: skipped).
+    import lambdanet.bench.layer as layer_bench
+
+    def fake_measure(cfg: LayerBenchConfig, module: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+        return {"first_call_s": 0.9, "fwd_ms": fwd_bwd_ms / 3, "fwd_bwd_ms": fwd_bwd_ms, "saved_mib": 0.0}
+
+    monkeypatch.setattr(layer_bench, "_measure", fake_measure)
+    cfg = LayerBenchConfig(
+        sides=(4, 8, 64),
+        batch=1,
+        dim=8,
+        heads=2,
+        dim_k=4,
+        contexts=("local",),
+        contenders=("lambda blocked",),
+        reps=1,
+        warmup=0,
+        max_call_s=0.1,
+        measure_peak=False,
+    )
+    rows = run_layer_bench(cfg, progress=False)["rows"]
+    assert [r["side"] for r in rows] == [4, 8, 64]
+    assert "skipped" not in rows[0]
+    assert ("skipped" in rows[1]) is large_skipped
+    assert "skipped" in rows[2]  # 64x more positions: predicted far above the limit either way
+
+
 def test_layer_bench_config_errors() -> None:
     with pytest.raises(ValueError, match="contenders"):
         LayerBenchConfig(contenders=("nope",))
@@ -246,7 +279,9 @@ def test_cli_layer_writes_table_json_csv_plots(tmp_path: Path, capsys: pytest.Ca
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "fwd+bwd ms" in out and "attention (sdpa)" in out and "Growth exponent" in out
+    assert "exponents fitted over 2 sizes are rough" in out  # two sides only: the fit is flagged
     data = json.loads((tmp_path / "layer.json").read_text())
+    assert all(g["sizes"] == 2 for g in data["growth"])
     assert data["environment"]["torch"] == torch.__version__
     assert len(data["rows"]) == 2 * 4 + 2 * 3
     with (tmp_path / "layer.csv").open() as f:

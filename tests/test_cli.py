@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import lambdanet
 from lambdanet.cli import main
 
 
@@ -15,6 +19,20 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("demo", "train", "models"):
         assert command in out
+
+
+def test_help_does_not_import_torch_and_public_names_load_on_use() -> None:
+    code = (
+        "import sys; from lambdanet.cli import main; main(['--help']); assert 'torch' not in sys.modules, 'torch';"
+        "import lambdanet; from lambdanet import LambdaLayer; assert lambdanet.LambdaLayer is LambdaLayer;"
+        "assert lambdanet.layers.LambdaLayer is LambdaLayer and callable(lambdanet.create_model);"
+        "assert set(lambdanet.__all__) <= set(dir(lambdanet))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = lambdanet.nope
 
 
 def test_unknown_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,7 +88,7 @@ def test_help_lists_keys_with_docs(command: str, capsys: pytest.CaptureFixture[s
     flat = " ".join(capsys.readouterr().out.split())
     expected = {
         "eval": ["--max_batches MAX_BATCHES stop after this many batches. (type: int | null", "--data.batch_size"],
-        "export": ["--format {onnx,torch-export}", "--input_size INPUT_SIZE example input size C H W"],
+        "export": ["--format FORMAT `onnx` or `torch-export`", "--force {true,false} overwrite", "--input_size"],
         "convert": ["--data_root DATA_ROOT image-folder root", "--force {true,false} overwrite"],
     }[command]
     for text in expected:
@@ -87,6 +105,7 @@ def test_help_lists_keys_with_docs(command: str, capsys: pytest.CaptureFixture[s
         (["--data.batch_size", "0"], "data.batch_size=0 must be >= 1"),
         (["--data.nam", "cifar10"], "unknown key 'data.nam'; did you mean data.name"),
         (["--device", "tpu:x"], "device='tpu:x' is not a torch device"),
+        (["--data.root", "~/data/cifar"], "data.root='~/data/cifar' is not used by data.name='digits'"),
     ],
 )
 def test_eval_option_errors_are_one_line(

@@ -56,3 +56,15 @@ def test_generate_errors_are_one_line_with_status_2(tmp_path, capsys) -> None:
     bad = _checkpoint(tmp_path, vocab="abc")
     assert main(["generate", bad, "--prompt", "a"]) == 2
     assert "the vocabulary has 3 characters" in capsys.readouterr().err
+
+
+def test_eval_of_a_language_model_reports_characters_and_bpc(tmp_path, capsys) -> None:
+    from lambdanet.train.config import load_config, to_dict
+
+    path = _checkpoint(tmp_path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["lambdanet"]["config"] = to_dict(load_config("lm_tiny", {"data": {"seq_len": 16, "max_eval_windows": 8}}))
+    torch.save(ckpt, path)
+    assert main(["eval", path, "--max-batches", "1", "--batch-size", "4"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert " bpc " in line and " characters " in line and "char/s" in line and "images" not in line

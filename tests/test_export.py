@@ -114,15 +114,24 @@ def test_cli_torch_export_with_checkpoint(tmp_path: Path, capsys: pytest.Capture
     model = _randomise_norms(lambdanet.create_model("lambda_net_tiny"))
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     out = tmp_path / "tiny.pt2"
-    args = ["export", "lambda_net_tiny", "--format", "torch-export", "--output", str(out)]
+    args = ["export", "lambda_net_tiny", "--output", str(out)]  # no --format: .pt2 means torch-export
     args += ["--checkpoint", str(tmp_path / "weights.pt"), "--input-size", "3", "16", "16", "--static-spatial"]
     assert cli(args) == 0
-    assert "dynamic batch)" in capsys.readouterr().out
+    assert "(torch-export, dynamic batch)" in capsys.readouterr().out
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         _assert_float32_close(load_program(out).module()(x), model(x))
+    assert cli(args) == 2  # an existing output is kept unless --force
+    assert "exists; pass --force to overwrite it" in capsys.readouterr().err
     assert cli(["export", "lambda_net_tiny", "--format", "onnx", "--output", str(out), "--checkpoint", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cli_refuses_language_models_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli(["export", "lambda_lm_tiny", "--format", "onnx", "--output", str(tmp_path / "lm.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "model='lambda_lm_tiny' is a language model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "lm.onnx").exists()
 
 
 def test_onnx_from_a_checkpoint_takes_its_size_and_carries_its_metadata(tmp_path: Path) -> None:

@@ -250,6 +250,16 @@ def test_bad_overrides(name: str, overrides: dict[str, Any], match: str) -> None
         lambdanet.create_model(name, **overrides)
 
 
+def test_unknown_model_names_the_cli_listing_and_close_names_only() -> None:
+    with pytest.raises(ValueError, match="lambdanet models") as err:
+        lambdanet.create_model("lambda_resnt50")
+    hint = str(err.value).split("Did you mean ")[1]
+    assert "lambda_resnet50" in hint and "mobilenet" not in hint and "lm_tiny" not in hint
+    with pytest.raises(ValueError, match="unknown model") as err:
+        lambdanet.create_model("nosuch")
+    assert "Did you mean" not in str(err.value)
+
+
 def test_model_stats_matches_flop_counter_without_lambda() -> None:
     model = lambdanet.create_model("resnet18_cifar").eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -82,16 +82,24 @@ def test_help_lists_every_key_with_type_default_and_docstring(capsys: pytest.Cap
     code, out, _ = _train(["--help"], capsys)
     assert code == 0
     flat = " ".join(out.split())
+    assert "``" not in out  # reST markup of the docstrings is not shown raw
     for key in field_types(RunConfig):
         assert f"--{key} " in flat, key
-    assert (
-        "--optim.lr LR peak learning rate (at ``lr_base_batch`` when that is set). (type: float, default: 0.1)" in flat
-    )
+    assert "--optim.lr LR peak learning rate (at `lr_base_batch` when that is set). (type: float, default: 0.1)" in flat
     assert "--quiet {true,false} no progress bar" in flat
     assert "--model.name NAME registered model name" in flat
     assert "--data.batch_size BATCH_SIZE samples per device and step. (type: int, default: 64)" in flat
     for option in ("-c CONFIG", "--print-config", "--list-recipes", "--resume"):
         assert option in flat
+
+
+def test_list_recipes_shows_model_data_length_and_description(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_train.main(["--list-recipes"]) == 0
+    rows = {line.split()[0]: line.split(maxsplit=4)[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == set(list_recipes())
+    assert rows["lm_tiny"][:3] == ["lambda_lm_tiny", "pydoc_topics", "2"]
+    assert rows["digits_tiny"][:3] == ["lambda_net_tiny", "digits", "20"]
+    assert "leaderj1001/LambdaNetworks" in rows["cifar10_lambda_resnet18"][-1]
 
 
 def test_cli_dotted_overrides_and_print_config_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,30 @@ def test_fit_writes_the_run_directory_and_eval_reproduces_the_test(tmp_path: Pat
     assert evaluated["loss"] == pytest.approx(results["test/loss"], rel=1e-4)
     assert evaluated["images"] == 32
     assert evaluated["images_per_second"] > 0
+
+
+def test_results_paths_share_one_style_and_a_short_run_says_it_has_no_best(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path, epochs=1)
+    cfg.system.out_dir = "runs"  # relative, as by default: every path in results.json is relative too
+    results = fit(cfg, argv=[])
+    assert results["best_checkpoint"] == results["tested_checkpoint"] == str(Path("runs/run/checkpoints/best.ckpt"))
+    assert results["last_checkpoint"] == str(Path("runs/run/checkpoints/last.ckpt"))
+    assert results["plot"] == str(Path("runs/run/curves.png"))
+    out = capsys.readouterr().out
+    assert "no best.ckpt" not in out
+    assert f"run directory: {Path('runs/run')} (on 1 cpu device)" in out  # which device, since recipes pin cpu
+
+    cfg = tiny_config(tmp_path, epochs=1, max_steps=2)  # stops before the first validation
+    cfg.system.run_name = "short"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = fit(cfg, argv=[])
+    assert results["best_checkpoint"] is None and results["tested_checkpoint"] == "final weights"
+    assert "no validation before training stopped, so no best.ckpt" in capsys.readouterr().out
+    assert not [w for w in caught if "monitored key" in str(w.message)]
 
 
 def _poison(epoch: int, batch_idx: int) -> Any:

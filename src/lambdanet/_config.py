@@ -233,7 +233,18 @@ def config_parser(
             for f in dataclasses.fields(cls)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
+    _plain_help(parser)
     return parser
+
+
+def _plain_help(parser: ArgumentParser) -> None:
+    """Help texts come from reST docstrings: ````x```` and ``:func:`x``` read as ```x``` on a terminal."""
+    groups = list((getattr(parser, "groups", None) or {}).values())  # jsonargparse's groups of class arguments
+    for item in [parser, *parser._actions, *parser._action_groups, *groups]:
+        for attr in ("help", "description", "title"):
+            text = getattr(item, attr, None)
+            if isinstance(text, str) and "`" in text:
+                setattr(item, attr, re.sub(r":[a-z]+:`", "`", text.replace("``", "`")))  # also :func:`x` -> `x`
 
 
 def _shared_docs(parser: ArgumentParser, cls: type, key: str | None) -> None:

@@ -96,7 +96,9 @@ def _commands() -> dict[str, tuple[str, tuple[type, ...]]]:
 def _parser(command: str | None = None) -> ArgumentParser:
     """The parser of ``bench <command>``; without a command, the parser of ``bench`` with the three subcommands."""
     if command is None:
-        top = ArgumentParser(prog="lambdanet bench", description=__doc__.split("\n\n")[0], exit_on_error=False)
+        top = ArgumentParser(
+            prog="lambdanet bench", description=__doc__.split("\n\n")[0].replace("``", "`"), exit_on_error=False
+        )
         sub = top.add_subcommands(dest="command")
         for name, (text, _) in _commands().items():
             sub.add_subcommand(name, _parser(name), help=text)
@@ -182,6 +184,7 @@ def _run_layer(output: Output, cfg: Any) -> int:
             row = {"context": context, "name": name}
             for key in ("fwd_bwd_ms", "saved_mib"):
                 row[key] = growth_exponent(rows, name, context, key)
+            row["sizes"] = sum(1 for r in rows if (r["name"], r["context"]) == (name, context) and "fwd_bwd_ms" in r)
             if row["fwd_bwd_ms"] is not None:
                 growth.append(row)
     if growth:
@@ -189,10 +192,18 @@ def _run_layer(output: Output, cfg: Any) -> int:
         _print(
             format_table(
                 growth,
-                [("context", "context"), ("name", "implementation"), ("fwd_bwd_ms", "time"), ("saved_mib", "memory")],
+                [
+                    ("context", "context"),
+                    ("name", "implementation"),
+                    ("fwd_bwd_ms", "time"),
+                    ("saved_mib", "memory"),
+                    ("sizes", "sizes"),
+                ],
                 markdown=output.markdown,
             )
         )
+    if any(g["sizes"] < 3 for g in growth):
+        _print("note: exponents fitted over 2 sizes are rough (a single noisy timing moves them); sweep more --sides")
     for note in result["notes"]:
         _print(f"note: {note}")
     result["growth"] = growth

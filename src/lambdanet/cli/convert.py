@@ -1,6 +1,6 @@
 """``lambdanet convert``: a published checkpoint -> a lambdanet checkpoint that ``lambdanet eval`` reads.
 
-Reads the published d-li14 Lambda-ResNet-50 ImageNet checkpoint (seed 003; Bello, "LambdaNetworks", ICLR 2021,
+Reads the published Lambda-ResNet-50 ImageNet checkpoint of d-li14/lambda.pytorch (Bello, "LambdaNetworks", ICLR 2021,
 arXiv:2102.08602) or any file :func:`lambdanet.interop.read_checkpoint` understands, builds the model with
 ``create_model(MODEL, checkpoint=SRC)`` (every key and shape checked) and writes the layout of ``lambdanet train``
 checkpoints: ``state_dict`` with ``model.``-prefixed keys and a ``lambdanet`` entry holding ``model_name``,

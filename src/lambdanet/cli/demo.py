@@ -30,7 +30,9 @@ def _time_ms(module: nn.Module, x: torch.Tensor, reps: int = 5) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lambdanet demo", description=__doc__.split("\n", 1)[1].strip())
+    parser = argparse.ArgumentParser(
+        prog="lambdanet demo", description=__doc__.split("\n", 1)[1].strip().replace("``", "`")
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:

@@ -5,7 +5,7 @@ to the one the checkpoint was trained on and can be changed with ``--data.*`` ov
 
 Examples::
 
-    lambdanet eval runs/digits_tiny-20250101-120000/checkpoints/best.ckpt
+    lambdanet eval runs/digits_tiny-lambda_net_tiny-20250101-120000/checkpoints/best.ckpt
     lambdanet eval best.ckpt --data.name cifar10 --data.root ~/data --split test --json result.json
 """
 
@@ -101,6 +101,9 @@ def _options(argv: list[str]) -> tuple[EvalOptions, list[str]]:
     return opts, data_argv
 
 
+_NO_ROOT = ("digits", "synthetic", "pydoc_topics", "moving_digits")  # datasets that read nothing from data.root
+
+
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         _parser().print_help()
@@ -120,6 +123,11 @@ def main(argv: list[str]) -> int:
         model = lambdanet.create_model(str(ckpt.model_name), checkpoint=ckpt)
         from lambdanet.data.loader import build_splits, data_info, prepare
 
+        if cfg.data.name in _NO_ROOT and any(a.split("=")[0] == "--data.root" for a in data_argv):
+            raise ValueError(
+                f"data.root={cfg.data.root!r} is not used by data.name={cfg.data.name!r} (bundled or generated "
+                "data); add --data.name to evaluate on other data"
+            )
         info = data_info(cfg.data)
         trained = int(meta.get("num_classes", info.num_classes))
         if info.num_classes != trained:
@@ -152,10 +160,12 @@ def main(argv: list[str]) -> int:
             "device": str(opts.device),
         }
     )
+    unit, rate = ("characters", "char/s") if "bpc" in result else ("images", "img/s")  # language models: per token
+    bpc = f"  bpc {result['bpc']:.4f}" if "bpc" in result else ""
     print(
         f"{meta.get('model_name')} on {cfg.data.name}/{opts.split}: top-1 {result['top1']:.4f}  "
-        f"top-5 {result['top5']:.4f}  loss {result['loss']:.4f}  {result['images']} images  "
-        f"{result['images_per_second']:.1f} img/s ({opts.device}, batch {batch})"
+        f"top-5 {result['top5']:.4f}  loss {result['loss']:.4f}{bpc}  {result['images']} {unit}  "
+        f"{result['images_per_second']:.1f} {rate} ({opts.device}, batch {batch})"
     )
     if opts.json:
         path = Path(opts.json)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from lambdanet._config import build, config_parser, fail, parse
@@ -30,7 +31,8 @@ class ExportOptions:
 
     Attributes:
         model: registered model name (``lambdanet models`` lists them).
-        format: ``onnx`` or ``torch-export`` (a ``.pt2`` program).
+        format: ``onnx`` or ``torch-export`` (a ``.pt2`` program); default: from the ``--output`` extension
+            (``.pt2``: torch-export), else onnx.
         output: file to write (default ``<model>.onnx`` or ``<model>.pt2``).
         checkpoint: weights to load (any file ``create_model(checkpoint=...)`` reads).
         input_size: example input size C H W (default: the model's own).
@@ -39,10 +41,11 @@ class ExportOptions:
         static_spatial: fix height and width to the example's.
         check: compare the exported graph with eager PyTorch on a random input (``--no-check`` skips it).
         unsafe_load: read a legacy pickle checkpoint that the safe loader refuses; this runs any code inside the file.
+        force: overwrite ``--output`` if it exists.
     """
 
     model: str
-    format: Literal["onnx", "torch-export"] = "onnx"
+    format: Literal["onnx", "torch-export"] | None = None
     output: str | None = None
     checkpoint: str | None = None
     input_size: tuple[int, int, int] | None = None
@@ -51,6 +54,7 @@ class ExportOptions:
     static_spatial: bool = False
     check: bool = True
     unsafe_load: bool = False
+    force: bool = False
 
 
 def main(argv: list[str]) -> int:
@@ -58,7 +62,7 @@ def main(argv: list[str]) -> int:
         ExportOptions,
         prog=PROG,
         description="Export a registered model to ONNX or torch.export.",
-        usage=f"{PROG} MODEL [--format onnx|torch-export] [--output FILE] [--KEY VALUE ...]",
+        usage=f"{PROG} MODEL [--output FILE] [--format onnx|torch-export] [--force] [--KEY VALUE ...]",
     )
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
@@ -67,21 +71,36 @@ def main(argv: list[str]) -> int:
         args = build(ExportOptions, parse(parser, [], argv))
     except ValueError as e:
         return fail(PROG, e)
+    if args.format is None:
+        args.format = "torch-export" if str(args.output or "").endswith(".pt2") else "onnx"
     args.output = args.output or f"{args.model}.{'onnx' if args.format == 'onnx' else 'pt2'}"
+    import logging
+    import warnings
+
     import torch
 
     import lambdanet
     from lambdanet.interop import export as ex
 
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)  # torch's own deprecation
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
+
     try:
         model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
         stored = getattr(model, "pretrained_cfg", {}).get("input_size")  # the checkpoint's channels and size
         size = tuple(args.input_size or stored or lambdanet.model_info(args.model).input_size)
+        if len(lambdanet.model_info(args.model).input_size) == 1:
+            raise ValueError(
+                f"model={args.model!r} is a language model (token ids in, not images); lambdanet export supports "
+                "image and video models only"
+            )
         with torch.no_grad():
             try:
                 model(torch.zeros(1, *size))
             except RuntimeError as e:
                 raise ValueError(f"input_size={list(size)} does not fit {args.model}: {str(e).splitlines()[0]}") from e
+        if Path(args.output).exists() and not args.force:
+            raise ValueError(f"output={args.output!r} exists; pass --force to overwrite it")
         spatial = False if args.static_spatial else "auto"
         start = time.perf_counter()
         if args.format == "onnx":

@@ -6,7 +6,7 @@ corpus named in its configuration (``data.corpus``).
 
 Examples::
 
-    lambdanet generate runs/lm_tiny-20250101-120000/checkpoints/last.ckpt --prompt "The " --max-new-tokens 200
+    lambdanet generate runs/lm_tiny-lambda_lm_tiny-20250101-120000/checkpoints/last.ckpt --prompt "The "
     lambdanet generate last.ckpt --prompt "def " --temperature 0.8 --top-k 10 --seed 1
 """
 

@@ -88,7 +88,9 @@ def _wrap(text: str, width: int, indent: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print one model's card; returns the exit status (2 for an unknown model)."""
-    parser = argparse.ArgumentParser(prog="lambdanet info", description=__doc__.split("\n", 1)[1].strip())
+    parser = argparse.ArgumentParser(
+        prog="lambdanet info", description=__doc__.split("\n", 1)[1].strip().replace("``", "`")
+    )
     parser.add_argument("model", help="registered model name (lambdanet models lists them)")
     args = parser.parse_args(argv)
 

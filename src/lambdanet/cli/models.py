@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="lambdanet models",
-        description=__doc__.split("\n", 1)[1].strip(),
+        description=__doc__.split("\n", 1)[1].strip().replace("``", "`"),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern of model names, e.g. 'lambda_*'")

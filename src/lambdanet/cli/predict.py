@@ -5,7 +5,7 @@ The model, its evaluation transform and its class names come with the weights (s
 
 Examples::
 
-    lambdanet predict runs/digits_tiny-20250101-120000/checkpoints/best.ckpt digit.png
+    lambdanet predict runs/digits_tiny-lambda_net_tiny-20250101-120000/checkpoints/best.ckpt digit.png
     lambdanet predict my_model/ cat.jpg dog.jpg --topk 3 --json
 """
 

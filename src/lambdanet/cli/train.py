@@ -5,13 +5,14 @@ Examples::
     lambdanet train                                   # lambda_net_tiny on the bundled 8x8 digits
     lambdanet train -c cifar10_lambda_resnet18 --data.root ~/data --optim.lr 0.05
     lambdanet train --print-config
-    lambdanet train --resume runs/digits_tiny-20250101-120000
+    lambdanet train --resume runs/digits_tiny-lambda_net_tiny-20250101-120000
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from lambdanet._config import config_parser, fail
 from lambdanet.train.config import (
@@ -50,6 +51,34 @@ def _options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return pre.parse_known_args(argv)
 
 
+def _first_sentence(text: str, limit: int = 90) -> str:
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _recipe_table() -> str:
+    """One line per shipped recipe: name, model, data, length and the first line of its leading comment."""
+    rows = [("recipe", "model", "data", "length", "description")]
+    for name in list_recipes():
+        label, data = recipe_layer(name)
+        path = Path(label.removeprefix("recipe "))
+        first = next((line for line in path.read_text().splitlines() if line.strip()), "")
+        train = data.get("train") or {}
+        steps = train.get("limit_train_batches")
+        length = f"{train.get('epochs', '?')} ep" + (f" x {steps} steps" if isinstance(steps, int) else "")
+        rows.append(
+            (
+                name,
+                str((data.get("model") or {}).get("name", "?")),
+                str((data.get("data") or {}).get("name", "?")),
+                length,
+                _first_sentence(first.lstrip("# ").strip()) if first.startswith("#") else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
+
+
 def main(argv: list[str]) -> int:
     try:
         args, rest = _options(argv)
@@ -67,7 +96,7 @@ def main(argv: list[str]) -> int:
         parser.print_help()
         return 0
     if args.list_recipes:
-        print("\n".join(list_recipes()))
+        print(_recipe_table())
         return 0
     try:
         if args.resume and not args.config:

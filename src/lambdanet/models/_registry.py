@@ -6,6 +6,7 @@ registry key. Code outside ``models/`` calls :func:`create_model` and :func:`lis
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import inspect
 from collections.abc import Callable
@@ -83,11 +84,11 @@ def model_info(name: str) -> ModelMeta:
 
 def _check_name(name: str) -> None:
     if name not in _MODELS:
-        close = [n for n in _MODELS if name.split("_")[0] in n][:10]
-        hint = f" Similar: {', '.join(close)}." if close else ""
+        close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.75)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
             f"unknown model name={name!r}; expected one of the {len(_MODELS)} registered models "
-            f"(see lambdanet.list_models()).{hint}"
+            f"(`lambdanet models` or lambdanet.list_models() lists them).{hint}"
         )
 
 

@@ -39,6 +39,7 @@ def plot_curves(csv_path: str | Path, png_path: str | Path, title: str = "") -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metrics = read_epoch_metrics(csv_path)
     panels = [
@@ -54,6 +55,7 @@ def plot_curves(csv_path: str | Path, png_path: str | Path, title: str = "") -> 
                 epochs = sorted(metrics[key])
                 ax.plot([e + 1 for e in epochs], [metrics[key][e] for e in epochs], marker=".", label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 2.5
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()

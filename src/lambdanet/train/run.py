@@ -124,6 +124,7 @@ def _console(quiet: bool) -> None:
         r".*does not have many workers which may be a bottleneck.*",
         r".*The number of training batches .* is smaller than.*",
         r".*Checkpoint directory .* exists and is not empty.*",
+        r".*could not find the monitored key in the returned metrics.*",  # stopped before validation: our note says so
     ):
         warnings.filterwarnings("ignore", message=message)
 
@@ -338,7 +339,9 @@ def _fit(
         for logger in loggers:
             logger.log_hyperparams(_flat(to_dict(cfg)))
         if not cfg.quiet:
-            print(f"run directory: {run_dir}" + (f" (resuming {ckpt_path})" if ckpt_path else ""), flush=True)
+            device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()  # the recipe may pin cpu
+            where = f"on {trainer.num_devices} {device} device{'s' if trainer.num_devices > 1 else ''}"
+            print(f"run directory: {run_dir} ({where}" + (f"; resuming {ckpt_path})" if ckpt_path else ")"), flush=True)
 
     start = time.perf_counter()
     try:
@@ -360,9 +363,11 @@ def _fit(
         "task": info.task,
         "fit_seconds": round(fit_seconds, 2),
     }
-    best = checkpoint.best_model_path
+    best = str(run_dir / "checkpoints" / Path(checkpoint.best_model_path).name) if checkpoint.best_model_path else ""
     if cfg.train.test_after_fit:
         use = best if best and Path(best).is_file() else None
+        if use is None and trainer.is_global_zero:
+            print("note: no validation before training stopped, so no best.ckpt; the final weights are tested")
         split = "test" if info.has_test else "val"
         if not info.has_test and trainer.is_global_zero:
             print(f"note: data.root {cfg.data.root} has no test/ split; the final metrics are on val/", flush=True)
