@@ -82,6 +82,8 @@ def model_info(name: str) -> ModelMeta:
 
 
 def _check_name(name: str) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"model name={name!r} must be a str (see lambdanet.list_models())")
     if name not in _MODELS:
         close = [n for n in _MODELS if name.split("_")[0] in n][:10]
         hint = f" Similar: {', '.join(close)}." if close else ""
