@@ -172,6 +172,14 @@ def test_fft_algorithm_with_dynamic_size_refused_in_one_line() -> None:
     assert "\n" not in str(info.value)
 
 
+def test_blocked_algorithm_with_dynamic_size_refused_by_onnx(tmp_path: Path) -> None:
+    """Its dynamic-size ONNX graph was written but failed in onnxruntime for every input, the example's included."""
+    model = lambdanet.create_model("lambda_net_tiny")
+    with pytest.raises(ValueError, match=r"algorithm='blocked' does not export to ONNX with dynamic height and width"):
+        export_onnx(model, tmp_path / "blocked.onnx", (3, 16, 16), algorithm="blocked", dynamic_spatial=True)
+    assert not (tmp_path / "blocked.onnx").exists()
+
+
 @pytest.mark.slow
 def test_fft_algorithm_refused_by_onnx_in_one_line(tmp_path: Path) -> None:
     """ONNX has no complex FFT operators: a ValueError, not the exporter's ConversionError traceback (~15 s)."""

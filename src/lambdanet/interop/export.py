@@ -260,13 +260,19 @@ def export_onnx(
 
     Raises:
         ValueError: bad arguments, as for :func:`export_program`, or a graph ONNX cannot express
-            (``algorithm="fft"``).
+            (``algorithm="fft"``; ``"blocked"`` with dynamic height and width).
     """
     spatial = _resolve_spatial(model, dynamic_spatial)
     x = _example(model, input_size, batch)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with tracing_setup(model, algorithm=algorithm):
+        blocked = sorted({layer.algorithm for layer in _lambda_layers(model)} & {"blocked", "triton"})
+        if spatial and blocked:  # its dynamic-size graph is written but fails in onnxruntime for every input
+            raise ValueError(
+                f"algorithm={blocked[0]!r} does not export to ONNX with dynamic height and width; pass "
+                "dynamic_spatial=False (CLI: --static_spatial true) or use algorithm='conv'"
+            )
         low = min_side(model, x) if spatial else 2
         try:
             program = torch.onnx.export(
