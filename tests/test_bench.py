@@ -267,6 +267,9 @@ def test_layer_bench_config_errors() -> None:
         LayerBenchConfig(contexts=("far",))
     with pytest.raises(ValueError, match="dtype='float16'"):
         LayerBenchConfig(dtype="float16")
+    for key in ("budget_s", "max_call_s", "memory_budget_mib"):  # a negative budget silently skipped cases
+        with pytest.raises(ValueError, match=f"{key}=-1 must be a finite number > 0"):
+            LayerBenchConfig(**{key: -1})
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             LayerBenchConfig(device="cuda")
@@ -346,6 +349,8 @@ def test_model_bench_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert rows[1]["params_m"] < rows[0]["params_m"]  # lambda layers have fewer parameters than 3x3 convs
     with pytest.raises(ValueError, match="batch=0"):
         ModelBenchConfig(batch=0)
+    with pytest.raises(ValueError, match="budget_s=0 must be a finite number > 0"):
+        ModelBenchConfig(budget_s=0)
 
 
 def test_model_bench_reports_unknown_model() -> None:

@@ -47,6 +47,7 @@ def test_generate_errors_are_one_line_with_status_2(tmp_path, capsys) -> None:
         ([path, "--prompt", "caf\u00e9"], "character '\u00e9' is not in the vocabulary"),
         ([path, "--prompt", "x", "--max-new-tokens", "100"], "exceeds max_length=48"),
         ([path, "--prompt", "x", "--top-k", "0"], "--top-k=0 must be a positive integer"),
+        ([path, "--prompt", "x", "--temperature", "inf"], "--temperature=inf must be a finite number >= 0"),
         ([str(tmp_path / "missing.ckpt"), "--prompt", "x"], "does not exist"),
     ]
     for argv, message in cases:

@@ -171,3 +171,28 @@ def test_onnx_registered_models(tmp_path: Path, name: str) -> None:
         x = torch.randn(shape)
         with torch.no_grad():
             _assert_float32_close(onnx_forward(path, x), model(x))
+
+
+def test_fft_algorithm_with_dynamic_size_refused_in_one_line() -> None:
+    """fft specialises on the map size: a ValueError naming the way out, not torch.export's constraint report."""
+    model = lambdanet.create_model("lambda_net_tiny")
+    with pytest.raises(ValueError, match=r"algorithm='fft' cannot keep height and width dynamic") as info:
+        export_program(model, (3, 16, 16), algorithm="fft", dynamic_spatial=True)
+    assert "\n" not in str(info.value)
+
+
+def test_blocked_algorithm_with_dynamic_size_refused_by_onnx(tmp_path: Path) -> None:
+    """Its dynamic-size ONNX graph was written but failed in onnxruntime for every input, the example's included."""
+    model = lambdanet.create_model("lambda_net_tiny")
+    with pytest.raises(ValueError, match=r"algorithm='blocked' does not export to ONNX with dynamic height and width"):
+        export_onnx(model, tmp_path / "blocked.onnx", (3, 16, 16), algorithm="blocked", dynamic_spatial=True)
+    assert not (tmp_path / "blocked.onnx").exists()
+
+
+@pytest.mark.slow
+def test_fft_algorithm_refused_by_onnx_in_one_line(tmp_path: Path) -> None:
+    """ONNX has no complex FFT operators: a ValueError, not the exporter's ConversionError traceback (~15 s)."""
+    model = lambdanet.create_model("lambda_net_tiny")
+    with pytest.raises(ValueError, match=r"ONNX cannot express this model with algorithm='fft'") as info:
+        export_onnx(model, tmp_path / "fft.onnx", (3, 16, 16), algorithm="fft")
+    assert "\n" not in str(info.value)

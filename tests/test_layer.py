@@ -465,6 +465,17 @@ def test_empty_batch_gives_empty_output(ndim: int, algorithm: str, train: bool) 
     assert x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_empty_batch_causal_sequence(train: bool) -> None:
+    """Batch 0 through the causal chunked path (it once took the max of an empty tensor)."""
+    layer = LambdaLayer1d(8, dim_out=6, dim_k=4, heads=2, scope=3, causal=True).train(train)
+    x = torch.randn(0, 5, 8, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, 5, 6)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 @pytest.mark.parametrize("algorithm", ["auto", *HERE])
 def test_empty_sequence_gives_empty_output(algorithm: str) -> None:
     layer = LambdaLayer1d(8, dim_out=6, dim_k=4, heads=2, scope=3, algorithm=algorithm).eval()

@@ -56,6 +56,9 @@ def test_decoding_errors() -> None:
         model.generate(prompt, -1)
     with pytest.raises(ValueError, match=r"temperature=-0\.5"):
         model.generate(prompt, 2, temperature=-0.5)
+    for temperature in (float("inf"), float("nan")):  # inf sampled uniformly, silently
+        with pytest.raises(ValueError, match=f"temperature={temperature} must be a finite number"):
+            model.generate(prompt, 2, temperature=temperature)
     with pytest.raises(ValueError, match="top_k=0"):
         model.generate(prompt, 2, top_k=0)
     with pytest.raises(ValueError, match="exceeds max_length=40"):

@@ -292,6 +292,20 @@ def test_model_stats_lambda_conventions() -> None:
         model_stats(model, (32, 32))
 
 
+def test_model_stats_input_that_does_not_fit() -> None:
+    model = lambdanet.create_model("lambda_net_tiny")  # its stem conv raises torch's own channel error
+    with pytest.raises(ValueError, match=r"input_size=\(4, 32, 32\) does not fit the model"):
+        model_stats(model, (4, 32, 32))
+    layers = [m for m in model.modules() if isinstance(m, LambdaLayer)]
+    assert layers and all("forward" not in layer.__dict__ for layer in layers), "model_stats left a stub forward"
+
+
+@pytest.mark.parametrize("name", [None, 5, ["lambda_net_tiny"]])
+def test_model_name_must_be_str(name: Any) -> None:
+    with pytest.raises(TypeError, match=r"model name=.* must be a str"):
+        lambdanet.create_model(name)
+
+
 @pytest.mark.parametrize("fmt", ["table", "markdown", "json", "csv"])
 def test_cli_models(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
     from lambdanet.cli import main

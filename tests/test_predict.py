@@ -115,6 +115,8 @@ def test_predict_bad_input_is_one_line_and_exit_2(
         ([str(run), image, "--topk", "4"], "--topk 4"),
         ([str(root / "nowhere.ckpt"), image], "nowhere.ckpt"),
         ([str(root), image], "neither a pretrained directory"),
+        ([str(run), image, "--device", "nonsense"], "device='nonsense' is not a torch device"),
+        ([str(run), image, "--device", f"cuda:{torch.cuda.device_count()}"], "device(s); use cpu"),
     ]
     for args, needle in cases:
         capsys.readouterr()

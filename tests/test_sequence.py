@@ -222,6 +222,12 @@ def test_decoding_state_limits_and_errors() -> None:
         _layer(scope=3).init_state()
     with pytest.raises(ValueError, match=r"step takes one position"):
         layer.step(torch.randn(1, 2, 6, dtype=torch.float64), layer.init_state())
+    with pytest.raises(TypeError, match=r"input dtype torch.float32 differs from the layer's torch.float64"):
+        layer.step(torch.randn(1, 6), layer.init_state())
+    with pytest.raises(TypeError, match=r"input dtype torch.int64 is not supported"):
+        layer.step(torch.ones(1, 6, dtype=torch.long), layer.init_state())
+    with pytest.raises(ValueError, match=r"step takes one position \(batch, dim=6\), got list"):
+        layer.step([[0.0] * 6], layer.init_state())
     with pytest.raises(ValueError, match="eval mode"):
         _layer(causal=True, norm="batch").train().step(x, CausalLambdaState())
 

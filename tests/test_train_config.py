@@ -184,6 +184,14 @@ VALIDATION = [
     ({"system": {"accelerator": "gpuu"}}, r"system.accelerator='gpuu' expected one of"),
     ({"system": {"num_nodes": 0}}, r"system.num_nodes=0 must be >= 1"),
     ({"seed": -1}, r"seed=-1 must be in"),
+    ({"optim": {"momentum": 2}}, r"optim.momentum=2.0 must be in \[0, 1\]"),
+    ({"data": {"max_bad_fraction": -1}}, r"data.max_bad_fraction=-1.0 must be in \[0, 1\]"),
+    ({"data": {"randaugment_layers": -1}}, r"data.randaugment_layers=-1 must be >= 0"),
+    ({"data": {"randaugment_magnitude": 1000}}, r"data.randaugment_magnitude=1000.0 must be in \[0, 30\]"),
+    ({"data": {"crop_pct": 0}}, r"data.crop_pct=0.0 must be in \(0, 1\]"),
+    ({"data": {"crop_pct": 2}}, r"data.crop_pct=2.0 must be in \(0, 1\]"),
+    ({"data": {"test_fraction": -0.1}}, r"data.test_fraction=-0.1 must be in \[0, 1\]"),
+    ({"data": {"min_crop_scale": 0}}, r"data.min_crop_scale=0.0 must be in \(0, 1\]"),
 ]
 
 

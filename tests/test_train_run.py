@@ -138,6 +138,22 @@ def test_cli_reports_non_finite_loss_without_a_traceback(monkeypatch: pytest.Mon
     assert "Traceback" not in err
 
 
+def test_cli_reports_a_write_failure_without_a_traceback(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    import errno
+
+    import lambdanet.train.run as run_module
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EFBIG, "File too large", "runs/x/checkpoints/.last.ckpt.1.tmp")
+
+    monkeypatch.setattr(run_module, "fit", full)
+    assert cli_train.main(["--train.epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "File too large" in err and ".last.ckpt.1.tmp" in err
+    assert "last good checkpoint" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2
+
+
 def test_atomic_checkpoint_write_survives_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"

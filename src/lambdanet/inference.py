@@ -91,6 +91,19 @@ def _num_outputs(model: nn.Module) -> int:
     return int(params[-1].shape[0]) if params else 0
 
 
+def _check_device(device: str) -> None:
+    """A one-line ValueError for a device name torch does not know or hardware this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device; expected cpu, cuda, cuda:1, ...") from err
+    if dev.type != "cpu" and dev.type != "meta":
+        backend = getattr(torch, dev.type, None)
+        count = backend.device_count() if backend is not None and backend.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(f"device={device!r} but this machine has {count} {dev.type} device(s); use cpu")
+
+
 def load_for_inference(
     source: str | os.PathLike[str], *, weights: str = "auto", allow_pickle: bool = False, device: str = "cpu"
 ) -> Inference:
@@ -112,6 +125,7 @@ def load_for_inference(
     """
     from lambdanet.models._builder import model_from_weights
 
+    _check_device(device)
     model = model_from_weights(source, weights=weights, allow_pickle=allow_pickle).eval().to(device)
     cfg = model.pretrained_cfg
     transform = EvalTransform.from_metadata(cfg)

@@ -176,7 +176,11 @@ def model_stats(model: nn.Module, input_size: Sequence[int], *, position_count: 
     model.eval()
     try:
         with _stub_lambda_layers(model, record), FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x)
+            try:
+                model(x)
+            except RuntimeError as err:  # e.g. 4 channels into a 3-channel stem
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise ValueError(f"input_size={size!r} does not fit the model: {first}") from err
     finally:
         model.train(was_training)
     parts = {"projection": 0, "content": 0, "position": 0}

@@ -248,6 +248,9 @@ class LayerBenchConfig:
             raise ValueError(f"device={self.device!r} must be 'cpu' or 'cuda'")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' but torch.cuda.is_available() is False")
+        for key in ("budget_s", "max_call_s", "memory_budget_mib"):
+            if not 0 < getattr(self, key) < float("inf"):
+                raise ValueError(f"{key}={getattr(self, key)} must be a finite number > 0")
         LayerShape(self.batch, self.dim, 1, self.heads, self.dim_k, 1, self.scope)  # validates the rest
 
 

@@ -119,6 +119,8 @@ class ModelBenchConfig:
             raise ValueError(f"batch={self.batch} must be >= 1")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"image_size={self.image_size} must be a positive integer or None")
+        if not 0 < self.budget_s < float("inf"):
+            raise ValueError(f"budget_s={self.budget_s} must be a finite number > 0")
         if not (self.train or self.infer):
             raise ValueError("train and infer are both False: nothing to measure")
         if self.dtype not in ("float32", "bfloat16"):

@@ -81,8 +81,8 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"--max-new-tokens={args.max_new_tokens} must be >= 0")
         if args.top_k is not None and args.top_k < 1:
             raise ValueError(f"--top-k={args.top_k} must be a positive integer")
-        if not args.temperature >= 0:
-            raise ValueError(f"--temperature={args.temperature} must be >= 0 (0: greedy)")
+        if not 0 <= args.temperature < float("inf"):
+            raise ValueError(f"--temperature={args.temperature} must be a finite number >= 0 (0: greedy)")
         if not args.prompt:
             raise ValueError("--prompt must not be empty")
         model, vocab = load_lm_checkpoint(args.checkpoint, args.weights)

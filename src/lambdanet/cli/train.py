@@ -130,4 +130,8 @@ def main(argv: list[str]) -> int:
         return 1
     except (ValueError, FileNotFoundError) as e:
         return fail(PROG, e)
+    except OSError as e:  # a write failure (disk full, file-size limit, permissions): not a mistake in the command
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: the last good checkpoint is kept in the run's checkpoints/ folder", file=sys.stderr)
+        return 1
     return 0

@@ -140,6 +140,19 @@ class DataConfig:
             raise ValueError("data.num_classes is required for data.name='synthetic'")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+        ranges = (  # (key, low, high, low included, what it means)
+            ("test_fraction", 0, 1, True, "a fraction of the samples"),
+            ("crop_pct", 0, 1, False, "the centre crop's share of the resized side"),
+            ("min_crop_scale", 0, 1, False, "an area fraction"),
+            ("max_bad_fraction", 0, 1, True, "a fraction of the images"),
+            ("randaugment_magnitude", 0, 30, True, "TF scale: 10 is an op's full strength"),
+        )
+        for key, lo, hi, lo_in, meaning in ranges:
+            value = getattr(self, key)
+            if not ((lo <= value) if lo_in else (lo < value)) or not value <= hi:
+                raise ValueError(f"data.{key}={value} must be in {'[' if lo_in else '('}{lo}, {hi}] ({meaning})")
+        if self.randaugment_layers < 0:
+            raise ValueError(f"data.randaugment_layers={self.randaugment_layers} must be >= 0 (0 disables)")
         if self.name in GENERATED:
             GENERATED[self.name].settings_for(self).validate()
             if self.generated_samples < 1:

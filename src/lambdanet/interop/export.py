@@ -185,14 +185,23 @@ def export_program(
         The exported program; ``program.module()(x)`` runs it.
 
     Raises:
-        ValueError: bad ``input_size``, ``batch`` or ``algorithm``, or dynamic spatial size for a fixed-size model.
+        ValueError: bad ``input_size``, ``batch`` or ``algorithm``, or dynamic spatial size for a fixed-size model
+            or an algorithm that specialises on it (``"fft"``).
     """
     spatial = _resolve_spatial(model, dynamic_spatial)
     x = _example(model, input_size, batch)
     with tracing_setup(model, algorithm=algorithm):
         low = min_side(model, x) if spatial else 2
         shapes = dynamic_shapes(dynamic_batch=dynamic_batch, dynamic_spatial=spatial, min_side=low)
-        return torch.export.export(model, (x,), dynamic_shapes=shapes)
+        try:
+            return torch.export.export(model, (x,), dynamic_shapes=shapes)
+        except torch._dynamo.exc.UserError as err:  # e.g. algorithm='fft' specialises on the spatial size
+            if not spatial or "Constraints violated" not in str(err):
+                raise
+            raise ValueError(
+                f"algorithm={algorithm!r} cannot keep height and width dynamic (the graph specialises on them); "
+                "export with dynamic_spatial=False (CLI: --static_spatial true) or another algorithm"
+            ) from err
 
 
 def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike[str]) -> Path:
@@ -250,24 +259,37 @@ def export_onnx(
         The path written.
 
     Raises:
-        ValueError: bad arguments, as for :func:`export_program`.
+        ValueError: bad arguments, as for :func:`export_program`, or a graph ONNX cannot express
+            (``algorithm="fft"``; ``"blocked"`` with dynamic height and width).
     """
     spatial = _resolve_spatial(model, dynamic_spatial)
     x = _example(model, input_size, batch)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with tracing_setup(model, algorithm=algorithm):
+        blocked = sorted({layer.algorithm for layer in _lambda_layers(model)} & {"blocked", "triton"})
+        if spatial and blocked:  # its dynamic-size graph is written but fails in onnxruntime for every input
+            raise ValueError(
+                f"algorithm={blocked[0]!r} does not export to ONNX with dynamic height and width; pass "
+                "dynamic_spatial=False (CLI: --static_spatial true) or use algorithm='conv'"
+            )
         low = min_side(model, x) if spatial else 2
-        program = torch.onnx.export(
-            model,
-            (x,),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=dynamic_shapes(dynamic_batch=dynamic_batch, dynamic_spatial=spatial, min_side=low),
-            opset_version=opset_version,
-            verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                model,
+                (x,),
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=dynamic_shapes(dynamic_batch=dynamic_batch, dynamic_spatial=spatial, min_side=low),
+                opset_version=opset_version,
+                verbose=False,
+            )
+        except torch.onnx.OnnxExporterError as err:  # e.g. algorithm='fft': ONNX has no complex FFT operators
+            raise ValueError(
+                f"ONNX cannot express this model with algorithm={algorithm!r} ({type(err).__name__}); "
+                "use the default (conv), einsum or logits"
+            ) from err
     if program is None:  # only the legacy exporter returns None
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
     program.save(str(p), external_data=False)

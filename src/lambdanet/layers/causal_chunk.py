@@ -210,7 +210,7 @@ class _Intra:
         self.factored = (
             not torch.compiler.is_compiling()
             and kg.device.type != "meta"
-            and bool((mg[:, :, -1] - mg[:, :, 0]).max() <= FACTOR_MAX_RISE)
+            and (mg.numel() == 0 or bool((mg[:, :, -1] - mg[:, :, 0]).max() <= FACTOR_MAX_RISE))  # batch 0: no max
         )
         if self.factored:
             end = mg[:, :, -1:]  # b g 1 u k

@@ -320,8 +320,10 @@ class LambdaLayer1d(_LambdaNd):
         """
         if not self.causal:
             raise ValueError("step needs causal=True: incremental decoding is defined for causal layers only")
-        if x.dim() != 2 or x.shape[-1] != self.dim:
-            raise ValueError(f"step takes one position (batch, dim={self.dim}), got shape {tuple(x.shape)}")
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[-1] != self.dim:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"step takes one position (batch, dim={self.dim}), got {got}")
+        self._check_tensor(x[:, None], "(batch, dim)")  # dtype: floating, the layer's (unless autocast)
         if self.norm == "batch" and self.training:
             raise ValueError("step with norm='batch' needs eval mode (training-mode batch statistics span positions)")
         state.check_room(1, x.shape[0])

@@ -83,6 +83,8 @@ def model_info(name: str) -> ModelMeta:
 
 
 def _check_name(name: str) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"model name={name!r} must be a str (see lambdanet.list_models())")
     if name not in _MODELS:
         close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.75)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -283,8 +283,8 @@ class CausalLM(nn.Module):
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
-        if not temperature >= 0:
-            raise ValueError(f"temperature={temperature!r} must be >= 0 (0: greedy)")
+        if not 0 <= temperature < float("inf"):
+            raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0: greedy)")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k={top_k!r} must be a positive integer or None")
         self._check_tokens(tokens)

@@ -275,7 +275,7 @@ RULES: list[tuple[str, Any, str]] = [
     ("optim.lr", _positive, "must be > 0"),
     ("optim.lr_base_batch", _optional(lambda v: v >= 1), "must be null or >= 1 (the rate is lr * batch / this)"),
     ("optim.weight_decay", lambda v: v >= 0, "must be >= 0"),
-    ("optim.momentum", lambda v: v >= 0, "must be >= 0"),
+    ("optim.momentum", _in(0, 1), "must be in [0, 1]"),
     ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
     ("optim.eps", _positive, "must be > 0"),
     ("optim.alpha", _in(0, 1), "must be in [0, 1]"),

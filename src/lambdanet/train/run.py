@@ -59,7 +59,9 @@ def resolve_resume(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     if p.is_dir():
         ckpt = p / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
-            raise ValueError(f"--resume {p}: no checkpoints/last.ckpt in this run directory")
+            best = p / "checkpoints" / "best.ckpt"
+            hint = f" (its first write was interrupted?); resume from: --resume {best}" if best.is_file() else ""
+            raise ValueError(f"--resume {p}: no checkpoints/last.ckpt in this run directory{hint}")
         return ckpt, p
     if not p.is_file():
         raise ValueError(f"--resume {p}: no such checkpoint file or run directory")
