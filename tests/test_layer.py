@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -512,9 +513,17 @@ def test_low_precision_headroom(ndim: int, dtype: torch.dtype, scale: float) -> 
     layer32.eval()
     layer = copy.deepcopy(layer32)
     x = (scale * torch.randn(2, *shape)).to(dtype)
-    out = layer.to(dtype)(x)
-    assert out.dtype == dtype and torch.isfinite(out).all()
     limit = torch.finfo(dtype).max
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = layer.to(dtype)(x)
+    saturated = dtype == torch.float16 and bool((layer32(x.float()).abs() > limit).any())
+    if dtype == torch.float16:  # the warning is checked both ways
+        assert saturated == (scale >= 1e3) or scale == 1e2
+    assert [str(w.message)[:60] for w in caught] == (
+        ["lambda layer output exceeds float16's range (65504) and is c"] if saturated else []
+    )
+    assert out.dtype == dtype and torch.isfinite(out).all()
     expected = layer32(x.float()).clamp(-limit, limit)
     # bfloat16 keeps 8 bits: key logits in the thousands are rounded by units, which the softmax amplifies
     assert relative_error(out.float(), expected) < (5e-3 if dtype == torch.float16 else 0.1)

@@ -13,6 +13,7 @@ Shape: (b, dim, S..) -> (b, dim_out, ceil(S / stride)..) for the 2-D and 3-D lay
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -260,9 +261,20 @@ class _LambdaNd(nn.Module):
 def cast_output(y: Tensor, dtype: torch.dtype) -> Tensor:
     """Cast the float32 output back to ``dtype``; float16 saturates at its largest finite value instead of
     overflowing: the output grows with the square of the activation scale and exceeds float16's 65504 long before
-    a convolution's does (bfloat16 has float32's range)."""
+    a convolution's does (bfloat16 has float32's range).
+
+    Saturation keeps the layer finite, but the layers after it may still overflow on such values: a warning (once
+    per process) says so and points to bfloat16.
+    """
     if dtype == torch.float16 and y.dtype != dtype:
         limit = torch.finfo(torch.float16).max
+        if not torch.compiler.is_compiling() and bool((y.abs() > limit).any()):
+            warnings.warn(
+                "lambda layer output exceeds float16's range (65504) and is clamped to it; the layers after it may "
+                "overflow. Use bfloat16 (e.g. --train.precision bf16-mixed) or float32 for activations this large.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         y = y.clamp(-limit, limit)
     return y.to(dtype)
 
