@@ -138,6 +138,8 @@ def test_cli_unknown_key_is_one_line_with_suggestion(capsys: pytest.CaptureFixtu
 
 
 VALIDATION = [
+    ({"data": {"root": "/data/cifar"}}, r"data.root='/data/cifar' is not used by data.name='synthetic'"),
+    ({"data": {"name": "digits", "root": "x"}}, r"data.root='x' is not used by data.name='digits'"),
     ({"sched": {"gamma": 1.5}}, r"sched.gamma=1.5 must be in \(0, 1\] \(above 1 the rate rises"),
     ({"sched": {"gamma": 0.0}}, r"sched.gamma=0.0 must be in \(0, 1\]"),
     ({"sched": {"gamma": -0.5}}, r"sched.gamma=-0.5"),

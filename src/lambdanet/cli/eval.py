@@ -101,9 +101,6 @@ def _options(argv: list[str]) -> tuple[EvalOptions, list[str]]:
     return opts, data_argv
 
 
-_NO_ROOT = ("digits", "synthetic", "pydoc_topics", "moving_digits")  # datasets that read nothing from data.root
-
-
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         _parser().print_help()
@@ -123,11 +120,6 @@ def main(argv: list[str]) -> int:
         model = lambdanet.create_model(str(ckpt.model_name), checkpoint=ckpt)
         from lambdanet.data.loader import build_splits, data_info, prepare
 
-        if cfg.data.name in _NO_ROOT and any(a.split("=")[0] == "--data.root" for a in data_argv):
-            raise ValueError(
-                f"data.root={cfg.data.root!r} is not used by data.name={cfg.data.name!r} (bundled or generated "
-                "data); add --data.name to evaluate on other data"
-            )
         info = data_info(cfg.data)
         trained = int(meta.get("num_classes", info.num_classes))
         if info.num_classes != trained:

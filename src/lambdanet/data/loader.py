@@ -134,6 +134,11 @@ class DataConfig:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
         if self.bad_images not in ("error", "skip"):
             raise ValueError(f"data.bad_images={self.bad_images!r}; expected 'error' or 'skip'")
+        if self.root is not None and not (spec.needs_root or spec.uses_root):
+            raise ValueError(
+                f"data.root={self.root!r} is not used by data.name={self.name!r} (bundled or generated in memory); "
+                "drop data.root, or set data.name to the dataset under it"
+            )
         if spec.needs_root and not self.root:
             raise ValueError(f"data.root is required for data.name={self.name!r} (a path to the data)")
         if self.name == "synthetic" and not self.num_classes:
@@ -219,6 +224,8 @@ class DatasetSpec:
         std: per-channel normalisation std.
         native_size: the image side used when ``data.image_size`` is not set.
         needs_root: ``data.root`` is required.
+        uses_root: ``data.root`` is read (required ones, and optional cache folders); setting it for a dataset that
+            does not read it is an error rather than silently ignored.
         prepare: run once per machine before ``build`` (downloads), or None.
     """
 
@@ -229,6 +236,7 @@ class DatasetSpec:
     std: tuple[float, ...] = ()
     native_size: int | None = None
     needs_root: bool = False
+    uses_root: bool = False
     prepare: Callable[[DataConfig], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -465,6 +473,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "pathfinder": DatasetSpec(
         _generated_info, _generated_splits, mean=(0.06,), std=(0.24,), native_size=32,
         prepare=_generate_and_cache,
+        uses_root=True,
     ),
     "moving_digits": DatasetSpec(_generated_info, _generated_splits, mean=(0.037,), std=(0.166,), native_size=32),
 }  # fmt: skip
