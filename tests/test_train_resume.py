@@ -107,7 +107,7 @@ def test_language_model_run_resumes_after_sigkill_and_its_checkpoint_suffices(tm
     tiny = "{dim: 32, depth: 1, heads: 2, dim_k: 8, mlp_hidden: 64, max_length: 32}"
     cmd = [str(LAMBDANET), "train", "-c", "lm_tiny", "--model.overrides", tiny]
     cmd += ["--data.seq_len", "16", "--data.batch_size", "8", "--data.max_eval_windows", "8"]
-    cmd += ["--train.epochs", "3", "--train.limit_train_batches", "20", "--train.log_every_steps", "5"]
+    cmd += ["--train.epochs", "8", "--train.limit_train_batches", "20", "--train.log_every_steps", "5"]
     cmd += ["--system.out_dir", str(tmp_path), "--system.run_name", "lm", "--system.progress_bar", "false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     run = tmp_path / "lm"
@@ -125,12 +125,12 @@ def test_language_model_run_resumes_after_sigkill_and_its_checkpoint_suffices(tm
         killed.wait(timeout=60)
     assert killed.returncode == -signal.SIGKILL
     stopped_at = load_checkpoint(last)["global_step"]
-    assert 20 <= stopped_at < 60
+    assert 20 <= stopped_at < 160  # killed well before the end, however fast this machine is
 
     resumed = subprocess.run([str(LAMBDANET), "train", "--resume", str(run)], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     results = json.loads((run / "results.json").read_text())
-    assert results["task"] == "language_model" and results["global_step"] == 60
+    assert results["task"] == "language_model" and results["global_step"] == 160
     assert 0 < results["test/bpc"] < 8 and results["test/bpc"] == pytest.approx(results["test/loss"] / 0.6931472)
     assert (run / "logs" / "version_1" / "start_step").read_text().strip() == str(stopped_at)
     rows = _rows(run / "metrics.csv")
