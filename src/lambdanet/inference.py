@@ -25,6 +25,7 @@ __all__ = [
     "load_for_inference",
     "metadata_from_config",
     "predict",
+    "resolve_device",
 ]
 
 
@@ -91,17 +92,26 @@ def _num_outputs(model: nn.Module) -> int:
     return int(params[-1].shape[0]) if params else 0
 
 
-def _check_device(device: str) -> None:
-    """A one-line ValueError for a device name torch does not know or hardware this machine lacks."""
+def resolve_device(name: str) -> str:
+    """``name`` checked (``auto``: cuda when available, else cpu): a one-line ValueError for a device name torch
+    does not know or hardware this machine lacks. Used by ``predict`` and ``eval``."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a torch device; expected cpu, cuda, cuda:1, ...") from err
-    if dev.type != "cpu" and dev.type != "meta":
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"device={name!r} is not a torch device; expected cpu, cuda, cuda:1, ...") from err
+    if dev.type not in ("cpu", "meta"):
         backend = getattr(torch, dev.type, None)
         count = backend.device_count() if backend is not None and backend.is_available() else 0
-        if count == 0 or (dev.index is not None and dev.index >= count):
-            raise ValueError(f"device={device!r} but this machine has {count} {dev.type} device(s); use cpu")
+        if count == 0:
+            raise ValueError(
+                f"device={name!r} but {dev.type.upper()} is not available: this machine has 0 {dev.type} device(s); "
+                "use cpu"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device={name!r} but this machine has {count} {dev.type} device(s); use cpu")
+    return name
 
 
 def load_for_inference(
@@ -125,7 +135,7 @@ def load_for_inference(
     """
     from lambdanet.models._builder import model_from_weights
 
-    _check_device(device)
+    device = resolve_device(device)
     model = model_from_weights(source, weights=weights, allow_pickle=allow_pickle).eval().to(device)
     cfg = model.pretrained_cfg
     transform = EvalTransform.from_metadata(cfg)

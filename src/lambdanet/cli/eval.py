@@ -68,22 +68,6 @@ def _parser() -> ArgumentParser:
     )
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"device={name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available; use cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return name
-
-
 def _options(argv: list[str]) -> tuple[EvalOptions, list[str]]:
     data_argv, rest = split_section(argv, "data")
     parser = _parser()
@@ -97,7 +81,9 @@ def _options(argv: list[str]) -> tuple[EvalOptions, list[str]]:
         raise ConfigError(f"num_workers={opts.num_workers} must be >= 0")
     if opts.json is not None and Path(opts.json).is_dir():
         raise ConfigError(f"json={opts.json!r} is a folder; expected a file path")
-    opts.device = _device(opts.device)
+    from lambdanet.inference import resolve_device
+
+    opts.device = resolve_device(opts.device)
     return opts, data_argv
 
 
