@@ -53,6 +53,20 @@ def _logits(q3, q3_ok, e_u, t, ok, BMN: tl.constexpr, HP: tl.constexpr, BN: tl.c
 
 
 @triton.jit
+def _context_range(pid_n, N, W, BMN: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CAUSAL: tl.constexpr):
+    """First and last context position (flattened) that the scopes of query block ``pid_n`` reach."""
+    reach = CH * W + CW  # largest |m - n| in the scope, flattened
+    n_lo = pid_n * BMN
+    n_hi = tl.minimum(n_lo + BMN - 1, N - 1)
+    m_lo = tl.maximum(n_lo - reach, 0)
+    if CAUSAL:
+        m_hi = n_hi
+    else:
+        m_hi = tl.minimum(n_hi + reach, N - 1)
+    return m_lo, m_hi
+
+
+@triton.jit
 def forward_kernel(
     q, v, e, lam, y, N, W,
     H: tl.constexpr, K: tl.constexpr, U: tl.constexpr, V: tl.constexpr,
@@ -78,14 +92,7 @@ def forward_kernel(
     c_ok = c < V
     v_b = v + b * N * U * V
     acc = tl.zeros((BM, BV), dtype=tl.float32)
-    reach = CH * W + CW  # largest |m - n| in the scope, flattened
-    n_lo = pid_n * BMN
-    n_hi = tl.minimum(n_lo + BMN - 1, N - 1)
-    m_lo = tl.maximum(n_lo - reach, 0)
-    if CAUSAL:
-        m_hi = n_hi
-    else:
-        m_hi = tl.minimum(n_hi + reach, N - 1)
+    m_lo, m_hi = _context_range(pid_n, N, W, BMN, CH, CW, CAUSAL)
     for m0 in range(m_lo, m_hi + 1, BN):
         m = m0 + tl.arange(0, BN)
         t, ok = _scope(n, m, N, W, KH, KW, CH, CW, CAUSAL)
@@ -130,14 +137,7 @@ def dq_kernel(
     gy_rows = gy + b * N * H * V + rn * (H * V) + rh * V
     v_b = v + b * N * U * V
     acc = tl.zeros((BMN, HP, BK), dtype=tl.float32)
-    reach = CH * W + CW
-    n_lo = pid_n * BMN
-    n_hi = tl.minimum(n_lo + BMN - 1, N - 1)
-    m_lo = tl.maximum(n_lo - reach, 0)
-    if CAUSAL:
-        m_hi = n_hi
-    else:
-        m_hi = tl.minimum(n_hi + reach, N - 1)
+    m_lo, m_hi = _context_range(pid_n, N, W, BMN, CH, CW, CAUSAL)
     for m0 in range(m_lo, m_hi + 1, BN):
         m = m0 + tl.arange(0, BN)
         t, ok = _scope(n, m, N, W, KH, KW, CH, CW, CAUSAL)
