@@ -13,6 +13,7 @@ suite, ``benchmarks/gpu_suite.py``, times it); ask for it with ``algorithm="trit
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from lambdanet.layers.algorithms import blocked
@@ -21,8 +22,6 @@ from lambdanet.layers.triton_local import triton_available, triton_position_outp
 
 
 def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) -> Tensor:
-    import torch
-
     if torch.compiler.is_exporting():
         return blocked.blocked_output(q, v, weight, lam_c)
     return triton_position_output(q, v, weight, lam_c)
