@@ -179,3 +179,47 @@ def test_one_epoch_through_the_training_path(tmp_path: Path) -> None:
     results = fit(load_config("pathfinder_lambda_global", over))
     assert results["global_step"] == 4
     assert 0.0 <= results["test/acc1"] <= 1.0
+
+
+def _long_range_module():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "long_range.py"
+    spec = importlib.util.spec_from_file_location("long_range_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_long_range_summary_picks_the_rate_on_validation_and_averages_seeds() -> None:
+    L = _long_range_module()
+
+    def run(lr: float, seed: int, val: float, test: float) -> dict:
+        return {"row": "r", "lr": lr, "seed": seed, "best_val_acc1": val, "test_acc1_by_difficulty": {"hard": test}}
+
+    # Sweep on seed 0: 2e-3 has the best validation accuracy (its test accuracy is not what picks it).
+    sweep = [run(1e-3, 0, 0.70, 0.99), run(2e-3, 0, 0.80, 0.60), run(4e-3, 0, 0.75, 0.90)]
+    s = L._summarise([*sweep, run(2e-3, 1, 0.5, 0.70), run(2e-3, 2, 0.5, 0.80)], full_grid=False)["r"]
+    assert s["lr"] == 2e-3 and s["seeds"] == 3
+    assert s["test_acc1"]["hard"]["mean"] == pytest.approx(0.70)
+    assert s["test_acc1"]["hard"]["std"] == pytest.approx(0.1)
+    # Full grid: the rate with the best mean validation accuracy over seeds.
+    grid = [*sweep, run(1e-3, 1, 0.95, 0.5), run(2e-3, 1, 0.5, 0.5), run(4e-3, 1, 0.7, 0.5)]
+    assert L._summarise(grid, full_grid=True)["r"]["lr"] == 1e-3
+
+
+def test_long_range_runner_minimal_rows_merge(tmp_path: Path) -> None:
+    L = _long_range_module()
+    common = ["--minimal", "--threads", "1", "--eval-samples", "16", "--data-root", str(tmp_path / "data")]
+    out = ["--out", str(tmp_path / "out")]
+    L.main([*common, *out, "--rows", "lambda_scope3"])
+    L.main([*common, *out, "--rows", "conv_matched"])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["summary"]) == set(results["rows"]) == {"lambda_scope3", "conv_matched"}
+    assert results["rows"]["conv_matched"]["params"] > 200_000
+    for row in results["summary"].values():
+        assert set(row["test_acc1"]) == {"easy", "medium", "hard"}
+        assert all(0.0 <= c["mean"] <= 1.0 for c in row["test_acc1"].values())
+    assert (tmp_path / "out" / "accuracy_vs_difficulty.png").stat().st_size > 1000
