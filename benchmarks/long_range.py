@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--full-grid", action="store_true", help="every learning rate on every seed")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--samples", type=int, default=8000, help="training images (val and test get a tenth each)")
+    p.add_argument("--samples", type=int, default=4000, help="training images (val and test get a tenth each)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="torch threads (the documented figures use 2)")
     p.add_argument("--data-root", default="data")
