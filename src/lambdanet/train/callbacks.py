@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +57,12 @@ class FiniteModelCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath:
             remove_stray_temp_files(self.dirpath)
 
-    @staticmethod
-    def _states(trainer: pl.Trainer) -> Iterator[dict[str, Any]]:
-        """The module's state dict and that of every averaged copy a callback holds (Lightning's EMA)."""
-        yield trainer.lightning_module.state_dict()
-        for callback in trainer.callbacks:
-            average = getattr(callback, "_average_model", None)
-            if isinstance(average, nn.Module):
-                yield {f"average.{k}": v for k, v in average.state_dict().items()}
-
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        bad = [key for state in self._states(trainer) for key in non_finite_keys(state)]
+        # the module's state dict and that of every averaged copy a callback holds (Lightning's EMA)
+        averages = [getattr(c, "_average_model", None) for c in trainer.callbacks]
+        states = [trainer.lightning_module.state_dict()]
+        states += [{f"average.{k}": v for k, v in a.state_dict().items()} for a in averages if isinstance(a, nn.Module)]
+        bad = [key for state in states for key in non_finite_keys(state)]
         if bad:
             shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
             warnings.warn(f"not saving {filepath}: NaN or Inf in {shown}", stacklevel=2)
