@@ -35,6 +35,7 @@ and query n is ``m - n + r // 2``, our relative-position convention, so the kern
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -97,22 +98,11 @@ class CheckpointMismatchError(CheckpointError):
         mismatched: ``(key, weights' shape, model's shape)`` for keys present in both with different shapes.
     """
 
-    def __init__(
-        self,
-        source: str,
-        missing: list[str],
-        unexpected: list[str],
-        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
-    ) -> None:
+    def __init__(self, source: str, missing: list[str], unexpected: list[str], mismatched: list[tuple]) -> None:
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-        if mismatched:
-            shapes = [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mismatched]
-            parts.append(f"{len(mismatched)} shape mismatch(es): {_listing(shapes)}")
+        shapes = [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mismatched]
+        found = (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", shapes))
+        parts = [f"{len(keys)} {what}: {_listing(keys)}" for what, keys in found if keys]
         super().__init__(f"weights from {source} do not fit the model; " + "; ".join(parts))
 
 
@@ -279,16 +269,13 @@ def convert_dli_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
     """
     out: dict[str, Tensor] = {}
     for key, value in strip_prefix(state_dict).items():
-        new = key
-        for old, repl in _DLI_RENAMES:
-            new = new.replace(old, repl)
         if key.endswith(".lambda_conv.weight"):
             if value.dim() != 5 or value.shape[2] != 1:
                 raise ValueError(
                     f"state_dict[{key!r}] has shape {list(value.shape)}; expected a Conv3d kernel (k, u, 1, r, r)"
                 )
             value = value.squeeze(2)
-        out[new] = value
+        out[functools.reduce(lambda k, rename: k.replace(*rename), _DLI_RENAMES, key)] = value
     return out
 
 
@@ -327,9 +314,8 @@ def read_checkpoint(
         if not sub:
             raise CheckpointError(f"checkpoint {p} has lambdanet metadata but no weights under the prefix {prefix!r}")
         meta.pop("torch_rng_state", None)
-        name = meta.get("model_name")
-        overrides = dict(meta.get("model_overrides") or {})
-        return LoadedCheckpoint(str(p), "lambdanet", sub, None if name is None else str(name), overrides, meta)
+        name = None if meta.get("model_name") is None else str(meta["model_name"])
+        return LoadedCheckpoint(str(p), "lambdanet", sub, name, dict(meta.get("model_overrides") or {}), meta)
     extra = (
         {k: v for k, v in obj.items() if isinstance(v, str | int | float | bool)} if isinstance(obj, Mapping) else {}
     )

@@ -184,21 +184,6 @@ def fit(
         NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint stays in place).
         RunInterrupted: SIGTERM (exit status 143) or SIGINT (130); no ``results.json`` is written.
     """
-    ckpt_path, run_dir = resolve_resume(resume) if resume is not None else (None, run_dir_for(cfg))
-    previous_env = os.environ.get(RUN_DIR_ENV)
-    os.environ[RUN_DIR_ENV] = str(run_dir)  # for the processes Lightning's DDP launcher starts during fit
-    try:
-        return _fit(cfg, run_dir, ckpt_path, argv, callbacks)
-    finally:
-        if previous_env is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous_env
-
-
-def _fit(
-    cfg: RunConfig, run_dir: Path, ckpt_path: Path | None, argv: Sequence[str], callbacks: Sequence[Any]
-) -> dict[str, Any]:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ThroughputMonitor
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -208,6 +193,7 @@ def _fit(
     from lambdanet.train.datamodules import LambdaDataModule
     from lambdanet.train.module import LambdaModule, ema_callback
 
+    ckpt_path, run_dir = resolve_resume(resume) if resume is not None else (None, run_dir_for(cfg))
     _console(cfg.quiet)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.system.matmul_precision)
@@ -303,17 +289,20 @@ def _fit(
         return out
 
     start = time.perf_counter()
+    previous_env = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # for the processes Lightning's DDP launcher starts
     try:
         run("training", trainer.fit, module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except BaseException as e:
-        if (
-            not isinstance(e, RunInterrupted)
-            and created
-            and trainer.is_global_zero
-            and not any((run_dir / "checkpoints").glob("*.ckpt"))
-        ):
+        empty = not any((run_dir / "checkpoints").glob("*.ckpt"))
+        if created and empty and trainer.is_global_zero and not isinstance(e, RunInterrupted):
             shutil.rmtree(run_dir, ignore_errors=True)  # failed during set-up: leave nothing behind
         raise
+    finally:
+        if previous_env is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous_env
     results: dict[str, Any] = {"recipe": cfg.recipe, "model": cfg.model.name, "data": cfg.data.name, "task": info.task}
     results["fit_seconds"] = round(time.perf_counter() - start, 2)
     best = str(run_dir / "checkpoints" / Path(checkpoint.best_model_path).name) if checkpoint.best_model_path else ""
