@@ -1,8 +1,7 @@
 """Weights on disk: one safe reader for every kind of file, checksums, finite checks and hub-style directories.
 
-One set of rules for every entry point (``lambdanet eval``, ``train --resume`` / ``--init-from``, ``convert``,
-``export --checkpoint``, ``predict``, ``create_model(checkpoint=..., pretrained=...)``,
-:func:`lambdanet.load_for_inference` and the functions below):
+One set of rules for every entry point that reads weights (``lambdanet eval``, ``train --resume`` / ``--init-from``,
+``convert``, ``export``, ``predict``, ``create_model(checkpoint=..., pretrained=...)``, the functions below):
 
 1. **No code runs.** Files are read with ``torch.load(weights_only=True)``: tensors, containers, strings and numbers
    load; anything else (a class, a function: what a crafted pickle uses to run code) is refused with a one-line
@@ -12,16 +11,6 @@ One set of rules for every entry point (``lambdanet eval``, ``train --resume`` /
 2. **Checksums.** lambdanet files store the SHA-256 of their state dict (:func:`state_dict_sha256`) in their
    metadata; a file whose tensors do not match it (a flipped bit) is refused, naming the path.
 3. **Finite weights.** A state dict with NaN or Inf in any floating tensor is refused, naming the tensors.
-
-Kinds of files (:class:`LoadedCheckpoint` ``.kind``):
-
-- ``"lambdanet"``: written by ``lambdanet train`` or ``lambdanet convert``: a ``lambdanet`` metadata dict (model name
-  and overrides, inference metadata, run config, checksum) and a ``state_dict`` whose keys start with ``model.``
-  (and ``ema.module.`` for the EMA copy, preferred by default).
-- ``"pretrained"``: a hub-style directory (or Hugging Face Hub id) with ``config.json`` (the same metadata) and
-  ``model.safetensors``, written by :func:`save_pretrained`.
-- ``"dli"``: the published d-li14/lambda.pytorch Lambda-ResNet-50 checkpoint (or any state dict with its names).
-- ``"state_dict"``: a plain state dict of a lambdanet model, bare or under a ``state_dict`` key.
 
 The d-li14 checkpoint (Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602; 14,995,848 parameters, 78.208% top-1)
 is a ``torch.save``d dict with a ``state_dict`` (usually with DataParallel's ``module.`` prefix) next to ``epoch``,
@@ -234,7 +223,11 @@ class LoadedCheckpoint:
 
     Attributes:
         path: the file or directory.
-        kind: ``"lambdanet"``, ``"pretrained"``, ``"dli"`` or ``"state_dict"`` (see the module docstring).
+        kind: ``"lambdanet"`` (written by ``lambdanet train`` or ``convert``: ``lambdanet`` metadata and a
+            ``state_dict`` under ``model.``, the EMA copy under ``ema.module.`` or, from Lightning's EMA, as
+            ``state_dict`` with the trained weights in ``current_model_state``), ``"pretrained"`` (a directory or
+            Hugging Face Hub id written by :func:`save_pretrained`), ``"dli"`` (the d-li14 checkpoint or any state
+            dict with its names) or ``"state_dict"`` (a plain state dict, bare or under a ``state_dict`` key).
         state_dict: weights under lambdanet names, prefixes removed.
         model_name: the model the file names (lambdanet and pretrained files).
         overrides: builder overrides the weights need: the stored ``model_overrides``, or ``position_bias=True``

@@ -2,7 +2,7 @@
 
 :func:`load_for_inference` returns ``(model, transform, classes)``: the model in eval mode with its weights (the EMA
 copy when the checkpoint has one), the evaluation transform it was trained with and its class names. The metadata
-comes with the weights: ``lambdanet train`` stores it in every checkpoint (:func:`describe_checkpoint`),
+comes with the weights: ``lambdanet train`` stores it in every checkpoint (:func:`inference_metadata`),
 :func:`lambdanet.save_pretrained` in ``config.json``.
 """
 
@@ -15,12 +15,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lambdanet.checkpoint import CHECKPOINT_KEY, seal
 from lambdanet.data.transforms import EvalTransform
 
 __all__ = [
     "Inference",
-    "describe_checkpoint",
     "inference_metadata",
     "load_for_inference",
     "metadata_from_config",
@@ -71,20 +69,6 @@ def metadata_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
     data = {k: v for k, v in dict(config.get("data") or {}).items() if k in DataConfig.__dataclass_fields__}
     return {k: v for k, v in inference_metadata(DataConfig(**data)).items() if v is not None}
-
-
-def describe_checkpoint(checkpoint: dict[str, Any], data_cfg: Any, classes: Sequence[str] | None = None) -> None:
-    """Complete an image model's training checkpoint as it is saved: inference metadata and the state dict's checksum.
-
-    Called from ``LambdaModule.on_save_checkpoint`` (after the ``lambdanet`` metadata is set).
-
-    Args:
-        checkpoint: the dict Lightning is about to write.
-        data_cfg: the run's data configuration.
-        classes: the class names, indexed by label.
-    """
-    checkpoint.setdefault(CHECKPOINT_KEY, {}).update(inference_metadata(data_cfg, classes))
-    seal(checkpoint)
 
 
 def _num_outputs(model: nn.Module) -> int:
