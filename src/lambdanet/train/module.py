@@ -18,7 +18,6 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import lambdanet
@@ -136,12 +135,13 @@ class LambdaModule(pl.LightningModule):
         if global_gbn:
             convert_global_batchnorm(self.model)
         k = info.num_classes
-        self.metrics = nn.ModuleDict()  # train: accuracies only (the loss is logged per step and epoch)
-        for split in ("train", "val", "test"):
-            self.metrics[f"{split}_acc1"] = MulticlassAccuracy(k, top_k=1, average="micro")
-            self.metrics[f"{split}_acc5"] = MulticlassAccuracy(k, top_k=min(5, k), average="micro")
-            if split != "train":
-                self.metrics[f"{split}_loss"] = MeanMetric()
+        self.metrics = nn.ModuleDict(  # the loss is averaged by Lightning (self.log with batch_size)
+            {
+                f"{split}_{name}": MulticlassAccuracy(k, top_k=top_k, average="micro")
+                for split in ("train", "val", "test")
+                for name, top_k in (("acc1", 1), ("acc5", min(5, k)))
+            }
+        )
         self._compiled: Any = None
 
     # -------------------------------------------------------------- model set-up
@@ -165,8 +165,10 @@ class LambdaModule(pl.LightningModule):
         logits = self(x).float()
         if y.dim() == 2:  # (b, n, v), (b, n) -> (b n, v), (b n)
             logits, y = logits.flatten(0, 1), y.flatten()
-        self.metrics[f"{split}_acc1"].update(logits.detach(), y)
-        self.metrics[f"{split}_acc5"].update(logits.detach(), y)
+        for name in ("acc1", "acc5"):  # computed over the epoch (all processes) and reset by Lightning
+            metric = self.metrics[f"{split}_{name}"]
+            metric.update(logits.detach(), y)
+            self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=f"{split}/{name}" == "val/acc1")
         return logits, y
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -181,33 +183,18 @@ class LambdaModule(pl.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, on_step=True, batch_size=1)
         return loss
 
+    def _eval_step(self, split: str, batch: tuple[Tensor, Tensor]) -> None:
+        logits, y = self._step(split, batch)
+        loss = F.cross_entropy(logits, y)
+        self.log(f"{split}/loss", loss, batch_size=len(y), sync_dist=True, prog_bar=split == "val")
+        if self.task == LANGUAGE_MODEL:  # bits per character
+            self.log(f"{split}/bpc", loss / _LN2, batch_size=len(y), sync_dist=True, prog_bar=split == "val")
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        logits, y = self._step("val", batch)
-        self.metrics["val_loss"].update(F.cross_entropy(logits, y), weight=len(y))
+        self._eval_step("val", batch)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        logits, y = self._step("test", batch)
-        self.metrics["test_loss"].update(F.cross_entropy(logits, y), weight=len(y))
-
-    def _log_epoch(self, split: str) -> None:
-        for key, metric in self.metrics.items():
-            name = key.removeprefix(f"{split}_")
-            if name == key:
-                continue
-            value = metric.compute()
-            self.log(f"{split}/{name}", value, prog_bar=split == "val" and name != "acc5")
-            if name == "loss" and self.task == LANGUAGE_MODEL:
-                self.log(f"{split}/bpc", value / _LN2, prog_bar=split == "val")
-            metric.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        self._eval_step("test", batch)
 
     # -------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -228,8 +215,8 @@ class LambdaModule(pl.LightningModule):
         ``classes`` (images, with the inference metadata) lists the label of every output id, so a checkpoint alone
         suffices to decode or label predictions."""
         meta = {
-            "model_name": getattr(self.model, "model_name", self.cfg.model.name),
-            "model_overrides": dict(getattr(self.model, "model_overrides", {})),
+            "model_name": self.model.model_name,
+            "model_overrides": dict(self.model.model_overrides),
             "task": self.task,
             "num_classes": self.num_classes,
             "input_shape": list(self.info.input_shape),
@@ -246,14 +233,12 @@ class LambdaModule(pl.LightningModule):
         seal(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get(CHECKPOINT_KEY)
-        if not isinstance(meta, dict):
-            raise ValueError("not a lambdanet checkpoint: the 'lambdanet' metadata is missing")
-        name = getattr(self.model, "model_name", self.cfg.model.name)
-        if meta.get("model_name") != name or meta.get("model_overrides") != getattr(self.model, "model_overrides", {}):
+        meta = checkpoint[CHECKPOINT_KEY]  # present: the checkpoint IO reads lambdanet checkpoints only
+        name, overrides = self.model.model_name, self.model.model_overrides
+        if meta.get("model_name") != name or meta.get("model_overrides") != overrides:
             raise ValueError(
                 f"checkpoint holds model {meta.get('model_name')!r} with overrides {meta.get('model_overrides')}, "
-                f"but this run builds {name!r} with {getattr(self.model, 'model_overrides', {})}"
+                f"but this run builds {name!r} with {overrides}"
             )
         if self.task == LANGUAGE_MODEL and meta.get("vocab") not in (None, self.classes):
             raise ValueError("checkpoint was trained with another vocabulary than this run's data")
