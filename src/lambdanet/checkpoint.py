@@ -165,11 +165,10 @@ def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
 
 def non_finite_keys(state_dict: Mapping[str, Any]) -> list[str]:
     """Keys of the floating (or complex) tensors of ``state_dict`` that hold a NaN or an Inf."""
-    return [
-        k
-        for k, v in state_dict.items()
-        if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
-    ]
+    numbers = {
+        k: v for k, v in state_dict.items() if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex())
+    }
+    return [k for k, v in numbers.items() if not bool(torch.isfinite(v).all())]
 
 
 def seal(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -193,11 +192,8 @@ def _tensor_dict(obj: Any) -> bool:
 
 
 def _is_lambdanet(obj: Any) -> bool:
-    return (
-        isinstance(obj, Mapping)
-        and isinstance(obj.get(CHECKPOINT_KEY), Mapping)
-        and _tensor_dict(obj.get("state_dict"))
-    )
+    has_meta = isinstance(obj, Mapping) and isinstance(obj.get(CHECKPOINT_KEY), Mapping)
+    return has_meta and _tensor_dict(obj.get("state_dict"))
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> dict[str, Any]:

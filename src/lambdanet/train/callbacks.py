@@ -1,4 +1,4 @@
-"""Lightning plug-ins: atomic checkpoint writes, finite-only checkpoints, a model summary with MACs, run watch."""
+"""Lightning plug-ins: atomic checkpoint writes, finite-only checkpoints, a model summary with MACs, start steps."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ __all__ = [
     "ModelSummaryWithMacs",
     "NonFiniteLossError",
     "ProgressBar",
-    "RunWatch",
+    "StartStepMarker",
 ]
 
 
@@ -95,34 +95,15 @@ class ModelSummaryWithMacs(ModelSummary):
         )
 
 
-class RunWatch(Callback):
-    """Records what a run needs to report honestly: the signal that stopped it, and where this attempt started.
-
-    ``signal``: ``SIGTERM`` / ``SIGINT`` once Lightning stops on one. ``start_step``: the global step this attempt
-    began at (0, or the resumed checkpoint's), written to ``<csv log dir>/start_step`` so that ``metrics.csv`` can
-    drop the rows a killed attempt logged after its last checkpoint.
-    """
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self.start_step = 0
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if isinstance(exception, SIGTERMException):
-            self.signal = "SIGTERM"
-        elif isinstance(exception, KeyboardInterrupt):
-            self.signal = "SIGINT"
+class StartStepMarker(Callback):
+    """Writes the global step this attempt began at (0, or the resumed checkpoint's) to ``<csv log dir>/start_step``,
+    so that ``metrics.csv`` can drop the rows a killed attempt logged after its last checkpoint."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.start_step = int(trainer.global_step)
-        if not trainer.is_global_zero:
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, CSVLogger):
-                Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
-                (Path(logger.log_dir) / "start_step").write_text(f"{self.start_step}\n")
+        csv_dirs = [Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+        for log_dir in csv_dirs if trainer.is_global_zero else []:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (log_dir / "start_step").write_text(f"{trainer.global_step}\n")
 
 
 class ProgressBar(TQDMProgressBar):

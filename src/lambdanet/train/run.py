@@ -219,7 +219,6 @@ def fit(
         filename="best", monitor="val/loss" if lm else "val/acc1", mode="min" if lm else "max", **common
     )
     last = cb.FiniteModelCheckpoint(filename="last", save_on_train_epoch_end=True, **common)  # every epoch
-    watch = cb.RunWatch()
     throughput = ThroughputMonitor(
         batch_size_fn=lambda batch: len(batch[0]),
         length_fn=(lambda batch: batch[0].numel()) if lm else None,  # tokens per second for text
@@ -228,7 +227,7 @@ def fit(
     ema = ema_callback(cfg)
     show = cfg.system.progress_bar and not cfg.quiet
     bar = [cb.ProgressBar(refresh_rate=1 if sys.stderr.isatty() else 20), cb.ModelSummaryWithMacs(flops)]
-    callbacks = [checkpoint, last, watch, throughput, *([ema] if ema else []), *callbacks, *(bar if show else [])]
+    ours = [checkpoint, last, cb.StartStepMarker(), throughput, *([ema] if ema else [])]
     loggers = _loggers(cfg, run_dir)
     limit = cfg.train.limit_train_batches  # passed only when set: Lightning warns about the default otherwise
     try:
@@ -251,7 +250,7 @@ def fit(
             use_distributed_sampler=False,
             enable_progress_bar=show,
             enable_model_summary=show,
-            callbacks=callbacks,
+            callbacks=[*ours, *callbacks, *(bar if show else [])],
             logger=loggers,
             plugins=[cb.AtomicCheckpointIO()],
             **({"limit_train_batches": limit} if limit != 1.0 else {}),
@@ -277,15 +276,14 @@ def fit(
             print(f"run directory: {run_dir} ({where}" + (f"; resuming {ckpt_path})" if ckpt_path else ")"), flush=True)
 
     def run(phase: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """``call``; a signal during it raises :class:`RunInterrupted` with the resume line."""
+        """``call``; a signal during it raises :class:`RunInterrupted` with the resume line (Lightning exits on
+        SIGTERM, and on SIGINT after its graceful shutdown)."""
         try:
             out = call(*args, **kwargs)
-        except BaseException:
-            if watch.signal is not None:
-                _interrupted(trainer, watch.signal, run_dir, phase)
-            raise
-        if watch.signal is not None or trainer.received_sigterm or trainer.interrupted:
-            _interrupted(trainer, watch.signal or "SIGTERM", run_dir, phase)
+        except SystemExit:
+            _interrupted(trainer, "SIGTERM" if trainer.received_sigterm else "SIGINT", run_dir, phase)
+        if trainer.received_sigterm:
+            _interrupted(trainer, "SIGTERM", run_dir, phase)
         return out
 
     start = time.perf_counter()
