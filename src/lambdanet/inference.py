@@ -49,15 +49,14 @@ def inference_metadata(data_cfg: Any, classes: Sequence[str] | None = None) -> d
     from lambdanet.data.loader import DATASETS, data_info
 
     spec = DATASETS[data_cfg.name]
-    mean, std = spec.mean, spec.std
     try:
         in_chans = data_info(data_cfg).in_chans
     except (OSError, ValueError):  # an image folder that is no longer there (folders are read as RGB)
         in_chans = data_cfg.in_chans
     return {
         "classes": None if classes is None else [str(c) for c in classes],
-        "mean": list(mean),
-        "std": list(std),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
         "input_size": [int(in_chans), int(data_cfg.size), int(data_cfg.size)],
         "crop_pct": float(data_cfg.crop_pct) if data_cfg.name == "imagefolder" else None,
     }
@@ -69,11 +68,6 @@ def metadata_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
     data = {k: v for k, v in dict(config.get("data") or {}).items() if k in DataConfig.__dataclass_fields__}
     return {k: v for k, v in inference_metadata(DataConfig(**data)).items() if v is not None}
-
-
-def _num_outputs(model: nn.Module) -> int:
-    params = list(model.parameters())
-    return int(params[-1].shape[0]) if params else 0
 
 
 def resolve_device(name: str) -> str:
@@ -123,7 +117,8 @@ def load_for_inference(
     model = model_from_weights(source, weights=weights, allow_pickle=allow_pickle).eval().to(device)
     cfg = model.pretrained_cfg
     transform = EvalTransform.from_metadata(cfg)
-    classes = cfg.get("classes") or [str(i) for i in range(_num_outputs(model))]
+    head = list(model.parameters())[-1:]  # the last parameter has one entry per output
+    classes = cfg.get("classes") or [str(i) for i in range(int(head[0].shape[0]) if head else 0)]
     return Inference(model, transform, list(classes))
 
 
