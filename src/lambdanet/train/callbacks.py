@@ -100,10 +100,10 @@ class StartStepMarker(Callback):
     so that ``metrics.csv`` can drop the rows a killed attempt logged after its last checkpoint."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        csv_dirs = [Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)]
-        for log_dir in csv_dirs if trainer.is_global_zero else []:
-            log_dir.mkdir(parents=True, exist_ok=True)
-            (log_dir / "start_step").write_text(f"{trainer.global_step}\n")
+        for log_dir in [Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)]:
+            if trainer.is_global_zero:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                (log_dir / "start_step").write_text(f"{trainer.global_step}\n")
 
 
 class ProgressBar(TQDMProgressBar):

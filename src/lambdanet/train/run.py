@@ -276,15 +276,25 @@ def fit(
             print(f"run directory: {run_dir} ({where}" + (f"; resuming {ckpt_path})" if ckpt_path else ")"), flush=True)
 
     def run(phase: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """``call``; a signal during it raises :class:`RunInterrupted` with the resume line (Lightning exits on
-        SIGTERM, and on SIGINT after its graceful shutdown)."""
+        """``call``; a signal during it (Lightning exits on SIGTERM, and on SIGINT after its graceful shutdown) prints
+        where it stopped the run and how to resume it, and raises :class:`RunInterrupted`."""
         try:
             out = call(*args, **kwargs)
         except SystemExit:
-            _interrupted(trainer, "SIGTERM" if trainer.received_sigterm else "SIGINT", run_dir, phase)
-        if trainer.received_sigterm:
-            _interrupted(trainer, "SIGTERM", run_dir, phase)
-        return out
+            signal_name = "SIGTERM" if trainer.received_sigterm else "SIGINT"
+        else:
+            if not trainer.received_sigterm:
+                return out
+            signal_name = "SIGTERM"
+        last = run_dir / "checkpoints" / "last.ckpt"
+        line = f"{signal_name} stopped {phase} at epoch {trainer.current_epoch} step {trainer.global_step}"
+        if last.is_file():
+            line += f"; last good checkpoint {last}; resume with: lambdanet train --resume {run_dir}"
+        else:
+            line += ", before the first checkpoint; nothing to resume"
+        if trainer.is_global_zero:
+            print(f"lambdanet train: {line}", file=sys.stderr, flush=True)
+        raise RunInterrupted(_EXIT_CODES[signal_name])
 
     start = time.perf_counter()
     previous_env = os.environ.get(RUN_DIR_ENV)
@@ -341,19 +351,6 @@ def fit(
         summary = ", ".join(f"{k}={results[k]:.4f}" for k in keys if k in results)
         print(f"done in {results['total_seconds']:.1f} s: {summary or 'no test'}; run directory {run_dir}", flush=True)
     return results
-
-
-def _interrupted(trainer: Any, signal_name: str, run_dir: Path, phase: str) -> None:
-    """Print where a signal stopped the run and how to resume it; raise :class:`RunInterrupted`."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    where = f"{signal_name} stopped {phase} at epoch {trainer.current_epoch} step {trainer.global_step}"
-    if last.is_file():
-        line = f"{where}; last good checkpoint {last}; resume with: lambdanet train --resume {run_dir}"
-    else:
-        line = f"{where}, before the first checkpoint; nothing to resume"
-    if trainer.is_global_zero:
-        print(f"lambdanet train: {line}", file=sys.stderr, flush=True)
-    raise RunInterrupted(_EXIT_CODES[signal_name])
 
 
 def _merge_csv(parts: list[Path], out: Path) -> list[dict[str, str]]:
