@@ -100,10 +100,10 @@ class StartStepMarker(Callback):
     so that ``metrics.csv`` can drop the rows a killed attempt logged after its last checkpoint."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for log_dir in [Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)]:
-            if trainer.is_global_zero:
-                log_dir.mkdir(parents=True, exist_ok=True)
-                (log_dir / "start_step").write_text(f"{trainer.global_step}\n")
+        csv_loggers = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)] if trainer.is_global_zero else []
+        for log_dir in (Path(lg.log_dir) for lg in csv_loggers):
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (log_dir / "start_step").write_text(f"{trainer.global_step}\n")
 
 
 class ProgressBar(TQDMProgressBar):
