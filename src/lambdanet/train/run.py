@@ -45,7 +45,7 @@ def run_dir_for(cfg: RunConfig) -> Path:
     """
     if cfg.system.run_name:
         return Path(cfg.system.out_dir) / cfg.system.run_name
-    if os.environ.get(RUN_DIR_ENV):
+    if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":  # a process the launcher started
         return Path(os.environ[RUN_DIR_ENV])
     stem = f"{cfg.recipe}-{cfg.model.name}"
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
@@ -297,7 +297,6 @@ def fit(
         raise RunInterrupted(_EXIT_CODES[signal_name])
 
     start = time.perf_counter()
-    previous_env = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # for the processes Lightning's DDP launcher starts
     try:
         run("training", trainer.fit, module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -306,11 +305,6 @@ def fit(
         if created and empty and trainer.is_global_zero and not isinstance(e, RunInterrupted):
             shutil.rmtree(run_dir, ignore_errors=True)  # failed during set-up: leave nothing behind
         raise
-    finally:
-        if previous_env is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous_env
     results: dict[str, Any] = {"recipe": cfg.recipe, "model": cfg.model.name, "data": cfg.data.name, "task": info.task}
     results["fit_seconds"] = round(time.perf_counter() - start, 2)
     best = str(run_dir / "checkpoints" / Path(checkpoint.best_model_path).name) if checkpoint.best_model_path else ""
