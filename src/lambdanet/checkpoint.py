@@ -305,10 +305,9 @@ def read_checkpoint(
         meta.pop("torch_rng_state", None)
         name = None if meta.get("model_name") is None else str(meta["model_name"])
         return LoadedCheckpoint(str(p), "lambdanet", sub, name, dict(meta.get("model_overrides") or {}), meta)
-    extra = (
-        {k: v for k, v in obj.items() if isinstance(v, str | int | float | bool)} if isinstance(obj, Mapping) else {}
-    )
-    state = obj.get("state_dict") if isinstance(obj, Mapping) and _tensor_dict(obj.get("state_dict")) else obj
+    mapping = obj if isinstance(obj, Mapping) else {}
+    extra = {k: v for k, v in mapping.items() if isinstance(v, str | int | float | bool)}
+    state = mapping["state_dict"] if _tensor_dict(mapping.get("state_dict")) else obj
     if not _tensor_dict(state):
         found = sorted(map(str, obj))[:10] if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
@@ -340,10 +339,10 @@ def read_pretrained(source: str | os.PathLike[str]) -> LoadedCheckpoint:
     if not p.exists():
         try:
             from huggingface_hub import snapshot_download
+
+            p = Path(snapshot_download(text, allow_patterns=[PRETRAINED_CONFIG, PRETRAINED_WEIGHTS]))
         except ImportError as e:
             raise CheckpointError(f"pretrained={text!r} needs huggingface_hub (pip install huggingface_hub)") from e
-        try:
-            p = Path(snapshot_download(text, allow_patterns=[PRETRAINED_CONFIG, PRETRAINED_WEIGHTS]))
         except Exception as e:
             raise CheckpointError(
                 f"{text!r} is no local path, and fetching it from the Hugging Face Hub failed ({type(e).__name__}: "
@@ -415,10 +414,9 @@ def load_checkpoint_into(
     model: nn.Module, checkpoint: str | os.PathLike[str] | LoadedCheckpoint, *, allow_pickle: bool = False
 ) -> nn.Module:
     """Load weights (any source :func:`read_weights` reads) into ``model``, strictly; returns ``model``."""
-    ckpt = (
-        checkpoint if isinstance(checkpoint, LoadedCheckpoint) else read_weights(checkpoint, allow_pickle=allow_pickle)
-    )
-    load_state_dict_checked(model, ckpt.state_dict, source=f"checkpoint {ckpt.path} ({ckpt.kind})")
+    if not isinstance(checkpoint, LoadedCheckpoint):
+        checkpoint = read_weights(checkpoint, allow_pickle=allow_pickle)
+    load_state_dict_checked(model, checkpoint.state_dict, source=f"checkpoint {checkpoint.path} ({checkpoint.kind})")
     return model
 
 
