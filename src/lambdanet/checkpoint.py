@@ -1,8 +1,7 @@
 """Weights on disk: one safe reader for every kind of file, checksums, finite checks and hub-style directories.
 
-One set of rules for every entry point (``lambdanet eval``, ``train --resume`` / ``--init-from``, ``convert``,
-``export --checkpoint``, ``predict``, ``create_model(checkpoint=..., pretrained=...)``,
-:func:`lambdanet.load_for_inference` and the functions below):
+One set of rules for every entry point that reads weights (``lambdanet eval``, ``train --resume`` / ``--init-from``,
+``convert``, ``export``, ``predict``, ``create_model(checkpoint=..., pretrained=...)``, the functions below):
 
 1. **No code runs.** Files are read with ``torch.load(weights_only=True)``: tensors, containers, strings and numbers
    load; anything else (a class, a function: what a crafted pickle uses to run code) is refused with a one-line
@@ -12,16 +11,6 @@ One set of rules for every entry point (``lambdanet eval``, ``train --resume`` /
 2. **Checksums.** lambdanet files store the SHA-256 of their state dict (:func:`state_dict_sha256`) in their
    metadata; a file whose tensors do not match it (a flipped bit) is refused, naming the path.
 3. **Finite weights.** A state dict with NaN or Inf in any floating tensor is refused, naming the tensors.
-
-Kinds of files (:class:`LoadedCheckpoint` ``.kind``):
-
-- ``"lambdanet"``: written by ``lambdanet train`` or ``lambdanet convert``: a ``lambdanet`` metadata dict (model name
-  and overrides, inference metadata, run config, checksum) and a ``state_dict`` whose keys start with ``model.``
-  (and ``ema.module.`` for the EMA copy, preferred by default).
-- ``"pretrained"``: a hub-style directory (or Hugging Face Hub id) with ``config.json`` (the same metadata) and
-  ``model.safetensors``, written by :func:`save_pretrained`.
-- ``"dli"``: the published d-li14/lambda.pytorch Lambda-ResNet-50 checkpoint (or any state dict with its names).
-- ``"state_dict"``: a plain state dict of a lambdanet model, bare or under a ``state_dict`` key.
 
 The d-li14 checkpoint (Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602; 14,995,848 parameters, 78.208% top-1)
 is a ``torch.save``d dict with a ``state_dict`` (usually with DataParallel's ``module.`` prefix) next to ``epoch``,
@@ -34,6 +23,8 @@ and query n is ``m - n + r // 2``, our relative-position convention, so the kern
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -96,22 +87,11 @@ class CheckpointMismatchError(CheckpointError):
         mismatched: ``(key, weights' shape, model's shape)`` for keys present in both with different shapes.
     """
 
-    def __init__(
-        self,
-        source: str,
-        missing: list[str],
-        unexpected: list[str],
-        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
-    ) -> None:
+    def __init__(self, source: str, missing: list[str], unexpected: list[str], mismatched: list[tuple]) -> None:
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-        if mismatched:
-            shapes = [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mismatched]
-            parts.append(f"{len(mismatched)} shape mismatch(es): {_listing(shapes)}")
+        shapes = [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mismatched]
+        found = (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", shapes))
+        parts = [f"{len(keys)} {what}: {_listing(keys)}" for what, keys in found if keys]
         super().__init__(f"weights from {source} do not fit the model; " + "; ".join(parts))
 
 
@@ -122,10 +102,8 @@ def _listing(items: list[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------- reading safely
 def _safe_globals() -> list[Any]:
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a torch dependency here
-        return []
+    import numpy as np
+
     core = getattr(np, "_core", None) or np.core
     kinds = ("float16", "float32", "float64", "int32", "int64", "bool")
     return [core.multiarray.scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
@@ -148,28 +126,27 @@ def torch_load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> A
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"but got <class '([\w.]+)'>", str(e))
-        if found is None:
-            raise CheckpointError(f"cannot read checkpoint {p}: the file is corrupt or not a PyTorch checkpoint") from e
-        if not allow_pickle:
-            raise CheckpointError(
-                f"checkpoint {p} holds {found.group(1)}, which the safe loader refuses: loading it could run code; "
-                "only if you trust its source, pass allow_pickle=True (CLI: --unsafe-load)"
-            ) from None
-        warnings.warn(
-            f"reading {p} with the full unpickler (allow_pickle=True): it holds {found.group(1)} and can run "
-            "arbitrary code; do this only for files you trust",
-            stacklevel=2,
-        )
-        try:
-            return torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as e2:
-            raise CheckpointError(f"cannot read checkpoint {p}: {type(e2).__name__}: {e2}") from e2
     except Exception as e:
+        text = str(e) if isinstance(e, pickle.UnpicklingError) else ""
+        found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"but got <class '([\w.]+)'>", text)
+        if found is None:
+            raise CheckpointError(
+                f"cannot read checkpoint {p}: the file is corrupt or not a PyTorch checkpoint ({type(e).__name__})"
+            ) from e
+    if not allow_pickle:
         raise CheckpointError(
-            f"cannot read checkpoint {p}: the file is corrupt or not a PyTorch checkpoint ({type(e).__name__})"
-        ) from e
+            f"checkpoint {p} holds {found.group(1)}, which the safe loader refuses: loading it could run code; "
+            "only if you trust its source, pass allow_pickle=True (CLI: --unsafe-load)"
+        )
+    warnings.warn(
+        f"reading {p} with the full unpickler (allow_pickle=True): it holds {found.group(1)} and can run "
+        "arbitrary code; do this only for files you trust",
+        stacklevel=2,
+    )
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {p}: {type(e).__name__}: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------- integrity
@@ -182,25 +159,21 @@ def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
     for key in sorted(state_dict):
         value = state_dict[key]
         h.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
-        data = value.detach().cpu().contiguous().reshape(-1)
-        if data.numel():
-            h.update(data.view(torch.uint8).numpy().tobytes())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
 def non_finite_keys(state_dict: Mapping[str, Any]) -> list[str]:
     """Keys of the floating (or complex) tensors of ``state_dict`` that hold a NaN or an Inf."""
-    return [
-        k
-        for k, v in state_dict.items()
-        if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
-    ]
+    numbers = {
+        k: v for k, v in state_dict.items() if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex())
+    }
+    return [k for k, v in numbers.items() if not bool(torch.isfinite(v).all())]
 
 
 def seal(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Store the checksum of ``checkpoint["state_dict"]`` in its ``lambdanet`` metadata (created if absent)."""
-    meta = checkpoint.setdefault(CHECKPOINT_KEY, {})
-    meta[CHECKSUM_KEY] = state_dict_sha256(checkpoint["state_dict"])
+    checkpoint.setdefault(CHECKPOINT_KEY, {})[CHECKSUM_KEY] = state_dict_sha256(checkpoint["state_dict"])
     return checkpoint
 
 
@@ -219,7 +192,8 @@ def _tensor_dict(obj: Any) -> bool:
 
 
 def _is_lambdanet(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and isinstance(obj.get(CHECKPOINT_KEY), Mapping) and "state_dict" in obj
+    has_meta = isinstance(obj, Mapping) and isinstance(obj.get(CHECKPOINT_KEY), Mapping)
+    return has_meta and _tensor_dict(obj.get("state_dict"))
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> dict[str, Any]:
@@ -229,7 +203,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
         CheckpointError: unreadable or unsafe file, no lambdanet metadata, checksum mismatch, non-finite weights.
     """
     ckpt = torch_load(path, allow_pickle=allow_pickle)
-    if not _is_lambdanet(ckpt) or not _tensor_dict(ckpt["state_dict"]):
+    if not _is_lambdanet(ckpt):
         raise CheckpointError(
             f"{path} is not a lambdanet training checkpoint: it lacks the 'lambdanet' metadata (model name and "
             "overrides) written by `lambdanet train`"
@@ -245,7 +219,11 @@ class LoadedCheckpoint:
 
     Attributes:
         path: the file or directory.
-        kind: ``"lambdanet"``, ``"pretrained"``, ``"dli"`` or ``"state_dict"`` (see the module docstring).
+        kind: ``"lambdanet"`` (written by ``lambdanet train`` or ``convert``: ``lambdanet`` metadata and a
+            ``state_dict`` under ``model.``, the EMA copy under ``ema.module.`` or, from Lightning's EMA, as
+            ``state_dict`` with the trained weights in ``current_model_state``), ``"pretrained"`` (a directory or
+            Hugging Face Hub id written by :func:`save_pretrained`), ``"dli"`` (the d-li14 checkpoint or any state
+            dict with its names) or ``"state_dict"`` (a plain state dict, bare or under a ``state_dict`` key).
         state_dict: weights under lambdanet names, prefixes removed.
         model_name: the model the file names (lambdanet and pretrained files).
         overrides: builder overrides the weights need: the stored ``model_overrides``, or ``position_bias=True``
@@ -280,21 +258,14 @@ def convert_dli_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
     """
     out: dict[str, Tensor] = {}
     for key, value in strip_prefix(state_dict).items():
-        new = key
-        for old, repl in _DLI_RENAMES:
-            new = new.replace(old, repl)
         if key.endswith(".lambda_conv.weight"):
             if value.dim() != 5 or value.shape[2] != 1:
                 raise ValueError(
                     f"state_dict[{key!r}] has shape {list(value.shape)}; expected a Conv3d kernel (k, u, 1, r, r)"
                 )
             value = value.squeeze(2)
-        out[new] = value
+        out[functools.reduce(lambda k, rename: k.replace(*rename), _DLI_RENAMES, key)] = value
     return out
-
-
-def _plain(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool)
 
 
 def read_checkpoint(
@@ -314,9 +285,8 @@ def read_checkpoint(
         raise ValueError(f"weights={weights!r}; expected 'auto', 'ema' or 'model'")
     p = Path(path)
     obj = torch_load(p, allow_pickle=allow_pickle)
-    if _is_lambdanet(obj) and _tensor_dict(obj["state_dict"]):
-        meta = dict(obj[CHECKPOINT_KEY])
-        state = obj["state_dict"]
+    if _is_lambdanet(obj):
+        meta, state = dict(obj[CHECKPOINT_KEY]), obj["state_dict"]
         _verify(state, meta.get(CHECKSUM_KEY), str(p))
         # Lightning's EMAWeightAveraging stores the average as state_dict and the trained weights beside it;
         # older lambdanet files keep the EMA copy under ema.module.
@@ -324,23 +294,21 @@ def read_checkpoint(
         has_ema = averaged or any(k.startswith("ema.module.") for k in state)
         if weights == "ema" and not has_ema:
             raise CheckpointError(f"checkpoint {p} has no EMA weights (trained without train.ema_decay)")
-        if averaged and weights == "model":
+        use_ema = weights == "ema" or (weights == "auto" and has_ema)
+        if averaged and not use_ema:
             state = obj["current_model_state"]
             _verify(state, None, str(p))
-        prefix = "ema.module." if not averaged and (weights == "ema" or (weights == "auto" and has_ema)) else "model."
+        prefix = "ema.module." if use_ema and not averaged else "model."
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not sub:
             raise CheckpointError(f"checkpoint {p} has lambdanet metadata but no weights under the prefix {prefix!r}")
         meta.pop("torch_rng_state", None)
-        name = meta.get("model_name")
-        overrides = dict(meta.get("model_overrides") or {})
-        return LoadedCheckpoint(str(p), "lambdanet", sub, None if name is None else str(name), overrides, meta)
-    extra = {k: v for k, v in obj.items() if _plain(v)} if isinstance(obj, Mapping) else {}
-    if isinstance(obj, Mapping) and _tensor_dict(obj.get("state_dict")):
-        state = obj["state_dict"]
-    elif _tensor_dict(obj):
-        state = obj
-    else:
+        name = None if meta.get("model_name") is None else str(meta["model_name"])
+        return LoadedCheckpoint(str(p), "lambdanet", sub, name, dict(meta.get("model_overrides") or {}), meta)
+    mapping = obj if isinstance(obj, Mapping) else {}
+    extra = {k: v for k, v in mapping.items() if isinstance(v, str | int | float | bool)}
+    state = mapping["state_dict"] if _tensor_dict(mapping.get("state_dict")) else obj
+    if not _tensor_dict(state):
         found = sorted(map(str, obj))[:10] if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
             f"checkpoint {p} holds no state dict: expected a dict of tensors, or a dict with a 'state_dict' entry "
@@ -351,23 +319,7 @@ def read_checkpoint(
     if any(old in k for k in state for old, _ in _DLI_RENAMES):
         overrides = {"position_bias": True} if any(k.endswith(".lambda_conv.bias") for k in state) else {}
         return LoadedCheckpoint(str(p), "dli", convert_dli_state_dict(state), None, overrides, {}, extra)
-    return LoadedCheckpoint(str(p), "state_dict", dict(state), None, {}, {}, extra)
-
-
-def _hub_download(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(repo_id, allow_patterns=[PRETRAINED_CONFIG, PRETRAINED_WEIGHTS])
-    except ImportError as e:
-        raise CheckpointError(f"pretrained={repo_id!r} needs huggingface_hub (pip install huggingface_hub)") from e
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{repo_id!r} is no local path, and fetching it from the Hugging Face Hub failed ({type(e).__name__}: "
-            f"{first}); offline, pass a local directory with {PRETRAINED_CONFIG} and {PRETRAINED_WEIGHTS}"
-        ) from None
-    return Path(local)
+    return LoadedCheckpoint(str(p), "state_dict", state, None, {}, {}, extra)
 
 
 def read_pretrained(source: str | os.PathLike[str]) -> LoadedCheckpoint:
@@ -378,20 +330,29 @@ def read_pretrained(source: str | os.PathLike[str]) -> LoadedCheckpoint:
     Raises:
         CheckpointError: not such a directory, a failed download (e.g. offline), a damaged or non-finite file.
     """
-    p = Path(source)
+    p, text = Path(source), str(source)
+    if not p.exists() and (not re.fullmatch(r"[\w.-]+/[\w.-]+", text) or text.startswith((".", "/"))):
+        raise CheckpointError(
+            f"{text!r} does not exist; expected a checkpoint file, a directory with {PRETRAINED_CONFIG} and "
+            f"{PRETRAINED_WEIGHTS}, or a Hugging Face Hub id (owner/name)"
+        )
     if not p.exists():
-        text = str(source)
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/")):
-            p = _hub_download(text)
-        else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            p = Path(snapshot_download(text, allow_patterns=[PRETRAINED_CONFIG, PRETRAINED_WEIGHTS]))
+        except ImportError as e:
+            raise CheckpointError(f"pretrained={text!r} needs huggingface_hub (pip install huggingface_hub)") from e
+        except Exception as e:
             raise CheckpointError(
-                f"{text!r} does not exist; expected a checkpoint file, a directory with {PRETRAINED_CONFIG} and "
-                f"{PRETRAINED_WEIGHTS}, or a Hugging Face Hub id (owner/name)"
-            )
+                f"{text!r} is no local path, and fetching it from the Hugging Face Hub failed ({type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[0]}); offline, pass a local directory with "
+                f"{PRETRAINED_CONFIG} and {PRETRAINED_WEIGHTS}"
+            ) from None
     config, weights_file = p / PRETRAINED_CONFIG, p / PRETRAINED_WEIGHTS
     if not (config.is_file() and weights_file.is_file()):
         raise CheckpointError(
-            f"pretrained={str(source)!r} is not a pretrained directory: expected {PRETRAINED_CONFIG} and "
+            f"pretrained={text!r} is not a pretrained directory: expected {PRETRAINED_CONFIG} and "
             f"{PRETRAINED_WEIGHTS} in it (written by lambdanet.save_pretrained)"
         )
     try:
@@ -407,9 +368,8 @@ def read_pretrained(source: str | os.PathLike[str]) -> LoadedCheckpoint:
     except Exception as e:
         raise CheckpointError(f"cannot read {weights_file}: the file is corrupt ({type(e).__name__}: {e})") from e
     _verify(state, meta.get(CHECKSUM_KEY), str(weights_file))
-    return LoadedCheckpoint(
-        str(p), "pretrained", state, meta["model_name"], dict(meta.get("model_overrides") or {}), meta
-    )
+    overrides = dict(meta.get("model_overrides") or {})
+    return LoadedCheckpoint(str(p), "pretrained", state, meta["model_name"], overrides, meta)
 
 
 def read_weights(
@@ -419,13 +379,12 @@ def read_weights(
     directory or a Hugging Face Hub id."""
     p = Path(source)
     if p.is_dir() and not (p / PRETRAINED_CONFIG).is_file():
-        best = p / "checkpoints" / "best.ckpt"
-        if not best.is_file():
+        p = p / "checkpoints" / "best.ckpt"
+        if not p.is_file():
             raise CheckpointError(
-                f"{p} is neither a pretrained directory ({PRETRAINED_CONFIG} + {PRETRAINED_WEIGHTS}) nor a run "
+                f"{source} is neither a pretrained directory ({PRETRAINED_CONFIG} + {PRETRAINED_WEIGHTS}) nor a run "
                 "directory with checkpoints/best.ckpt"
             )
-        p = best
     if p.is_file():
         return read_checkpoint(p, weights=weights, allow_pickle=allow_pickle)
     return read_pretrained(source)
@@ -444,7 +403,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
     mismatched = [
         (k, tuple(v.shape), tuple(expected[k].shape))
         for k, v in state_dict.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+        if k in expected and v.shape != expected[k].shape
     ]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)
@@ -455,17 +414,10 @@ def load_checkpoint_into(
     model: nn.Module, checkpoint: str | os.PathLike[str] | LoadedCheckpoint, *, allow_pickle: bool = False
 ) -> nn.Module:
     """Load weights (any source :func:`read_weights` reads) into ``model``, strictly; returns ``model``."""
-    ckpt = (
-        checkpoint if isinstance(checkpoint, LoadedCheckpoint) else read_weights(checkpoint, allow_pickle=allow_pickle)
-    )
-    load_state_dict_checked(model, ckpt.state_dict, source=f"checkpoint {ckpt.path} ({ckpt.kind})")
+    if not isinstance(checkpoint, LoadedCheckpoint):
+        checkpoint = read_weights(checkpoint, allow_pickle=allow_pickle)
+    load_state_dict_checked(model, checkpoint.state_dict, source=f"checkpoint {checkpoint.path} ({checkpoint.kind})")
     return model
-
-
-def _classifier_prefix(model: nn.Module) -> str:
-    """The module path of the model's last parameter (its classifier head), e.g. ``"fc."``."""
-    names = [n for n, _ in model.named_parameters()]
-    return names[-1].rpartition(".")[0] + "." if names else ""
 
 
 def init_from(
@@ -487,16 +439,14 @@ def init_from(
     name = getattr(model, "model_name", None)
     if ckpt.model_name is not None and name is not None and ckpt.model_name != name:
         raise CheckpointError(f"init_from={ckpt.path!r} holds model {ckpt.model_name!r}, not {name!r}")
-    expected = model.state_dict()
-    head = _classifier_prefix(model)
-    mismatched = [k for k, v in ckpt.state_dict.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    state = dict(ckpt.state_dict)
+    expected, state = model.state_dict(), dict(ckpt.state_dict)
+    head = ([n for n, _ in model.named_parameters()] or [""])[-1].rpartition(".")[0] + "."  # e.g. "fc."
+    mismatched = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
     dropped: list[str] = []
-    if mismatched and head and all(k.startswith(head) for k in mismatched):
+    if mismatched and head != "." and all(k.startswith(head) for k in mismatched):
         dropped = [k for k in state if k.startswith(head)]
-        shapes = ", ".join(f"{k} {list(ckpt.state_dict[k].shape)} -> {list(expected[k].shape)}" for k in mismatched)
-        for k in dropped:
-            state[k] = expected[k]
+        shapes = ", ".join(f"{k} {list(state[k].shape)} -> {list(expected[k].shape)}" for k in mismatched)
+        state.update({k: expected[k] for k in dropped})
         _log.warning(f"init_from {ckpt.path}: classifier head {head[:-1]} does not fit ({shapes}); it starts fresh")
     load_state_dict_checked(model, state, source=f"init_from {ckpt.path} ({ckpt.kind})")
     return dropped
@@ -519,40 +469,23 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, p)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(p.parent, os.O_RDONLY)
-    except OSError:
-        return p
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return p
 
 
 def remove_stray_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
     """Delete the temp files that interrupted :func:`atomic_save` calls left in ``directory``; returns them."""
     d = Path(directory)
-    if not d.is_dir():
-        return []
-    stray = [f for f in d.iterdir() if f.is_file() and _TEMP.match(f.name)]
+    stray = [f for f in d.iterdir() if f.is_file() and _TEMP.match(f.name)] if d.is_dir() else []
     for f in stray:
         f.unlink(missing_ok=True)
     return stray
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if value is None or _plain(value):
-        return value
-    raise CheckpointError(f"metadata value {value!r} ({type(value).__name__}) cannot be stored in {PRETRAINED_CONFIG}")
 
 
 def save_pretrained(
@@ -576,15 +509,14 @@ def save_pretrained(
         raise ValueError(f"save_pretrained needs a model built by lambdanet.create_model, got {type(model).__name__}")
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     info = dict(metadata if metadata is not None else getattr(model, "pretrained_cfg", None) or {})
-    config = {
-        **_json_safe(info),
-        "model_name": name,
-        "model_overrides": _json_safe(dict(getattr(model, "model_overrides", {}))),
-        CHECKSUM_KEY: state_dict_sha256(state),
-        "library": "lambdanet",
-    }
+    config = {**info, "model_name": name, "model_overrides": dict(getattr(model, "model_overrides", {}))}
+    config.update({CHECKSUM_KEY: state_dict_sha256(state), "library": "lambdanet"})
+    try:
+        text = json.dumps(config, indent=2) + "\n"
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the metadata cannot be stored in {PRETRAINED_CONFIG}: {e}") from None
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     save_file(state, str(d / PRETRAINED_WEIGHTS), metadata={"format": "pt"})
-    (d / PRETRAINED_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    (d / PRETRAINED_CONFIG).write_text(text)
     return d

@@ -2,7 +2,7 @@
 
 :func:`load_for_inference` returns ``(model, transform, classes)``: the model in eval mode with its weights (the EMA
 copy when the checkpoint has one), the evaluation transform it was trained with and its class names. The metadata
-comes with the weights: ``lambdanet train`` stores it in every checkpoint (:func:`describe_checkpoint`),
+comes with the weights: ``lambdanet train`` stores it in every checkpoint (:func:`inference_metadata`),
 :func:`lambdanet.save_pretrained` in ``config.json``.
 """
 
@@ -15,12 +15,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lambdanet.checkpoint import CHECKPOINT_KEY, seal
 from lambdanet.data.transforms import EvalTransform
 
 __all__ = [
     "Inference",
-    "describe_checkpoint",
     "inference_metadata",
     "load_for_inference",
     "metadata_from_config",
@@ -51,15 +49,14 @@ def inference_metadata(data_cfg: Any, classes: Sequence[str] | None = None) -> d
     from lambdanet.data.loader import DATASETS, data_info
 
     spec = DATASETS[data_cfg.name]
-    mean, std = spec.mean, spec.std
     try:
         in_chans = data_info(data_cfg).in_chans
     except (OSError, ValueError):  # an image folder that is no longer there (folders are read as RGB)
         in_chans = data_cfg.in_chans
     return {
         "classes": None if classes is None else [str(c) for c in classes],
-        "mean": list(mean),
-        "std": list(std),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
         "input_size": [int(in_chans), int(data_cfg.size), int(data_cfg.size)],
         "crop_pct": float(data_cfg.crop_pct) if data_cfg.name == "imagefolder" else None,
     }
@@ -71,25 +68,6 @@ def metadata_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
     data = {k: v for k, v in dict(config.get("data") or {}).items() if k in DataConfig.__dataclass_fields__}
     return {k: v for k, v in inference_metadata(DataConfig(**data)).items() if v is not None}
-
-
-def describe_checkpoint(checkpoint: dict[str, Any], data_cfg: Any, classes: Sequence[str] | None = None) -> None:
-    """Complete an image model's training checkpoint as it is saved: inference metadata and the state dict's checksum.
-
-    Called from ``LambdaModule.on_save_checkpoint`` (after the ``lambdanet`` metadata is set).
-
-    Args:
-        checkpoint: the dict Lightning is about to write.
-        data_cfg: the run's data configuration.
-        classes: the class names, indexed by label.
-    """
-    checkpoint.setdefault(CHECKPOINT_KEY, {}).update(inference_metadata(data_cfg, classes))
-    seal(checkpoint)
-
-
-def _num_outputs(model: nn.Module) -> int:
-    params = list(model.parameters())
-    return int(params[-1].shape[0]) if params else 0
 
 
 def resolve_device(name: str) -> str:
@@ -139,7 +117,8 @@ def load_for_inference(
     model = model_from_weights(source, weights=weights, allow_pickle=allow_pickle).eval().to(device)
     cfg = model.pretrained_cfg
     transform = EvalTransform.from_metadata(cfg)
-    classes = cfg.get("classes") or [str(i) for i in range(_num_outputs(model))]
+    head = list(model.parameters())[-1:]  # the last parameter has one entry per output
+    classes = cfg.get("classes") or [str(i) for i in range(int(head[0].shape[0]) if head else 0)]
     return Inference(model, transform, list(classes))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -238,7 +238,6 @@ class DatasetSpec:
     needs_root: bool = False
     uses_root: bool = False
     prepare: Callable[[DataConfig], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def data_info(cfg: DataConfig) -> DataInfo:
@@ -268,47 +267,31 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
 # ---------------------------------------------------------------- image pipelines
 
 
-def _stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    spec = DATASETS[cfg.name]
-    return spec.mean, spec.std
-
-
-def _array_train(img: Tensor, gen: torch.Generator | None, cfg: DataConfig, stats: Any) -> Tensor:
-    assert gen is not None
-    if cfg.size != img.shape[-1]:
-        img = _resize_tensor(img, cfg.size)
-    if cfg.crop_padding:
-        img = T.random_crop(img, cfg.size, cfg.crop_padding, gen)
-    if cfg.hflip:
-        img = T.hflip(img, gen)
-    if cfg.randaugment_layers:
-        img = T.rand_augment(img, cfg.randaugment_layers, cfg.randaugment_magnitude, gen)
-    return T.normalize(img, *stats)
-
-
-def _array_eval(img: Tensor, gen: torch.Generator | None, cfg: DataConfig, stats: Any) -> Tensor:
-    if cfg.size != img.shape[-1]:
-        img = _resize_tensor(img, cfg.size)
-    return T.normalize(img, *stats)
-
-
-def _resize_tensor(img: Tensor, size: int) -> Tensor:
-    out = torch.nn.functional.interpolate(img.float().unsqueeze(0), size=(size, size), mode="bilinear")
-    return out[0].round().clamp(0, 255).to(torch.uint8)
-
-
-def _folder_train(img: Any, gen: torch.Generator | None, cfg: DataConfig, stats: Any) -> Tensor:
-    assert gen is not None
-    x = T.pil_to_tensor(T.pil_random_resized_crop(img, cfg.size, gen, scale=(cfg.min_crop_scale, 1.0)))
-    if cfg.hflip:
+def _finish(x: Tensor, gen: torch.Generator | None, cfg: DataConfig) -> Tensor:
+    """Flips and RandAugment in training (``gen`` given), then normalisation with the dataset's statistics."""
+    if gen is not None and cfg.hflip:
         x = T.hflip(x, gen)
-    if cfg.randaugment_layers:
+    if gen is not None and cfg.randaugment_layers:
         x = T.rand_augment(x, cfg.randaugment_layers, cfg.randaugment_magnitude, gen)
-    return T.normalize(x, *stats)
+    return T.normalize(x, DATASETS[cfg.name].mean, DATASETS[cfg.name].std)
 
 
-def _folder_eval(img: Any, gen: torch.Generator | None, cfg: DataConfig, stats: Any) -> Tensor:
-    return T.normalize(T.pil_to_tensor(T.pil_resize_center_crop(img, cfg.size, cfg.crop_pct)), *stats)
+def _array_pipeline(img: Tensor, gen: torch.Generator | None, cfg: DataConfig) -> Tensor:
+    """Array data: resized to ``data.size`` (bilinear, rounded to uint8); in training a padded random crop."""
+    if cfg.size != img.shape[-1]:
+        out = torch.nn.functional.interpolate(img.float().unsqueeze(0), size=(cfg.size, cfg.size), mode="bilinear")
+        img = out[0].round().clamp(0, 255).to(torch.uint8)
+    if gen is not None and cfg.crop_padding:
+        img = T.random_crop(img, cfg.size, cfg.crop_padding, gen)
+    return _finish(img, gen, cfg)
+
+
+def _folder_pipeline(img: Any, gen: torch.Generator | None, cfg: DataConfig) -> Tensor:
+    """Image files: a random-resized crop in training; resize and centre crop (``data.crop_pct``) in evaluation."""
+    if gen is None:
+        return _finish(T.pil_to_tensor(T.pil_resize_center_crop(img, cfg.size, cfg.crop_pct)), gen, cfg)
+    crop = T.pil_random_resized_crop(img, cfg.size, gen, scale=(cfg.min_crop_scale, 1.0))
+    return _finish(T.pil_to_tensor(crop), gen, cfg)
 
 
 def _holdout(ds: ArrayDataset, fraction: float) -> tuple[ArrayDataset, ArrayDataset]:
@@ -320,12 +303,11 @@ def _holdout(ds: ArrayDataset, fraction: float) -> tuple[ArrayDataset, ArrayData
 
 
 def _array_splits(cfg: DataConfig, seed: int, train: ArrayDataset, val: ArrayDataset, test: ArrayDataset) -> DataSplits:
-    stats = _stats(cfg)
-    tr, ev = partial(_array_train, cfg=cfg, stats=stats), partial(_array_eval, cfg=cfg, stats=stats)
+    pipeline = partial(_array_pipeline, cfg=cfg)
     return DataSplits(
-        TransformDataset(train, tr, seed, random=True),
-        TransformDataset(val, ev),
-        TransformDataset(test, ev),
+        TransformDataset(train, pipeline, seed, random=True),
+        TransformDataset(val, pipeline),
+        TransformDataset(test, pipeline),
         train.classes,
     )
 
@@ -377,15 +359,13 @@ def _folder_info(cfg: DataConfig) -> DataInfo:
 
 def _folder_splits(cfg: DataConfig, seed: int) -> DataSplits:
     checks = {"bad_images": cfg.bad_images, "max_bad_fraction": cfg.max_bad_fraction, "verify": cfg.verify_images}
-    stats = _stats(cfg)
+    pipeline = partial(_folder_pipeline, cfg=cfg)
     train = ImageFolderDataset(str(cfg.root), "train", **checks)
-    ev = partial(_folder_eval, cfg=cfg, stats=stats)
-    val = TransformDataset(ImageFolderDataset(str(cfg.root), "val", classes=train.classes, **checks), ev)
+    val = TransformDataset(ImageFolderDataset(str(cfg.root), "val", classes=train.classes, **checks), pipeline)
     test = None
     if (Path(str(cfg.root)) / "test").is_dir():
-        test = TransformDataset(ImageFolderDataset(str(cfg.root), "test", classes=train.classes, **checks), ev)
-    tr = partial(_folder_train, cfg=cfg, stats=stats)
-    return DataSplits(TransformDataset(train, tr, seed, random=True), val, test, train.classes)
+        test = TransformDataset(ImageFolderDataset(str(cfg.root), "test", classes=train.classes, **checks), pipeline)
+    return DataSplits(TransformDataset(train, pipeline, seed, random=True), val, test, train.classes)
 
 
 def _text_vocab(cfg: DataConfig) -> text_data.CharVocab:

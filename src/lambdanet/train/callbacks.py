@@ -1,9 +1,8 @@
-"""Lightning plug-ins: atomic checkpoint writes, finite-only checkpoints, a model summary with MACs, run watch."""
+"""Lightning plug-ins: atomic checkpoint writes, finite-only checkpoints, a model summary with MACs, start steps."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ __all__ = [
     "ModelSummaryWithMacs",
     "NonFiniteLossError",
     "ProgressBar",
-    "RunWatch",
+    "StartStepMarker",
 ]
 
 
@@ -58,17 +57,12 @@ class FiniteModelCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath:
             remove_stray_temp_files(self.dirpath)
 
-    @staticmethod
-    def _states(trainer: pl.Trainer) -> Iterator[dict[str, Any]]:
-        """The module's state dict and that of every averaged copy a callback holds (Lightning's EMA)."""
-        yield trainer.lightning_module.state_dict()
-        for callback in trainer.callbacks:
-            average = getattr(callback, "_average_model", None)
-            if isinstance(average, nn.Module):
-                yield {f"average.{k}": v for k, v in average.state_dict().items()}
-
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        bad = [key for state in self._states(trainer) for key in non_finite_keys(state)]
+        # the module's state dict and that of every averaged copy a callback holds (Lightning's EMA)
+        averages = [getattr(c, "_average_model", None) for c in trainer.callbacks]
+        states = [trainer.lightning_module.state_dict()]
+        states += [{f"average.{k}": v for k, v in a.state_dict().items()} for a in averages if isinstance(a, nn.Module)]
+        bad = [key for state in states for key in non_finite_keys(state)]
         if bad:
             shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
             warnings.warn(f"not saving {filepath}: NaN or Inf in {shown}", stacklevel=2)
@@ -101,34 +95,15 @@ class ModelSummaryWithMacs(ModelSummary):
         )
 
 
-class RunWatch(Callback):
-    """Records what a run needs to report honestly: the signal that stopped it, and where this attempt started.
-
-    ``signal``: ``SIGTERM`` / ``SIGINT`` once Lightning stops on one. ``start_step``: the global step this attempt
-    began at (0, or the resumed checkpoint's), written to ``<csv log dir>/start_step`` so that ``metrics.csv`` can
-    drop the rows a killed attempt logged after its last checkpoint.
-    """
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self.start_step = 0
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if isinstance(exception, SIGTERMException):
-            self.signal = "SIGTERM"
-        elif isinstance(exception, KeyboardInterrupt):
-            self.signal = "SIGINT"
+class StartStepMarker(Callback):
+    """Writes the global step this attempt began at (0, or the resumed checkpoint's) to ``<csv log dir>/start_step``,
+    so that ``metrics.csv`` can drop the rows a killed attempt logged after its last checkpoint."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.start_step = int(trainer.global_step)
-        if not trainer.is_global_zero:
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, CSVLogger):
-                Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
-                (Path(logger.log_dir) / "start_step").write_text(f"{self.start_step}\n")
+        csv_loggers = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)] if trainer.is_global_zero else []
+        for log_dir in (Path(lg.log_dir) for lg in csv_loggers):
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (log_dir / "start_step").write_text(f"{trainer.global_step}\n")
 
 
 class ProgressBar(TQDMProgressBar):

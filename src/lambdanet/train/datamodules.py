@@ -28,47 +28,32 @@ class LambdaDataModule(pl.LightningDataModule):
 
     def __init__(self, cfg: DataConfig, seed: int = 0, splits: DataSplits | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.seed = seed
-        self.splits = splits
+        self.cfg, self.seed, self.splits = cfg, seed, splits
 
     def prepare_data(self) -> None:
         prepare(self.cfg)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is None:
-            self.splits = build_splits(self.cfg, self.seed)
-
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
+        self.splits = self.splits or build_splits(self.cfg, self.seed)
 
     def _loader(self, dataset: Any, train: bool) -> DataLoader:
-        rank, world = self._rank()
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         sampler = EpochSampler(len(dataset), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
-        workers = self.cfg.num_workers
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size),
             sampler=sampler,
-            num_workers=workers,
+            num_workers=self.cfg.num_workers,
             drop_last=train and len(sampler) >= self.cfg.batch_size,
-            persistent_workers=False,
-            pin_memory=False,
         )
 
     def train_dataloader(self) -> DataLoader:
-        assert self.splits is not None
         return self._loader(self.splits.train, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        assert self.splits is not None
         return self._loader(self.splits.val, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        assert self.splits is not None
         if self.splits.test is None:
             raise ValueError(f"data.name={self.cfg.name!r} at {self.cfg.root} has no test split")
         return self._loader(self.splits.test, train=False)

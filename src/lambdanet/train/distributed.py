@@ -43,15 +43,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_global_batchnorm(module: nn.Module) -> nn.Module:
-    """Swap every ``BatchNorm2d`` in ``module`` for :class:`GlobalBatchNorm2d` (same parameters and buffers)."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            new = GlobalBatchNorm2d(
-                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
-            )
-            new.load_state_dict(child.state_dict())
-            new.train(child.training)
-            setattr(module, name, new)
-        else:
-            convert_global_batchnorm(child)
+    """Make every ``BatchNorm2d`` in ``module`` a :class:`GlobalBatchNorm2d`, in place: the subclass adds no state, so
+    parameters, buffers and ``state_dict`` keys stay as they are."""
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = GlobalBatchNorm2d
     return module

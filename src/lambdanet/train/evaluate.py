@@ -6,6 +6,7 @@ as the samples here (``loss`` is then nats per token and ``bpc = loss / ln 2`` b
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any
@@ -41,26 +42,20 @@ def evaluate(
     model = model.eval().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    correct1 = correct5 = 0
-    loss_sum = 0.0
-    images = 0
-    seconds = 0.0
-    token_level = False
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
+    correct1 = correct5 = images = 0
+    loss_sum = seconds = 0.0
+    for i, (x, y) in enumerate(itertools.islice(loader, max_batches)):
         x, y = x.to(device), y.to(device)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if i == 0:
             model(x)  # warm-up: lazy initialisation and algorithm selection stay out of the timing
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         logits = model(x).float()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         seconds += time.perf_counter() - start
         token_level = y.dim() == 2
         if token_level:  # language model: one prediction per position
@@ -72,14 +67,8 @@ def evaluate(
         images += len(y)
     if images == 0:
         raise ValueError("the evaluation split is empty")
-    out = {
-        "top1": correct1 / images,
-        "top5": correct5 / images,
-        "loss": loss_sum / images,
-        "images": images,
-        "seconds": seconds,
-        "images_per_second": images / max(seconds, 1e-9),
-    }
+    out = {"top1": correct1 / images, "top5": correct5 / images, "loss": loss_sum / images, "images": images}
+    out.update(seconds=seconds, images_per_second=images / max(seconds, 1e-9))
     if token_level:
         out["bpc"] = out["loss"] / math.log(2.0)
     return out

@@ -18,13 +18,12 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import lambdanet
 from lambdanet.checkpoint import CHECKPOINT_KEY, seal
 from lambdanet.data.loader import CLASSIFICATION, LANGUAGE_MODEL, DataInfo
-from lambdanet.inference import describe_checkpoint
+from lambdanet.inference import inference_metadata
 from lambdanet.train.callbacks import NonFiniteLossError
 from lambdanet.train.config import RunConfig, to_dict
 from lambdanet.train.distributed import convert_global_batchnorm
@@ -35,17 +34,6 @@ __all__ = ["CHECKPOINT_KEY", "LambdaModule", "build_model", "ema_callback", "mod
 _LN2 = math.log(2.0)
 
 
-def _link(overrides: dict[str, Any], key: str, value: int, cfg: RunConfig, what: str) -> None:
-    """Set ``overrides[key] = value`` from the data; a recipe value that disagrees is a one-line error."""
-    given = overrides.get(key)
-    if given is not None and given != value:
-        raise ValueError(
-            f"model.overrides.{key}={given} (recipe {cfg.recipe}) but data.name={cfg.data.name!r} has {what} {value}; "
-            f"drop the override: {key} is taken from the data"
-        )
-    overrides[key] = value
-
-
 def model_overrides(cfg: RunConfig, info: DataInfo) -> dict[str, Any]:
     """The model's builder overrides with what the data determines linked in.
 
@@ -54,10 +42,16 @@ def model_overrides(cfg: RunConfig, info: DataInfo) -> dict[str, Any]:
     """
     overrides = dict(cfg.model.overrides)
     if info.task == LANGUAGE_MODEL:
-        _link(overrides, "vocab_size", info.num_classes, cfg, "a vocabulary of size")
+        linked = {"vocab_size": (info.num_classes, "a vocabulary of size")}
     else:
-        _link(overrides, "num_classes", info.num_classes, cfg, "classes:")
-        _link(overrides, "in_chans", info.in_chans, cfg, "image channels:")
+        linked = {"num_classes": (info.num_classes, "classes:"), "in_chans": (info.in_chans, "image channels:")}
+    for key, (value, what) in linked.items():
+        if overrides.get(key) not in (None, value):
+            raise ValueError(
+                f"model.overrides.{key}={overrides[key]} (recipe {cfg.recipe}) but data.name={cfg.data.name!r} has "
+                f"{what} {value}; drop the override: {key} is taken from the data"
+            )
+        overrides[key] = value
     return overrides
 
 
@@ -141,15 +135,11 @@ class LambdaModule(pl.LightningModule):
         if global_gbn:
             convert_global_batchnorm(self.model)
         k = info.num_classes
-        self.metrics = nn.ModuleDict(
+        self.metrics = nn.ModuleDict(  # the loss is averaged by Lightning (self.log with batch_size)
             {
-                f"{split}_{name}": metric
+                f"{split}_{name}": MulticlassAccuracy(k, top_k=top_k, average="micro")
                 for split in ("train", "val", "test")
-                for name, metric in (
-                    ("acc1", MulticlassAccuracy(k, top_k=1, average="micro")),
-                    ("acc5", MulticlassAccuracy(k, top_k=min(5, k), average="micro")),
-                    ("loss", MeanMetric()),
-                )
+                for name, top_k in (("acc1", 1), ("acc5", min(5, k)))
             }
         )
         self._compiled: Any = None
@@ -159,50 +149,46 @@ class LambdaModule(pl.LightningModule):
         if self.cfg.train.channels_last and self.task == CLASSIFICATION:
             self.model.to(memory_format=torch.channels_last)
 
-    def _inputs(self, x: Tensor) -> Tensor:
-        if self.cfg.train.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
-
     def forward(self, x: Tensor) -> Tensor:
         if self.cfg.train.compile and self._compiled is None:
             # Compiled on first use (after the EMA callback copied the module), and kept out of the module tree so
             # that state_dict keys stay those of the plain model.
             object.__setattr__(self, "_compiled", torch.compile(self.model))
-        model = self._compiled if self._compiled is not None else self.model
-        return model(self._inputs(x))
+        if self.cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (self.model if self._compiled is None else self._compiled)(x)
 
     # -------------------------------------------------------------- steps
-    @staticmethod
-    def _flat(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Language models: one prediction per position, ``(b, n, v), (b, n) -> (b n, v), (b n)``."""
-        return (logits.flatten(0, 1), y.flatten()) if y.dim() == 2 else (logits, y)
+    def _step(self, split: str, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits and targets, flat for language models (one prediction per position); accuracies updated."""
+        x, y = batch
+        logits = self(x).float()
+        if y.dim() == 2:  # (b, n, v), (b, n) -> (b n, v), (b n)
+            logits, y = logits.flatten(0, 1), y.flatten()
+        for name in ("acc1", "acc5"):  # computed over the epoch (all processes) and reset by Lightning
+            metric = self.metrics[f"{split}_{name}"]
+            metric.update(logits.detach(), y)
+            self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=f"{split}/{name}" == "val/acc1")
+        return logits, y
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        logits, y = self._flat(self(x).float(), y)
+        logits, y = self._step("train", batch)
         loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.train.label_smoothing)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step} (epoch {self.current_epoch}, "
                 f"batch {batch_idx}); stopping. Lower optim.lr, set train.grad_clip, or use bf16 instead of fp16."
             )
-        with torch.no_grad():
-            plain = F.cross_entropy(logits, y) if self.cfg.train.label_smoothing else loss
-        self._update_metrics("train", logits.detach(), y, plain.detach())
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, on_step=True, batch_size=1)
         return loss
 
-    def _update_metrics(self, split: str, logits: Tensor, y: Tensor, loss: Tensor) -> None:
-        self.metrics[f"{split}_acc1"].update(logits, y)
-        self.metrics[f"{split}_acc5"].update(logits, y)
-        self.metrics[f"{split}_loss"].update(loss, weight=len(y))
-
     def _eval_step(self, split: str, batch: tuple[Tensor, Tensor]) -> None:
-        x, y = batch
-        logits, y = self._flat(self(x).float(), y)
-        self._update_metrics(split, logits, y, F.cross_entropy(logits, y))
+        logits, y = self._step(split, batch)
+        loss = F.cross_entropy(logits, y)
+        self.log(f"{split}/loss", loss, batch_size=len(y), sync_dist=True, prog_bar=split == "val")
+        if self.task == LANGUAGE_MODEL:  # bits per character
+            self.log(f"{split}/bpc", loss / _LN2, batch_size=len(y), sync_dist=True, prog_bar=split == "val")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -210,56 +196,27 @@ class LambdaModule(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
 
-    def _log_epoch(self, split: str, names: tuple[str, ...] = ("acc1", "acc5", "loss")) -> None:
-        for name in names:
-            metric = self.metrics[f"{split}_{name}"]
-            value = metric.compute()
-            self.log(f"{split}/{name}", value, prog_bar=split == "val" and name != "acc5", sync_dist=False)
-            if name == "loss" and self.task == LANGUAGE_MODEL:
-                self.log(f"{split}/bpc", value / _LN2, prog_bar=split == "val", sync_dist=False)
-            metric.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train", ("acc1", "acc5"))
-        self.metrics["train_loss"].reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
     # -------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        trainer = self.trainer
-        global_batch = self.cfg.data.batch_size * trainer.world_size * self.cfg.train.accumulate
-        optimizer = build_optimizer(self.model, self.cfg.optim, global_batch)
+        trainer, accumulate = self.trainer, self.cfg.train.accumulate
+        optimizer = build_optimizer(
+            self.model, self.cfg.optim, self.cfg.data.batch_size * trainer.world_size * accumulate
+        )
         estimated = trainer.estimated_stepping_batches  # min(max_steps, epochs x steps per epoch)
         total = max(1, int(estimated)) if math.isfinite(estimated) else 1
-        per_epoch = float(self._steps_per_epoch())
+        batches = trainer.num_training_batches  # per epoch, after limit_train_batches (set by the estimate above)
+        per_epoch = max(1, math.ceil(batches / accumulate)) if math.isfinite(batches) else total
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.sched, total, per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch (epoch-based schedule settings convert with it)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            return max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.cfg.train.epochs))
-        batches = len(datamodule.train_dataloader())
-        limit = self.cfg.train.limit_train_batches
-        if isinstance(limit, int) and not isinstance(limit, bool):
-            batches = min(batches, limit)
-        else:
-            batches = int(batches * float(limit))
-        return max(1, math.ceil(batches / self.cfg.train.accumulate))
-
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Metadata under ``checkpoint["lambdanet"]``; ``vocab`` (language models) or ``classes`` (images) lists the
-        label of every output id, so a checkpoint alone suffices to decode or label predictions."""
+        """Metadata under ``checkpoint["lambdanet"]`` and the state dict's checksum; ``vocab`` (language models) or
+        ``classes`` (images, with the inference metadata) lists the label of every output id, so a checkpoint alone
+        suffices to decode or label predictions."""
         meta = {
-            "model_name": getattr(self.model, "model_name", self.cfg.model.name),
-            "model_overrides": dict(getattr(self.model, "model_overrides", {})),
+            "model_name": self.model.model_name,
+            "model_overrides": dict(self.model.model_overrides),
             "task": self.task,
             "num_classes": self.num_classes,
             "input_shape": list(self.info.input_shape),
@@ -268,22 +225,20 @@ class LambdaModule(pl.LightningModule):
             "ema": bool(self.cfg.train.ema_decay),
             "torch_rng_state": torch.get_rng_state(),
         }
-        meta["vocab" if self.task == LANGUAGE_MODEL else "classes"] = list(self.classes)
-        checkpoint[CHECKPOINT_KEY] = meta
         if self.task == LANGUAGE_MODEL:
-            seal(checkpoint)
+            meta["vocab"] = list(self.classes)
         else:
-            describe_checkpoint(checkpoint, self.cfg.data, self.classes)
+            meta.update(inference_metadata(self.cfg.data, self.classes))
+        checkpoint[CHECKPOINT_KEY] = meta
+        seal(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get(CHECKPOINT_KEY)
-        if not isinstance(meta, dict):
-            raise ValueError("not a lambdanet checkpoint: the 'lambdanet' metadata is missing")
-        name = getattr(self.model, "model_name", self.cfg.model.name)
-        if meta.get("model_name") != name or meta.get("model_overrides") != getattr(self.model, "model_overrides", {}):
+        meta = checkpoint[CHECKPOINT_KEY]  # present: the checkpoint IO reads lambdanet checkpoints only
+        name, overrides = self.model.model_name, self.model.model_overrides
+        if meta.get("model_name") != name or meta.get("model_overrides") != overrides:
             raise ValueError(
                 f"checkpoint holds model {meta.get('model_name')!r} with overrides {meta.get('model_overrides')}, "
-                f"but this run builds {name!r} with {getattr(self.model, 'model_overrides', {})}"
+                f"but this run builds {name!r} with {overrides}"
             )
         if self.task == LANGUAGE_MODEL and meta.get("vocab") not in (None, self.classes):
             raise ValueError("checkpoint was trained with another vocabulary than this run's data")

@@ -15,25 +15,20 @@ __all__ = ["build_optimizer", "lr_lambda", "peak_lr"]
 
 def peak_lr(cfg: OptimConfig, global_batch: int) -> float:
     """``cfg.lr``, scaled linearly by ``global_batch / cfg.lr_base_batch`` when ``lr_base_batch`` is set."""
-    if cfg.lr_base_batch:
-        return cfg.lr * global_batch / cfg.lr_base_batch
-    return cfg.lr
-
-
-def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if decay_norm_and_bias or weight_decay == 0:
-        return [{"params": params, "weight_decay": weight_decay}]
-    decay, no_decay = [], []
-    for p in params:
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return cfg.lr * global_batch / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
-    """The optimizer of ``cfg`` over the trainable parameters of ``model``, at the peak learning rate."""
-    lr = peak_lr(cfg, global_batch)
-    groups = _param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    """The optimizer of ``cfg`` over the trainable parameters of ``model``, at the peak learning rate.
+
+    Unless ``cfg.decay_norm_and_bias``, parameters with at most one dimension (norms, biases) get no weight decay.
+    """
+    lr, wd = peak_lr(cfg, global_batch), cfg.weight_decay
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": params, "weight_decay": wd}]
+    if not cfg.decay_norm_and_bias and wd:
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": wd}]
+        groups.append({"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0})
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "adamw":

@@ -1,39 +1,24 @@
-"""Loss and accuracy curves of a run, drawn from its ``metrics.csv``."""
+"""Loss and accuracy curves of a run, drawn from the rows of its ``metrics.csv``."""
 
 from __future__ import annotations
 
-import csv
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["plot_curves", "read_epoch_metrics"]
+__all__ = ["plot_curves"]
+
+_PANELS = (
+    ("loss", (("train/loss_epoch", "train"), ("val/loss", "val"))),
+    ("top-1 accuracy", (("train/acc1", "train"), ("val/acc1", "val"))),
+)
 
 
-def read_epoch_metrics(csv_path: str | Path) -> dict[str, dict[int, float]]:
-    """Per-epoch values of every logged metric: ``{metric: {epoch: value}}`` (later rows win, e.g. after resume)."""
-    out: dict[str, dict[int, float]] = {}
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            epoch = row.get("epoch")
-            if epoch in (None, ""):
-                continue
-            for key, value in row.items():
-                if key in ("epoch", "step") or value in (None, ""):
-                    continue
-                try:
-                    v = float(value)
-                except ValueError:
-                    continue
-                if math.isfinite(v):
-                    out.setdefault(key, {})[int(float(epoch))] = v
-    return out
-
-
-def plot_curves(csv_path: str | Path, png_path: str | Path, title: str = "") -> Path:
-    """Draw train/val loss and accuracy per epoch into ``png_path``.
+def plot_curves(rows: Iterable[Mapping[str, str]], png_path: str | Path, title: str = "") -> Path:
+    """Draw train/val loss and accuracy per epoch into ``png_path`` (later rows of an epoch win, e.g. after resume).
 
     Raises:
-        ValueError: when the CSV holds no epoch-level loss or accuracy.
+        ValueError: when the rows hold no epoch-level loss or accuracy.
     """
     import matplotlib
 
@@ -41,28 +26,30 @@ def plot_curves(csv_path: str | Path, png_path: str | Path, title: str = "") -> 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    metrics = read_epoch_metrics(csv_path)
-    panels = [
-        ("loss", [("train/loss_epoch", "train"), ("val/loss", "val")]),
-        ("top-1 accuracy", [("train/acc1", "train"), ("val/acc1", "val")]),
-    ]
-    if not any(key in metrics for _, series in panels for key, _ in series):
-        raise ValueError(f"{csv_path} has no epoch-level loss or accuracy to plot")
+    metrics: dict[str, dict[int, float]] = {}  # {metric: {epoch: value}}
+    for row in rows:
+        for key, _ in (s for _, series in _PANELS for s in series):
+            try:
+                epoch, value = int(float(row["epoch"])), float(row[key])
+            except (KeyError, TypeError, ValueError):  # absent or empty in this row
+                continue
+            if math.isfinite(value):
+                metrics.setdefault(key, {})[epoch] = value
+    if not metrics:
+        raise ValueError("the metrics hold no epoch-level loss or accuracy to plot")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (ylabel, series) in zip(axes, panels, strict=True):
+    for ax, (ylabel, series) in zip(axes, _PANELS, strict=True):
         for key, label in series:
             if key in metrics:
                 epochs = sorted(metrics[key])
                 ax.plot([e + 1 for e in epochs], [metrics[key][e] for e in epochs], marker=".", label=label)
-        ax.set_xlabel("epoch")
+        ax.set(xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 2.5
-        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    png_path = Path(png_path)
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
-    return png_path
+    return Path(png_path)

@@ -7,6 +7,7 @@ directory serve both.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -24,12 +25,12 @@ import torch
 
 from lambdanet.data.loader import LANGUAGE_MODEL, build_splits, data_info, prepare
 from lambdanet.train.config import RunConfig, to_dict, to_yaml
+from lambdanet.train.plots import plot_curves
 
 __all__ = ["RUN_DIR_ENV", "RunInterrupted", "fit", "resolve_resume", "run_dir_for"]
 
 RUN_DIR_ENV = "LAMBDANET_RUN_DIR"  # shared with processes that Lightning's DDP launcher starts
 _EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
-_LOGGER_EXTRAS = {"wandb": "wandb", "mlflow": "mlflow"}
 
 
 class RunInterrupted(SystemExit):
@@ -44,7 +45,7 @@ def run_dir_for(cfg: RunConfig) -> Path:
     """
     if cfg.system.run_name:
         return Path(cfg.system.out_dir) / cfg.system.run_name
-    if os.environ.get(RUN_DIR_ENV):
+    if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":  # a process the launcher started
         return Path(os.environ[RUN_DIR_ENV])
     stem = f"{cfg.recipe}-{cfg.model.name}"
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
@@ -75,9 +76,8 @@ def _env_info() -> dict[str, Any]:
     import lambdanet
 
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        sha = git.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
     cuda = torch.cuda.is_available()
@@ -98,98 +98,68 @@ def _uses_cuda(cfg: RunConfig) -> bool:
     return cfg.system.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-class _DropNoise(logging.Filter):
-    """Drops Lightning's advertisements and the lines that only say what is not used."""
+_NOISE = (  # Lightning's advertisements and the lines that only say what is not used
+    "Tip:",
+    "available: False",
+    "Skipping setting a default",
+    "to estimate number of stepping batches",
+    "Received SIGTERM",  # our own line says where the run stopped and how to resume it
+    "Detected KeyboardInterrupt",
+    "Found current_model_state in the checkpoint",
+)
+_HARMLESS = (  # framework warnings known to be harmless here
+    r".*WeightAveraging callback with a model that overrides the configure_model.*",  # not sharded here
+    r".*callbacks used to create the checkpoint need to be provided.*",  # the final test leaves out the EMA
+    r".*LeafSpec.*",
+    r".*is smaller than the logging interval.*",
+    r".*does not have many workers which may be a bottleneck.*",
+    r".*The number of training batches .* is smaller than.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*could not find the monitored key in the returned metrics.*",  # stopped before validation: our note says so
+)
 
-    NOISE = (
-        "Tip:",
-        "available: False",
-        "Skipping setting a default",
-        "to estimate number of stepping batches",
-        "Received SIGTERM",  # our own line says where the run stopped and how to resume it
-        "Detected KeyboardInterrupt",
-        "Found current_model_state in the checkpoint",
-    )
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(n in message for n in self.NOISE)
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not any(n in record.getMessage() for n in _NOISE)
 
 
 def _console(quiet: bool) -> None:
     """Filter Lightning's tips and the framework warnings known to be harmless here; ``quiet`` keeps warnings only."""
-    for message in (
-        r".*WeightAveraging callback with a model that overrides the configure_model.*",  # not sharded here
-        r".*callbacks used to create the checkpoint need to be provided.*",  # the final test leaves out the EMA
-        r".*LeafSpec.*",
-        r".*is smaller than the logging interval.*",
-        r".*does not have many workers which may be a bottleneck.*",
-        r".*The number of training batches .* is smaller than.*",
-        r".*Checkpoint directory .* exists and is not empty.*",
-        r".*could not find the monitored key in the returned metrics.*",  # stopped before validation: our note says so
-    ):
+    for message in _HARMLESS:
         warnings.filterwarnings("ignore", message=message)
-
-    emitters = ["lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"]
-    emitters.append("lightning.pytorch.trainer.connectors.signal_connector")
-    handlers = [h for name in ("lightning.pytorch", "lightning.fabric") for h in logging.getLogger(name).handlers]
+    names = ("lightning.pytorch", "lightning.fabric")
+    emitters = [f"{n}.utilities.rank_zero" for n in names] + ["lightning.pytorch.trainer.connectors.signal_connector"]
+    handlers = [h for name in names for h in logging.getLogger(name).handlers]
     for target in [*map(logging.getLogger, emitters), *handlers]:  # logger filters act where a record is emitted
-        if not any(isinstance(f, _DropNoise) for f in target.filters):
-            target.addFilter(_DropNoise())
-    for name in ("lightning.pytorch", "lightning.fabric"):
+        if _not_noise not in target.filters:
+            target.addFilter(_not_noise)
+    for name in names:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
-
-
-def _flops_per_sample(model: Any, input_shape: tuple[int, ...]) -> int:
-    """Forward FLOPs of one sample (:func:`lambdanet.stats.model_stats`), 0 when they cannot be counted."""
-    from lambdanet.stats import model_stats
-
-    try:
-        return int(model_stats(model, input_shape).flops)
-    except (RuntimeError, ValueError, TypeError, NotImplementedError):
-        return 0
 
 
 def _loggers(cfg: RunConfig, run_dir: Path) -> list[Any]:
     """The loggers of ``system.loggers``; a missing optional package is a one-line error."""
     import importlib.util
 
-    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+    from lightning.pytorch import loggers
 
-    out: list[Any] = []
+    makers = {  # csv: logs/version_<n>/metrics.csv, one per (resumed) attempt
+        "csv": lambda: loggers.CSVLogger(run_dir, name="logs", flush_logs_every_n_steps=cfg.train.log_every_steps),
+        "tensorboard": lambda: loggers.TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False),
+        "wandb": lambda: loggers.WandbLogger(name=run_dir.name, save_dir=str(run_dir), project="lambdanet"),
+        "mlflow": lambda: loggers.MLFlowLogger(experiment_name="lambdanet", run_name=run_dir.name),
+    }
     for name in cfg.system.loggers:
-        package = _LOGGER_EXTRAS.get(name)
-        if package and importlib.util.find_spec(package) is None:
+        if name not in makers:
             raise ValueError(
-                f"system.loggers includes {name!r} but the {package} package is not installed; "
+                f"system.loggers={cfg.system.loggers}: unknown logger {name!r}; expected some of {list(makers)}"
+            )
+        if name in ("wandb", "mlflow") and importlib.util.find_spec(name) is None:
+            raise ValueError(
+                f"system.loggers includes {name!r} but the {name} package is not installed; "
                 f"pip install 'lambdanet[{name}]'"
             )
-        if name == "csv":  # logs/version_<n>/metrics.csv: one per (resumed) attempt
-            out.append(
-                CSVLogger(save_dir=str(run_dir), name="logs", flush_logs_every_n_steps=cfg.train.log_every_steps)
-            )
-        elif name == "tensorboard":
-            out.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False))
-        elif name == "wandb":
-            out.append(WandbLogger(name=run_dir.name, save_dir=str(run_dir), project="lambdanet"))
-        elif name == "mlflow":
-            out.append(MLFlowLogger(experiment_name="lambdanet", run_name=run_dir.name))
-        else:
-            raise ValueError(
-                f"system.loggers={cfg.system.loggers}: unknown logger {name!r}; expected some of "
-                "['csv', 'tensorboard', 'wandb', 'mlflow']"
-            )
-    return out
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-    return out
+    return [makers[name]() for name in cfg.system.loggers]
 
 
 def fit(
@@ -214,39 +184,16 @@ def fit(
         NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint stays in place).
         RunInterrupted: SIGTERM (exit status 143) or SIGINT (130); no ``results.json`` is written.
     """
-    ckpt_path: Path | None = None
-    if resume is not None:
-        ckpt_path, run_dir = resolve_resume(resume)
-    else:
-        run_dir = run_dir_for(cfg)
-    previous_env = os.environ.get(RUN_DIR_ENV)
-    os.environ[RUN_DIR_ENV] = str(run_dir)  # for the processes Lightning's DDP launcher starts during fit
-    try:
-        return _fit(cfg, run_dir, ckpt_path, argv, callbacks)
-    finally:
-        if previous_env is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous_env
-
-
-def _fit(
-    cfg: RunConfig, run_dir: Path, ckpt_path: Path | None, argv: Sequence[str], callbacks: Sequence[Any]
-) -> dict[str, Any]:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ThroughputMonitor
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from lambdanet.train.callbacks import (
-        AtomicCheckpointIO,
-        FiniteModelCheckpoint,
-        ModelSummaryWithMacs,
-        ProgressBar,
-        RunWatch,
-    )
+    from lambdanet.stats import model_stats
+    from lambdanet.train import callbacks as cb
     from lambdanet.train.datamodules import LambdaDataModule
     from lambdanet.train.module import LambdaModule, ema_callback
 
+    ckpt_path, run_dir = resolve_resume(resume) if resume is not None else (None, run_dir_for(cfg))
     _console(cfg.quiet)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.system.matmul_precision)
@@ -257,78 +204,61 @@ def _fit(
     if os.environ.get("LOCAL_RANK", "0") == "0":  # other ranks build their splits after rank 0's prepare_data
         prepare(cfg.data)
         splits = build_splits(cfg.data, cfg.seed)
-    multi_process = _world_size_hint(cfg) > 1
-    global_bn = cfg.system.sync_batchnorm and multi_process and not _uses_cuda(cfg)
-    classes = splits.classes if splits is not None else None
-    module = LambdaModule(cfg, info, classes, global_gbn=global_bn)
+    # CPU processes share batch statistics through GlobalBatchNorm2d (plain BatchNorm2d in a single process)
+    global_bn = cfg.system.sync_batchnorm and not _uses_cuda(cfg)
+    module = LambdaModule(cfg, info, splits.classes if splits else None, global_gbn=global_bn)
     datamodule = LambdaDataModule(cfg.data, cfg.seed, splits)
-    flops = _flops_per_sample(module.model, info.input_shape)
+    try:  # forward FLOPs of one sample, 0 when they cannot be counted
+        flops = int(model_stats(module.model, info.input_shape).flops)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError):
+        flops = 0
     module.flops_per_batch = 3 * flops * cfg.data.batch_size  # forward + backward, read by ThroughputMonitor
     lm = info.task == LANGUAGE_MODEL
-    monitor = "val/loss" if lm else "val/acc1"
-
-    checkpoint = FiniteModelCheckpoint(  # first: Trainer.checkpoint_callback, whose best_model_path is "best"
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=monitor,
-        mode="min" if lm else "max",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
+    common = {"dirpath": run_dir / "checkpoints", "auto_insert_metric_name": False, "enable_version_counter": False}
+    checkpoint = cb.FiniteModelCheckpoint(  # first: Trainer.checkpoint_callback, whose best_model_path is "best"
+        filename="best", monitor="val/loss" if lm else "val/acc1", mode="min" if lm else "max", **common
     )
-    last = FiniteModelCheckpoint(  # every epoch, whether or not validation improved
-        dirpath=run_dir / "checkpoints",
-        filename="last",
-        save_top_k=1,
-        save_on_train_epoch_end=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    watch = RunWatch()
+    last = cb.FiniteModelCheckpoint(filename="last", save_on_train_epoch_end=True, **common)  # every epoch
     throughput = ThroughputMonitor(
         batch_size_fn=lambda batch: len(batch[0]),
         length_fn=(lambda batch: batch[0].numel()) if lm else None,  # tokens per second for text
         window_size=max(2, min(20, cfg.train.log_every_steps)),
     )
     ema = ema_callback(cfg)
-    all_callbacks: list[Any] = [checkpoint, last, watch, throughput, *([ema] if ema else []), *callbacks]
     show = cfg.system.progress_bar and not cfg.quiet
-    if show:
-        all_callbacks.append(ProgressBar(refresh_rate=1 if sys.stderr.isatty() else 20))
-        all_callbacks.append(ModelSummaryWithMacs(flops))
+    bar = [cb.ProgressBar(refresh_rate=1 if sys.stderr.isatty() else 20), cb.ModelSummaryWithMacs(flops)]
+    ours = [checkpoint, last, cb.StartStepMarker(), throughput, *([ema] if ema else [])]
     loggers = _loggers(cfg, run_dir)
-    trainer_args: dict[str, Any] = {
-        "default_root_dir": str(run_dir),
-        "max_epochs": cfg.train.epochs,
-        "max_steps": cfg.train.max_steps,
-        "accelerator": cfg.system.accelerator,
-        "devices": cfg.system.devices,
-        "num_nodes": cfg.system.num_nodes,
-        "strategy": cfg.system.strategy,
-        "sync_batchnorm": cfg.system.sync_batchnorm and _uses_cuda(cfg),
-        "precision": cfg.train.precision,
-        "gradient_clip_val": cfg.train.grad_clip,
-        "accumulate_grad_batches": cfg.train.accumulate,
-        "deterministic": cfg.train.deterministic,
-        "check_val_every_n_epoch": cfg.train.val_every_epochs,
-        "log_every_n_steps": cfg.train.log_every_steps,
-        "num_sanity_val_steps": 0,
-        "use_distributed_sampler": False,
-        "enable_progress_bar": show,
-        "enable_model_summary": show,
-        "callbacks": all_callbacks,
-        "logger": loggers,
-        "plugins": [AtomicCheckpointIO()],
-    }
-    if cfg.train.limit_train_batches != 1.0:  # Lightning warns about the default when it is passed explicitly
-        trainer_args["limit_train_batches"] = cfg.train.limit_train_batches
+    limit = cfg.train.limit_train_batches  # passed only when set: Lightning warns about the default otherwise
     try:
-        trainer = pl.Trainer(**trainer_args)
+        trainer = pl.Trainer(
+            default_root_dir=str(run_dir),
+            max_epochs=cfg.train.epochs,
+            max_steps=cfg.train.max_steps,
+            accelerator=cfg.system.accelerator,
+            devices=cfg.system.devices,
+            num_nodes=cfg.system.num_nodes,
+            strategy=cfg.system.strategy,
+            sync_batchnorm=cfg.system.sync_batchnorm and _uses_cuda(cfg),
+            precision=cfg.train.precision,
+            gradient_clip_val=cfg.train.grad_clip,
+            accumulate_grad_batches=cfg.train.accumulate,
+            deterministic=cfg.train.deterministic,
+            check_val_every_n_epoch=cfg.train.val_every_epochs,
+            log_every_n_steps=cfg.train.log_every_steps,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            enable_progress_bar=show,
+            enable_model_summary=show,
+            callbacks=[*ours, *callbacks, *(bar if show else [])],
+            logger=loggers,
+            plugins=[cb.AtomicCheckpointIO()],
+            **({"limit_train_batches": limit} if limit != 1.0 else {}),
+        )
     except (MisconfigurationException, ModuleNotFoundError, RuntimeError) as e:  # e.g. no GPU for accelerator=gpu
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
             f"system.accelerator={cfg.system.accelerator!r}, system.devices={cfg.system.devices!r}, "
-            f"system.strategy={cfg.system.strategy!r}: {first}"
+            f"system.strategy={cfg.system.strategy!r}: {(str(e).strip() or type(e).__name__).splitlines()[0]}"
         ) from None
 
     created = not run_dir.exists()
@@ -339,54 +269,61 @@ def _fit(
             f.write(" ".join(["lambdanet", "train", *argv]) + "\n")
         (run_dir / "env.json").write_text(json.dumps(_env_info(), indent=2) + "\n")
         for logger in loggers:
-            logger.log_hyperparams(_flat(to_dict(cfg)))
+            logger.log_hyperparams(to_dict(cfg))
         if not cfg.quiet:
             device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()  # the recipe may pin cpu
             where = f"on {trainer.num_devices} {device} device{'s' if trainer.num_devices > 1 else ''}"
             print(f"run directory: {run_dir} ({where}" + (f"; resuming {ckpt_path})" if ckpt_path else ")"), flush=True)
 
+    def run(phase: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """``call``; a signal during it (Lightning exits on SIGTERM, and on SIGINT after its graceful shutdown) prints
+        where it stopped the run and how to resume it, and raises :class:`RunInterrupted`."""
+        try:
+            out = call(*args, **kwargs)
+        except SystemExit:
+            signal_name = "SIGTERM" if trainer.received_sigterm else "SIGINT"
+        else:
+            if not trainer.received_sigterm:
+                return out
+            signal_name = "SIGTERM"
+        last = run_dir / "checkpoints" / "last.ckpt"
+        line = f"{signal_name} stopped {phase} at epoch {trainer.current_epoch} step {trainer.global_step}"
+        if last.is_file():
+            line += f"; last good checkpoint {last}; resume with: lambdanet train --resume {run_dir}"
+        else:
+            line += ", before the first checkpoint; nothing to resume"
+        if trainer.is_global_zero:
+            print(f"lambdanet train: {line}", file=sys.stderr, flush=True)
+        raise RunInterrupted(_EXIT_CODES[signal_name])
+
     start = time.perf_counter()
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # for the processes Lightning's DDP launcher starts
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    except BaseException:
-        if watch.signal is not None:
-            _interrupted(trainer, watch.signal, run_dir, "training")
-        if created and trainer.is_global_zero and not any((run_dir / "checkpoints").glob("*.ckpt")):
+        run("training", trainer.fit, module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except BaseException as e:
+        empty = not any((run_dir / "checkpoints").glob("*.ckpt"))
+        if created and empty and trainer.is_global_zero and not isinstance(e, RunInterrupted):
             shutil.rmtree(run_dir, ignore_errors=True)  # failed during set-up: leave nothing behind
         raise
-    if trainer.received_sigterm or trainer.interrupted:
-        _interrupted(trainer, watch.signal or "SIGTERM", run_dir, "training")
-    fit_seconds = time.perf_counter() - start
-
-    results: dict[str, Any] = {
-        "recipe": cfg.recipe,
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "task": info.task,
-        "fit_seconds": round(fit_seconds, 2),
-    }
+    results: dict[str, Any] = {"recipe": cfg.recipe, "model": cfg.model.name, "data": cfg.data.name, "task": info.task}
+    results["fit_seconds"] = round(time.perf_counter() - start, 2)
     best = str(run_dir / "checkpoints" / Path(checkpoint.best_model_path).name) if checkpoint.best_model_path else ""
+    say = print if trainer.is_global_zero else lambda *args, **kwargs: None
     if cfg.train.test_after_fit:
         use = best if best and Path(best).is_file() else None
-        if use is None and trainer.is_global_zero:
-            print("note: no validation before training stopped, so no best.ckpt; the final weights are tested")
+        if use is None:
+            say("note: no validation before training stopped, so no best.ckpt; the final weights are tested")
         split = "test" if info.has_test else "val"
-        if not info.has_test and trainer.is_global_zero:
-            print(f"note: data.root {cfg.data.root} has no test/ split; the final metrics are on val/", flush=True)
+        if not info.has_test:
+            say(f"note: data.root {cfg.data.root} has no test/ split; the final metrics are on val/", flush=True)
         if ema is not None:  # else its on_load_checkpoint would put the trained weights, not the average, in place
             trainer.callbacks.remove(ema)
-        try:
-            run_eval = trainer.test if info.has_test else trainer.validate
-            tested = run_eval(module, datamodule=datamodule, ckpt_path=use, verbose=False)
-        except BaseException:
-            if watch.signal is not None:
-                _interrupted(trainer, watch.signal, run_dir, f"the final {split} evaluation")
-            raise
-        if watch.signal is not None or trainer.received_sigterm:
-            _interrupted(trainer, watch.signal or "SIGTERM", run_dir, f"the final {split} evaluation")
+        evaluate = trainer.test if info.has_test else trainer.validate
+        tested = run(
+            f"the final {split} evaluation", evaluate, module, datamodule=datamodule, ckpt_path=use, verbose=False
+        )
         results.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
-        results["final_split"] = split
-        results["tested_checkpoint"] = use or "final weights"
+        results.update({"final_split": split, "tested_checkpoint": use or "final weights"})
     results.update(
         {
             "global_step": int(trainer.global_step),
@@ -397,12 +334,10 @@ def _fit(
         }
     )
     if trainer.is_global_zero:
-        metrics_csv = _merge_csv(sorted((run_dir / "logs").glob("version_*/metrics.csv")), run_dir / "metrics.csv")
-        if metrics_csv is not None:
+        rows = _merge_csv(sorted((run_dir / "logs").glob("version_*/metrics.csv")), run_dir / "metrics.csv")
+        if rows:
             try:
-                from lambdanet.train.plots import plot_curves
-
-                results["plot"] = str(plot_curves(metrics_csv, run_dir / "curves.png", title=run_dir.name))
+                results["plot"] = str(plot_curves(rows, run_dir / "curves.png", title=run_dir.name))
             except ValueError as e:
                 print(f"no plot: {e}", file=sys.stderr)
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -412,32 +347,14 @@ def _fit(
     return results
 
 
-def _interrupted(trainer: Any, signal_name: str, run_dir: Path, phase: str) -> None:
-    """Print where a signal stopped the run and how to resume it; raise :class:`RunInterrupted`."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    where = f"{signal_name} stopped {phase} at epoch {trainer.current_epoch} step {trainer.global_step}"
-    if last.is_file():
-        line = f"{where}; last good checkpoint {last}; resume with: lambdanet train --resume {run_dir}"
-    else:
-        line = f"{where}, before the first checkpoint; nothing to resume"
-    if trainer.is_global_zero:
-        print(f"lambdanet train: {line}", file=sys.stderr, flush=True)
-    raise RunInterrupted(_EXIT_CODES[signal_name])
-
-
-def _merge_csv(parts: list[Path], out: Path) -> Path | None:
-    """Concatenate the CSV logs of every attempt of a run (in order) into ``out``.
+def _merge_csv(parts: list[Path], out: Path) -> list[dict[str, str]]:
+    """Concatenate the CSV logs of every attempt of a run (in order) into ``out``; returns the rows.
 
     A resumed attempt restarts at the global step of its checkpoint (``start_step`` beside its CSV): the rows an
     earlier attempt logged from that step on were redone, and are dropped.
     """
-    import csv
-
     parts = sorted(parts, key=lambda p: int(p.parent.name.split("_")[-1]))
-    starts = []
-    for part in parts:
-        marker = part.parent / "start_step"
-        starts.append(int(marker.read_text()) if marker.is_file() else 0)
+    starts = [int(m.read_text()) if (m := p.parent / "start_step").is_file() else 0 for p in parts]
     rows: list[dict[str, str]] = []
     fields: list[str] = []
     for i, part in enumerate(parts):
@@ -445,29 +362,10 @@ def _merge_csv(parts: list[Path], out: Path) -> Path | None:
         with open(part, newline="") as f:
             reader = csv.DictReader(f)
             fields += [k for k in reader.fieldnames or [] if k not in fields]
-            for row in reader:
-                if limit is None or int(float(row.get("step") or 0)) < limit:
-                    rows.append(row)
-    if not rows:
-        return None
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return out
-
-
-def _world_size_hint(cfg: RunConfig) -> int:
-    """Processes the run will use (before the Trainer exists)."""
-    devices = cfg.system.devices
-    if isinstance(devices, int):
-        count = devices
-    elif isinstance(devices, list):
-        count = len(devices)
-    elif isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
-        count = int(devices)
-    else:
-        count = torch.cuda.device_count() if _uses_cuda(cfg) else 1
-    if count == -1:
-        count = torch.cuda.device_count() if _uses_cuda(cfg) else (os.cpu_count() or 1)
-    return max(1, count) * cfg.system.num_nodes
+            rows += [r for r in reader if limit is None or int(float(r.get("step") or 0)) < limit]
+    if rows:
+        with open(out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
