@@ -26,12 +26,12 @@ from collections.abc import Sequence
 
 import torch
 
-from lambdanet.layers.algorithms import blocked, conv, einsum, fft, logits, triton_fused
+from lambdanet.layers.algorithms import blocked, conv, einsum, fft, logits, triton_fused, unfold
 from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem
 
 __all__ = ["ALGORITHMS", "REGISTRY", "PositionAlgorithm", "Problem", "choose_algorithm", "usable"]
 
-_MODULES = (einsum, logits, blocked, conv, fft, triton_fused)
+_MODULES = (einsum, logits, blocked, conv, fft, triton_fused, unfold)
 REGISTRY: dict[str, PositionAlgorithm] = {m.ALGORITHM.name: m.ALGORITHM for m in _MODULES}
 ALGORITHMS = tuple(REGISTRY)
 
