@@ -17,23 +17,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem, lambdas_output
+from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem, add_content
 
-def lambda_p(v: Tensor, weight: Tensor, spatial: tuple[int, ...]) -> Tensor:
-    """(b, u, v, n) values -> (b, k, v, n) position lambdas."""
-    b, u, dv, _ = v.shape
+def position_lambdas(v: Tensor, weight: Tensor) -> Tensor:
+    """(b, T, H, W, u, v) values -> position lambdas (b, v, n, k), one Conv3d over the unfolded values."""
+    b, *spatial, u, dv = v.shape
     k, r = weight.shape[0], weight.shape[-1]
-    x = F.pad(v.transpose(1, 2).reshape(b * dv, u, *spatial), (r // 2, r // 2)).unfold(-1, r, 1)  # (b v) u S.. r
-    # channels (u r) last in memory: x[(b v), S.., (u r)] = v[b, u, v, S.. + j - r // 2] along the last axis
-    x = x.movedim(1, -2).reshape(b * dv, *spatial, u * r).movedim(-1, 1)
-    w = weight.movedim(1, -2).reshape(k, *weight.shape[2:-1], u * r).movedim(-1, 1).unsqueeze(-1)  # k (u r) K.. 1
+    x = F.pad(v.movedim(-1, 1), (0, 0, r // 2, r // 2)).unfold(-2, r, 1)  # b v T H W u r
+    # x[(b v), (u r), T, H, W] = v[b, T, H, W + j - r // 2, u, v] with (u j) last in memory (channels-last)
+    x = x.reshape(b * dv, *spatial, u * r).contiguous().movedim(-1, 1)
+    w = weight.movedim(1, -2).reshape(k, *weight.shape[2:-1], u * r).movedim(-1, 1).unsqueeze(-1)  # k (u r) K K 1
     w = w.contiguous(memory_format=torch.channels_last_3d)
-    out = F.conv3d(x, w, padding=(*(s // 2 for s in weight.shape[2:-1]), 0))  # (b v) k S.., k last in memory
-    return out.unflatten(0, (b, dv)).flatten(3).transpose(1, 2).contiguous()  # b k v n
+    out = F.conv3d(x, w, padding=(*(s // 2 for s in weight.shape[2:-1]), 0))  # (b v) k T H W, k last in memory
+    return out.movedim(1, -1).reshape(b, dv, -1, k)
 
 
 def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) -> Tensor:
-    return lambdas_output(q, lam_c, lambda vc: lambda_p(vc, weight, tuple(q.shape[1:-2])), v)
+    b, *spatial, h, k = q.shape
+    lam = position_lambdas(v, weight)  # b v n k
+    # y_n = lambda_p[n]^T q_n: one (h, k) @ (k, v) product per position, batched over (b, n)
+    y = torch.matmul(q.reshape(b, -1, h, k), lam.permute(0, 2, 3, 1))  # b n h v
+    return add_content(y.reshape(b, *spatial, h, -1), q, lam_c)
 
 
 def saved_floats(p: Problem) -> dict[str, int]:
