@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem, add_content
 
+
 def position_lambdas(v: Tensor, weight: Tensor) -> Tensor:
     """(b, T, H, W, u, v) values -> position lambdas (b, v, n, k), one Conv3d over the unfolded values."""
     b, *spatial, u, dv = v.shape
