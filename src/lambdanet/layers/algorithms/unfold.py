@@ -43,9 +43,8 @@ def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) ->
 
 def saved_floats(p: Problem) -> dict[str, int]:
     return {
-        "(b, h, k, n) and (b, u, v, n) copies of q, v": p.batch * (p.heads * p.dim_k + p.dim_u * p.dim_v) * p.n,
         "values unfolded along the last axis (b v u r n)": p.batch * p.dim_v * p.dim_u * p.kernel[-1] * p.n,
-        "position lambdas (b k v n)": p.batch * p.dim_k * p.dim_v * p.n,
+        "position lambdas, (b n, k, v) copy for the batched product": p.batch * p.dim_k * p.dim_v * p.n,
     }
 
 
