@@ -26,6 +26,7 @@ from _timing import forward_backward, median_ms
 
 from lambdanet import LambdaLayer, LambdaLayer3d
 from lambdanet.layers import ALGORITHMS
+from lambdanet.layers.algorithms import usable
 
 # (batch, dim, side, scope): LambdaResNet stages at 224 px, CIFAR stages, MobileNet-like maps, large maps.
 GRID = [
@@ -65,11 +66,12 @@ GRID_3D = [
 def _sweep_3d(reps: int, clock) -> None:
     """Interleaved timing (one call of each algorithm per round) of every algorithm except the quadratic einsum;
     logits only on small volumes."""
-    print("| batch | dim | volume | scope | logits | blocked | conv | fft | fastest | rule | rule / fastest |")
-    print("|" + "---|" * 11)
+    columns = [a for a in ALGORITHMS if a != "einsum" and usable(a, 3)]
+    print("| batch | dim | volume | scope | " + " | ".join(columns) + " | fastest | rule | rule / fastest |")
+    print("|" + "---|" * (len(columns) + 7))
     for batch, dim, volume, scope in GRID_3D:
         x = torch.randn(batch, dim, *volume, requires_grad=True)
-        names = ["logits", "blocked", "conv", "fft"] if math.prod(volume) <= 1200 else ["blocked", "conv", "fft"]
+        names = [a for a in columns if a != "logits" or math.prod(volume) <= 1200]
         fns = {a: forward_backward(LambdaLayer3d(dim, scope=scope, algorithm=a), x) for a in names}
         samples: dict[str, list[float]] = {a: [] for a in names}
         for _ in range(reps + 1):
@@ -80,7 +82,7 @@ def _sweep_3d(reps: int, clock) -> None:
         times = {a: statistics.median(t[1:]) * 1e3 for a, t in samples.items()}
         rule = LambdaLayer3d(dim, scope=scope).resolve_algorithm(batch, volume)
         fastest = min(times, key=times.__getitem__)
-        cells = " | ".join(f"{times[a]:.1f}" if a in times else "-" for a in ("logits", "blocked", "conv", "fft"))
+        cells = " | ".join(f"{times[a]:.1f}" if a in times else "-" for a in columns)
         shape = "x".join(map(str, volume))
         ratio = times[rule] / times[fastest]
         print(f"| {batch} | {dim} | {shape} | {scope} | {cells} | {fastest} | {rule} | {ratio:.2f} |")

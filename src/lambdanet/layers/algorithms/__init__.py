@@ -4,8 +4,8 @@ Axis legend: b batch | h heads | k query/key depth | v value depth | u intra-dep
 
 Shape: none (a registry and a pure function of the layer configuration and the input shape)
 
-Every module here (``einsum``, ``logits``, ``blocked``, ``conv``, ``fft``, ``triton_fused``) exposes ``ALGORITHM``, a
-:class:`PositionAlgorithm`: its ``output(q, v, weight, lam_c=None)`` (all compute the same sums, see
+Every module here (``einsum``, ``logits``, ``blocked``, ``conv``, ``fft``, ``triton_fused``, ``unfold``) exposes
+``ALGORITHM``, a :class:`PositionAlgorithm`: its ``output(q, v, weight, lam_c=None)`` (all compute the same sums, see
 :mod:`lambdanet.layers.algorithms._base`), the numbers of spatial axes it serves, ``available(device)``, its
 ``cost`` for ``auto`` and its memory model. Adding an algorithm is one module plus one entry in ``_MODULES``.
 
@@ -15,8 +15,9 @@ The work and memory of each are tabulated in ``docs/algorithms.md``.
 ``benchmarks/algorithm_sweep.py`` (forward + backward; results and the command in ``docs/algorithms.md``):
 ``logits`` wins when the scope covers at least a third of a small map; ``blocked`` for small scopes (up to 11x11,
 up to 23x23 when the value depth is 64 or more); ``fft`` for the other large scopes and global context on large
-maps. The paper's ``einsum`` and the ``conv`` lambda convolution never won a measured shape on CPU. On CUDA the rule
-is a guess that has not been measured on a GPU yet (``docs/algorithms.md``).
+maps; in 3-D ``unfold`` for scopes from 3x5x5 to 15x15x15. The paper's ``einsum`` and the ``conv`` lambda
+convolution never won a measured shape on CPU. On CUDA the rule is a guess that has not been measured on a GPU yet
+(``docs/algorithms.md``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from collections.abc import Sequence
 
 import torch
 
-from lambdanet.layers.algorithms import blocked, conv, einsum, fft, logits, triton_fused
+from lambdanet.layers.algorithms import blocked, conv, einsum, fft, logits, triton_fused, unfold
 from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem
 
 __all__ = ["ALGORITHMS", "REGISTRY", "PositionAlgorithm", "Problem", "choose_algorithm", "usable"]
 
-_MODULES = (einsum, logits, blocked, conv, fft, triton_fused)
+_MODULES = (einsum, logits, blocked, conv, fft, triton_fused, unfold)
 REGISTRY: dict[str, PositionAlgorithm] = {m.ALGORITHM.name: m.ALGORITHM for m in _MODULES}
 ALGORITHMS = tuple(REGISTRY)
 
