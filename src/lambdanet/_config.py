@@ -23,19 +23,6 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser, Namespace, _typehints, set_loader, set_parsing_settings
 
-__all__ = [
-    "MAX_YAML_NODES",
-    "ConfigError",
-    "build",
-    "config_parser",
-    "fail",
-    "field_types",
-    "load_yaml",
-    "parse",
-    "read_yaml_mapping",
-    "split_section",
-]
-
 MAX_YAML_NODES = 100_000
 """A YAML document may expand (aliases followed) to at most this many nodes; recipes have about a hundred."""
 
@@ -48,15 +35,7 @@ set_parsing_settings(instantiate_subclass_spec_in_any=False, docstring_parse_att
 # value (``model.overrides``); a value naming a class is passed through as data before that check.
 # tests/test_train_config.py::test_values_naming_classes_stay_data_and_import_nothing guards this.
 _adapt_any = _typehints.adapt_classes_any
-
-
-def _adapt_any_as_data(val: Any, *args: Any, **kwargs: Any) -> Any:
-    if _typehints.is_subclass_spec(val):
-        return val
-    return _adapt_any(val, *args, **kwargs)
-
-
-_typehints.adapt_classes_any = _adapt_any_as_data
+_typehints.adapt_classes_any = lambda v, *a, **k: v if _typehints.is_subclass_spec(v) else _adapt_any(v, *a, **k)
 
 
 class ConfigError(ValueError):
@@ -89,20 +68,18 @@ def _check_expansion(root: yaml.Node) -> None:
 
     def count(node: yaml.Node) -> int:
         key = id(node)
-        if key in size:
-            return size[key]
         if key in open_:
             raise ConfigError("the document has a recursive alias; refused")
-        open_.add(key)
-        children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else ()
-        total = 1 + sum(count(c) for child in children for c in (child if isinstance(child, tuple) else (child,)))
-        open_.discard(key)
-        if total > MAX_YAML_NODES:
-            raise ConfigError(
-                f"the document expands to more than {MAX_YAML_NODES} nodes through aliases (an alias bomb?); refused"
+        if key not in size:
+            open_.add(key)
+            children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else ()
+            size[key] = 1 + sum(
+                count(c) for child in children for c in (child if isinstance(child, tuple) else (child,))
             )
-        size[key] = total
-        return total
+            open_.discard(key)
+        if size[key] > MAX_YAML_NODES:
+            raise ConfigError(f"the document expands to more than {MAX_YAML_NODES} nodes through aliases; refused")
+        return size[key]
 
     count(root)
 
@@ -153,41 +130,26 @@ set_loader(_MODE, _load_value, exceptions=(yaml.YAMLError,))
 # ---------------------------------------------------------------------------------------------------- types
 
 
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
 def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
     """Dotted key -> annotation of every leaf field of dataclass ``cls`` (nested dataclasses are groups)."""
-    hints = typing.get_type_hints(cls)
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if _is_dataclass_type(tp):
-            out.update(field_types(tp, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = tp
+    hints, out = typing.get_type_hints(cls), {}
+    for name in (f.name for f in dataclasses.fields(cls)):
+        tp = hints[name]
+        nested = isinstance(tp, type) and dataclasses.is_dataclass(tp)
+        out.update(field_types(tp, f"{prefix}{name}.") if nested else {f"{prefix}{name}": tp})
     return out
 
 
-def _arms(tp: Any) -> tuple[Any, ...]:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return tuple(a for a in typing.get_args(tp) if a is not type(None))
-    return (tp,)
-
-
-def _is_bool(tp: Any) -> bool:
-    return _arms(tp) == (bool,)
-
-
-def _is_list(tp: Any) -> bool:
-    origin = typing.get_origin(_arms(tp)[0]) or _arms(tp)[0]
-    return len(_arms(tp)) == 1 and origin in (list, tuple, collections.abc.Sequence)
-
-
-def _is_dict(tp: Any) -> bool:
-    origin = typing.get_origin(_arms(tp)[0]) or _arms(tp)[0]
-    return origin in (dict, collections.abc.Mapping)
+def _kind(tp: Any) -> str | None:
+    """``"bool"``, ``"list"`` or ``"dict"`` for such an annotation (``| None`` allowed), else None."""
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    arms = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+    origin = typing.get_origin(arms[0]) or arms[0]
+    if arms == [bool]:
+        return "bool"
+    if origin in (dict, Mapping):
+        return "dict"
+    return "list" if len(arms) == 1 and origin in (list, tuple, collections.abc.Sequence) else None
 
 
 def type_name(tp: Any) -> str:
@@ -222,17 +184,11 @@ def config_parser(
     for flags, kwargs in extra:
         parser.add_argument(*flags, **kwargs)
     parser.lambdanet_keys = {}  # type: ignore[attr-defined]
-    parser.lambdanet_required = []  # type: ignore[attr-defined]
     for group in groups:
         key, cls = group if isinstance(group, tuple) else (None, group)
         parser.add_class_arguments(cls, nested_key=key, fail_untyped=True, instantiate=False, as_positional=True)
         _shared_docs(parser, cls, key)
         parser.lambdanet_keys.update(field_types(cls, f"{key}." if key else ""))  # type: ignore[attr-defined]
-        parser.lambdanet_required += [  # type: ignore[attr-defined]
-            f"{key}.{f.name}" if key else f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
     _plain_help(parser)
     return parser
 
@@ -268,60 +224,45 @@ def split_section(argv: list[str], section: str) -> tuple[list[str], list[str]]:
     rest: list[str] = []
     take = False
     for arg in argv:
-        if arg.startswith("--") and arg[2:].startswith(section + "."):
-            mine.append(arg)
-            take = "=" not in arg
-        elif take and not arg.startswith("--"):
-            mine.append(arg)
-            take = False
-        else:
-            rest.append(arg)
-            take = False
+        ours = arg.startswith(f"--{section}.") or (take and not arg.startswith("--"))
+        (mine if ours else rest).append(arg)
+        take = ours and arg.startswith("--") and "=" not in arg
     return mine, rest
 
 
 def normalize_argv(keys: Mapping[str, Any], argv: list[str]) -> list[str]:
     """Shell habits to jsonargparse syntax, from the field types alone.
 
-    ``--dim-k 4`` -> ``--dim_k 4``; a bare boolean ``--compile`` -> ``--compile=true``; ``--no-compile`` ->
-    ``--compile=false``; ``--sides 8 16`` (several words for a list) -> ``--sides=["8", "16"]``.
+    ``--dim-k 4`` -> ``--dim_k=4``; a bare boolean ``--compile`` -> ``--compile=true``; ``--no-compile`` ->
+    ``--compile=false``; ``--sides 8 16`` (several words for a list) -> ``--sides=["8", "16"]``. One value is joined
+    with ``=`` so that argparse does not read ``-1e-4`` as an option; further words are positionals.
     """
     out: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         i += 1
+        name, eq, value = arg[2:].partition("=")
+        under = name.replace("-", "_")
         if not arg.startswith("--") or arg == "--":
             out.append(arg)
             continue
-        name, eq, value = arg[2:].partition("=")
-        under = name.replace("-", "_")
-        if under in keys:
-            name = under
-        elif under.startswith("no_") and under[3:] in keys and _is_bool(keys[under[3:]]) and not eq:
+        if under not in keys and under.startswith("no_") and not eq and _kind(keys.get(under[3:])) == "bool":
             out.append(f"--{under[3:]}=false")
             continue
-        if eq:
-            out.append(f"--{name}={value}")
-            continue
+        name = under if under in keys else name
         words = []
-        while i < len(argv) and not argv[i].startswith("--"):
+        while not eq and i < len(argv) and not argv[i].startswith("--"):
             words.append(argv[i])
             i += 1
-        tp = keys.get(name)
-        if tp is not None and _is_bool(tp):
-            if words and words[0].lower() in _BOOL_WORDS:
-                out.append(f"--{name}={words.pop(0)}")
-            else:
-                out.append(f"--{name}=true")
-        elif tp is not None and _is_list(tp) and words and not words[0].lstrip().startswith(("[", "(")):
-            out.append(f"--{name}={json.dumps(words)}")
-            words = []
-        elif words:  # one value; "--key=value" keeps argparse from reading "-1e-4" as an option
-            out.append(f"--{name}={words.pop(0)}")
-        else:
-            out.append(f"--{name}")
-        out.extend(words)  # positionals
+        kind = _kind(keys.get(name))
+        if kind == "bool" and not eq:
+            eq, value = "=", words.pop(0) if words and words[0].lower() in _BOOL_WORDS else "true"
+        elif kind == "list" and words and not words[0].lstrip().startswith(("[", "(")):
+            eq, value, words = "=", json.dumps(words), []
+        elif words:
+            eq, value = "=", words.pop(0)
+        out += [f"--{name}{eq}{value}", *words]
     return out
 
 
@@ -336,10 +277,8 @@ def _merge_dict_fields(keys: Mapping[str, Any], base: Namespace, data: Mapping[s
                 raise ConfigError(f"{key}={v!r} must be a mapping of keys (a section), got {type(v).__name__}")
             else:
                 _merge_dict_fields(keys, base, v, key + ".")
-        elif key in keys and _is_dict(keys[key]) and isinstance(v, Mapping):
-            current = base.get(key)
-            if isinstance(current, Mapping):
-                data[k] = {**current, **v}  # type: ignore[index]
+        elif _kind(keys.get(key)) == "dict" and isinstance(v, Mapping) and isinstance(base.get(key), Mapping):
+            data[k] = {**base.get(key), **v}  # type: ignore[index]
 
 
 def parse(
@@ -367,7 +306,7 @@ def parse(
     if argv:
         args = normalize_argv(keys, argv)
         ns = _parse_step(keys, lambda: parser.parse_args(args, namespace=ns))
-    missing = [k for k in parser.lambdanet_required if ns.get(k) is None]  # type: ignore[attr-defined]
+    missing = [a.dest for a in parser._actions if not a.option_strings and ns.get(a.dest) is None]  # positionals
     if missing:
         raise ConfigError(f"{missing[0]} is required ({parser.prog} --help)")
     return ns
@@ -381,9 +320,7 @@ def _parse_step(keys: Mapping[str, Any], step: Any) -> Namespace:
         raise
     except Exception as e:  # jsonargparse raises ArgumentError (and TypeError/ValueError from loaders)
         line = _one_line(str(e), keys)
-        if _refused:
-            line = f"{line.split('=')[0]}: {_refused[-1]}"
-        raise ConfigError(line) from e
+        raise ConfigError(f"{line.split('=')[0]}: {_refused[-1]}" if _refused else line) from e
 
 
 def build(cls: type, ns: Namespace) -> Any:
@@ -394,45 +331,34 @@ def build(cls: type, ns: Namespace) -> Any:
 def _copy(data: Any) -> Any:
     if isinstance(data, Mapping):
         return {k: _copy(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_copy(v) for v in data]
-    return data
+    return [_copy(v) for v in data] if isinstance(data, (list, tuple)) else data
 
 
-def _suggest(key: str, keys: Iterable[str]) -> str:
-    keys = list(keys)
-    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-    if not close:  # a right leaf in the wrong section, or a right section with a typo in the leaf
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf][:3]
-    return f"; did you mean {', '.join(close)}?" if close else "; --help lists the valid keys"
+_UNKNOWN = (  # jsonargparse's wordings of an unknown key
+    r"unrecognized arguments: -*([^\s=]+)",
+    r"Group '([^']+)' does not accept option '([^']+)'",
+    r"(?:Option|Key) '([^']+)' is not (?:accepted|expected)",
+)
 
 
 def _one_line(message: str, keys: Mapping[str, Any]) -> str:
     """jsonargparse's (often multi-line) error as one line naming the key, the value and what was expected."""
-    m = re.search(r"unrecognized arguments: (\S+)", message)
-    if m:
-        key = m.group(1).lstrip("-").split("=")[0]
-        return f"unknown key {key!r}{_suggest(key, keys)}"
-    m = re.search(r"Group '([^']+)' does not accept option '([^']+)'", message)
-    if m:
-        key = f"{m.group(1)}.{m.group(2)}"
-        return f"unknown key {key!r}{_suggest(key, keys)}"
-    m = re.search(r"(?:Option|Key) '([^']+)' is not (?:accepted|expected)", message)
-    if m:
-        key = m.group(1)
-        return f"unknown key {key!r}{_suggest(key, keys)}"
+    for pattern in _UNKNOWN:
+        m = re.search(pattern, message)
+        if m:
+            key = ".".join(m.groups())
+            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+            close = close or [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]  # wrong section
+            return f"unknown key {key!r}" + (
+                f"; did you mean {', '.join(close)}?" if close else "; --help lists the valid keys"
+            )
     m = re.search(r'Parser key "([^"]+)"', message)
     if m:
-        key = m.group(1)
         got = re.findall(r"(?:Given|Got) value: (.*)", message)
-        value = got[-1].strip() if got else "?"
-        expected = type_name(keys[key]) if key in keys else "a valid value"
-        return f"{key}={value}: expected {expected}"
+        expected = type_name(keys[m.group(1)]) if m.group(1) in keys else "a valid value"
+        return f"{m.group(1)}={got[-1].strip() if got else '?'}: expected {expected}"
     m = re.search(r"argument (\S+): expected one argument", message)
-    if m:
-        return f"{m.group(1)} needs a value"
-    return " ".join(message.split())
+    return f"{m.group(1)} needs a value" if m else " ".join(message.split())
 
 
 def fail(prog: str, error: BaseException | str) -> int:
