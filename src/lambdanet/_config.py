@@ -16,7 +16,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +359,34 @@ def _one_line(message: str, keys: Mapping[str, Any]) -> str:
         return f"{m.group(1)}={got[-1].strip() if got else '?'}: expected {expected}"
     m = re.search(r"argument (\S+): expected one argument", message)
     return f"{m.group(1)} needs a value" if m else " ".join(message.split())
+
+
+def command(options: type, *sections: tuple[str, type], prog: str, description: str, usage: str) -> Callable:
+    """Decorator: ``body(opts, *section_argvs) -> int`` as the ``main(argv) -> int`` of the command ``prog``.
+
+    ``argv`` is parsed into the dataclass ``options``; the ``--section.*`` words of each ``(section, dataclass)`` of
+    ``sections`` are passed on as they are (``--help`` lists their keys). ``-h`` prints the help (status 0); a
+    ``ValueError`` from the parsing or from ``body`` is one line on stderr (status 2).
+    """
+
+    def wrap(body: Callable[..., int]) -> Callable[[list[str]], int]:
+        def main(argv: list[str]) -> int:
+            parser = config_parser(options, *sections, prog=prog, description=description, usage=usage)
+            if "-h" in argv or "--help" in argv:
+                parser.print_help()
+                return 0
+            try:
+                section_argvs = []
+                for key, _ in sections:
+                    mine, argv = split_section(argv, key)
+                    section_argvs.append(mine)
+                return body(build(options, parse(parser, [], argv)), *section_argvs)
+            except ValueError as e:
+                return fail(prog, e)
+
+        return main
+
+    return wrap
 
 
 def fail(prog: str, error: BaseException | str) -> int:
