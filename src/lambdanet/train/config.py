@@ -14,6 +14,8 @@ import dataclasses
 import difflib
 import functools
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePath
@@ -33,14 +35,12 @@ __all__ = [
     "SchedConfig",
     "SystemConfig",
     "TrainConfig",
-    "apply_overrides",
     "check_hardware",
     "config_from_dict",
     "find_recipe",
     "list_recipes",
     "load_config",
     "resolve",
-    "run_parser",
     "to_dict",
     "to_yaml",
 ]
@@ -214,49 +214,18 @@ class RunConfig:
 
 # ---------------------------------------------------------------------------------------------------- validation
 
-_OPTIMIZERS = ("sgd", "adamw", "rmsprop")
-_SCHEDULES = ("cosine", "multistep", "exponential", "constant")
-_MATMUL = ("highest", "high", "medium")
-_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-
-
-def _optional(rule: Any) -> Any:
-    return lambda v: v is None or rule(v)
-
-
-def _positive(v: Any) -> bool:
-    return v > 0
-
-
-def _in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Any:
-    return lambda v: (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-
-
-def _safe_name(v: str) -> bool:
-    return bool(v) and v not in (".", "..") and "/" not in v and "\\" not in v and not PurePath(v).is_absolute()
-
 
 def _devices_ok(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, int):
-        return v >= 1 or v == -1
-    if isinstance(v, str):
-        text = v.strip()
-        if text in ("auto", "-1"):
-            return True
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        if len(parts) == 1 and parts[0].isdigit():
-            return int(parts[0]) >= 1 or text.endswith(",")  # "3" = three devices, "0," = device 0
-        return bool(parts) and all(p.isdigit() for p in parts)
+    if isinstance(v, str):  # "auto", "-1" (all), "3" (three devices), "0," or "0,2" (device ids)
+        ids = [p.strip() for p in v.split(",") if p.strip()]
+        one = len(ids) == 1 and ids[0].isdigit() and (int(ids[0]) >= 1 or v.strip().endswith(","))
+        return v.strip() in ("auto", "-1") or one or (len(ids) > 1 and all(p.isdigit() for p in ids))
     if isinstance(v, list):
-        return bool(v) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
-    return False
+        return bool(v) and all(type(i) is int and i >= 0 for i in v)
+    return type(v) is int and (v >= 1 or v == -1)
 
 
 def _precisions() -> tuple[str, ...]:
-    import typing
-
     from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
     return typing.get_args(_PRECISION_INPUT_STR) + typing.get_args(_PRECISION_INPUT_STR_ALIAS)
@@ -268,80 +237,89 @@ def _strategies() -> tuple[str, ...]:
     return ("auto", *StrategyRegistry.available_strategies())
 
 
-# (key, check, rule). Values are read by dotted key; a key that no longer exists is a test failure.
+_CHOICES: dict[str, Any] = {
+    "optim.name": lambda: ("sgd", "adamw", "rmsprop"),
+    "sched.name": lambda: ("cosine", "multistep", "exponential", "constant"),
+    "train.precision": _precisions,
+    "system.accelerator": lambda: ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+    "system.strategy": _strategies,
+    "system.matmul_precision": lambda: ("highest", "high", "medium"),
+}
+
+_BATCHES = "a batch count >= 1 or a fraction in (0, 1]"
+# (key, check, rule). A rule "must be [null or ]> 0 | >= 1 | in [0, 1) | ..." with check None is checked as
+# worded; a key in _CHOICES with check None must be one of its choices. A key that no longer exists fails a test.
 RULES: list[tuple[str, Any, str]] = [
-    ("seed", _in(0, 2**32 - 1), "must be in [0, 2**32 - 1]"),
-    ("optim.name", lambda v: v in _OPTIMIZERS, f"expected one of {list(_OPTIMIZERS)}"),
-    ("optim.lr", _positive, "must be > 0"),
-    ("optim.lr_base_batch", _optional(lambda v: v >= 1), "must be null or >= 1 (the rate is lr * batch / this)"),
-    ("optim.weight_decay", lambda v: v >= 0, "must be >= 0"),
-    ("optim.momentum", _in(0, 1), "must be in [0, 1]"),
+    ("seed", lambda v: 0 <= v <= 2**32 - 1, "must be in [0, 2**32 - 1]"),
+    ("optim.name", None, "expected one of {choices}"),
+    ("optim.lr", None, "must be > 0"),
+    ("optim.lr_base_batch", None, "must be null or >= 1 (the rate is lr * batch / this)"),
+    ("optim.weight_decay", None, "must be >= 0"),
+    ("optim.momentum", None, "must be in [0, 1]"),
     ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
-    ("optim.eps", _positive, "must be > 0"),
-    ("optim.alpha", _in(0, 1), "must be in [0, 1]"),
-    ("sched.name", lambda v: v in _SCHEDULES, f"expected one of {list(_SCHEDULES)}"),
-    ("sched.warmup_epochs", lambda v: v >= 0, "must be >= 0"),
-    ("sched.warmup_start_factor", _in(0, 1), "must be in [0, 1] (the warm-up rises from this fraction of lr)"),
+    ("optim.eps", None, "must be > 0"),
+    ("optim.alpha", None, "must be in [0, 1]"),
+    ("sched.name", None, "expected one of {choices}"),
+    ("sched.warmup_epochs", None, "must be >= 0"),
+    ("sched.warmup_start_factor", None, "must be in [0, 1] (the warm-up rises from this fraction of lr)"),
     ("sched.milestones", lambda v: all(m >= 0 for m in v), "must be epochs >= 0"),
-    (
-        "sched.gamma",
-        _in(0, 1, lo_open=True),
-        "must be in (0, 1] (above 1 the rate rises, at or below 0 it is not positive)",
-    ),
-    ("sched.decay_every_epochs", _positive, "must be > 0"),
-    ("sched.min_lr_factor", _in(0, 1), "must be in [0, 1] (the final rate as a fraction of the peak)"),
-    ("train.epochs", lambda v: v >= 1, "must be >= 1"),
+    ("sched.gamma", None, "must be in (0, 1] (above 1 the rate rises, at or below 0 it is not positive)"),
+    ("sched.decay_every_epochs", None, "must be > 0"),
+    ("sched.min_lr_factor", None, "must be in [0, 1] (the final rate as a fraction of the peak)"),
+    ("train.epochs", None, "must be >= 1"),
     ("train.max_steps", lambda v: v != 0, "leaves nothing to train; use -1 (no limit) or a positive step count"),
     ("train.max_steps", lambda v: v >= -1, "must be -1 (no limit) or a positive step count"),
-    (
-        "train.limit_train_batches",
-        lambda v: v != 0,
-        "leaves nothing to train; use a batch count >= 1 or a fraction in (0, 1]",
-    ),
-    (
-        "train.limit_train_batches",
-        lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1,
-        "must be a batch count >= 1 or a fraction in (0, 1]",
-    ),
-    ("train.label_smoothing", _in(0, 1, hi_open=True), "must be in [0, 1)"),
-    ("train.grad_clip", _optional(_positive), "must be null or > 0"),
-    ("train.accumulate", lambda v: v >= 1, "must be >= 1"),
-    ("train.ema_decay", _optional(_in(0, 1, lo_open=True, hi_open=True)), "must be null or in (0, 1)"),
-    ("train.bn_momentum", _optional(_in(0, 1)), "must be null or in [0, 1]"),
+    ("train.limit_train_batches", lambda v: v != 0, f"leaves nothing to train; use {_BATCHES}"),
+    ("train.limit_train_batches", lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1, f"must be {_BATCHES}"),
+    ("train.label_smoothing", None, "must be in [0, 1)"),
+    ("train.grad_clip", None, "must be null or > 0"),
+    ("train.accumulate", None, "must be >= 1"),
+    ("train.ema_decay", None, "must be null or in (0, 1)"),
+    ("train.bn_momentum", None, "must be null or in [0, 1]"),
     ("train.precision", lambda v: str(v) in _precisions(), "is not a Lightning precision; expected e.g. {choices}"),
-    ("train.val_every_epochs", lambda v: v >= 1, "must be >= 1"),
-    ("train.log_every_steps", lambda v: v >= 1, "must be >= 1"),
-    ("data.batch_size", lambda v: v >= 1, "must be >= 1"),
-    ("data.eval_batch_size", _optional(lambda v: v >= 1), "must be null or >= 1"),
-    ("data.image_size", _optional(lambda v: v >= 1), "must be null or >= 1"),
-    ("data.num_workers", lambda v: v >= 0, "must be >= 0"),
-    ("system.accelerator", lambda v: v in _ACCELERATORS, f"expected one of {list(_ACCELERATORS)}"),
+    ("train.val_every_epochs", None, "must be >= 1"),
+    ("train.log_every_steps", None, "must be >= 1"),
+    ("data.batch_size", None, "must be >= 1"),
+    ("data.eval_batch_size", None, "must be null or >= 1"),
+    ("data.image_size", None, "must be null or >= 1"),
+    ("data.num_workers", None, "must be >= 0"),
+    ("system.accelerator", None, "expected one of {choices}"),
     ("system.devices", _devices_ok, "expected 'auto', a count >= 1 (-1: all), or a non-empty list of device ids"),
-    ("system.num_nodes", lambda v: v >= 1, "must be >= 1"),
-    ("system.strategy", lambda v: v in _strategies(), "is not a Lightning strategy; did you mean {choices}?"),
+    ("system.num_nodes", None, "must be >= 1"),
+    ("system.strategy", None, "is not a Lightning strategy; did you mean {choices}?"),
     ("system.out_dir", lambda v: bool(v) and not Path(v).is_file(), "must name a folder (it is empty or a file)"),
-    ("system.run_name", _optional(_safe_name), "must be a plain folder name (no separators, '.', '..' or root)"),
-    ("system.matmul_precision", lambda v: v in _MATMUL, f"expected one of {list(_MATMUL)}"),
+    (
+        "system.run_name",
+        lambda v: (
+            v is None or (v not in ("", ".", "..") and not {"/", "\\"} & set(v) and not PurePath(v).is_absolute())
+        ),
+        "must be a plain folder name (no separators, '.', '..' or root)",
+    ),
+    ("system.matmul_precision", None, "expected one of {choices}"),
 ]
-
-_CHOICES = {"train.precision": _precisions, "system.strategy": _strategies}
-
-
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+_WORDED = re.compile(r"must be (null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])])|(>=?) ([-\d.]+))")
 
 
-def _leaves(value: Any, key: str) -> Any:
+def _as_worded(rule: str, v: Any) -> bool:
+    """``v`` against a rule worded ``must be [null or ](> x | >= x | in [lo, hi] | in (lo, hi) | ...)``."""
+    null, lo_side, lo, hi, hi_side, op, bound = _WORDED.match(rule).groups()  # type: ignore[union-attr]
+    if v is None:
+        return bool(null)
+    if op:
+        return v > float(bound) or (op == ">=" and v == float(bound))
+    low_ok = v > float(lo) or (lo_side == "[" and v == float(lo))
+    return low_ok and (v < float(hi) or (hi_side == "]" and v == float(hi)))
+
+
+def _check_finite(value: Any, key: str = "") -> None:
     if isinstance(value, dict):
         for k, v in value.items():
-            yield from _leaves(v, f"{key}.{k}" if key else str(k))
+            _check_finite(v, f"{key}.{k}" if key else str(k))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            yield from _leaves(v, f"{key}[{i}]")
-    else:
-        yield key, value
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -354,19 +332,17 @@ def validate(cfg: RunConfig) -> None:
     Raises:
         ConfigError: (a ``ValueError``) one line naming the key, the value and the rule.
     """
-    for key, value in _leaves(to_dict(cfg), ""):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r} must be a finite number")
+    _check_finite(to_dict(cfg))
     for key, check, rule in RULES:
-        value = _get(cfg, key)
+        value = functools.reduce(getattr, key.split("."), cfg)
+        choices = _CHOICES[key]() if key in _CHOICES else ()
         try:
-            ok = bool(check(value))
+            ok = bool(check(value)) if check else (value in choices if choices else _as_worded(rule, value))
         except TypeError:
             ok = False
         if not ok:
-            choices = _CHOICES[key]() if key in _CHOICES else ()
-            close = difflib.get_close_matches(str(value), choices, n=3) or list(choices)[:6]
-            raise ConfigError(f"{key}={value!r} {rule.format(choices=', '.join(close))}")
+            close = difflib.get_close_matches(str(value), choices, n=3) if len(choices) > 6 else []
+            raise ConfigError(f"{key}={value!r} {rule.format(choices=', '.join(close or choices[:6]))}")
     try:
         cfg.data.validate()
     except ValueError as e:
@@ -405,17 +381,8 @@ def to_yaml(cfg: Any) -> str:
 
 
 @functools.cache
-def run_parser() -> Any:
-    """The jsonargparse parser of :class:`RunConfig` (options ``--section.key``)."""
+def _run_parser() -> Any:
     return config_parser(RunConfig, prog="lambdanet train", description="Run configuration.")
-
-
-def _instantiate(parser: Any, ns: Any) -> RunConfig:
-    try:
-        init = parser.instantiate(ns)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(" ".join(str(e).split())) from e
-    return RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
 
 
 def resolve(layers: list[Any], argv: list[str] | None = None, *, parser: Any = None, check: bool = True) -> RunConfig:
@@ -425,8 +392,13 @@ def resolve(layers: list[Any], argv: list[str] | None = None, *, parser: Any = N
     Raises:
         ConfigError: unknown key, ill-typed value or (``check``) a value outside its domain.
     """
-    parser = parser or run_parser()
-    cfg = _instantiate(parser, parse(parser, layers, argv))
+    parser = parser or _run_parser()
+    ns = parse(parser, layers, argv)
+    try:
+        init = parser.instantiate(ns)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(" ".join(str(e).split())) from e
+    cfg = RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
     if check:
         cfg.validate()
     return cfg
@@ -479,11 +451,6 @@ def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = No
         ValueError: unknown recipe, unknown key, ill-typed or out-of-range value (one line).
     """
     return resolve([recipe_layer(recipe or DEFAULT_RECIPE), overrides or {}])
-
-
-def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """A new validated :class:`RunConfig`: ``cfg`` with the nested ``overrides`` merged in."""
-    return resolve([to_dict(cfg), overrides])
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
