@@ -237,21 +237,12 @@ def _strategies() -> tuple[str, ...]:
     return ("auto", *StrategyRegistry.available_strategies())
 
 
-_CHOICES: dict[str, Any] = {
-    "optim.name": lambda: ("sgd", "adamw", "rmsprop"),
-    "sched.name": lambda: ("cosine", "multistep", "exponential", "constant"),
-    "train.precision": _precisions,
-    "system.accelerator": lambda: ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
-    "system.strategy": _strategies,
-    "system.matmul_precision": lambda: ("highest", "high", "medium"),
-}
-
 _BATCHES = "a batch count >= 1 or a fraction in (0, 1]"
-# (key, check, rule). A rule "must be [null or ]> 0 | >= 1 | in [0, 1) | ..." with check None is checked as
-# worded; a key in _CHOICES with check None must be one of its choices. A key that no longer exists fails a test.
+# (key, check, rule): check(value) is true for a good value; a rule with "{choices}" takes check() = the choices; a
+# rule "must be [null or ]> 0 | >= 1 | in [0, 1) | ..." without check is checked as worded. Each key must exist.
 RULES: list[tuple[str, Any, str]] = [
     ("seed", lambda v: 0 <= v <= 2**32 - 1, "must be in [0, 2**32 - 1]"),
-    ("optim.name", None, "expected one of {choices}"),
+    ("optim.name", lambda: ("sgd", "adamw", "rmsprop"), "expected one of {choices}"),
     ("optim.lr", None, "must be > 0"),
     ("optim.lr_base_batch", None, "must be null or >= 1 (the rate is lr * batch / this)"),
     ("optim.weight_decay", None, "must be >= 0"),
@@ -259,7 +250,7 @@ RULES: list[tuple[str, Any, str]] = [
     ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
     ("optim.eps", None, "must be > 0"),
     ("optim.alpha", None, "must be in [0, 1]"),
-    ("sched.name", None, "expected one of {choices}"),
+    ("sched.name", lambda: ("cosine", "multistep", "exponential", "constant"), "expected one of {choices}"),
     ("sched.warmup_epochs", None, "must be >= 0"),
     ("sched.warmup_start_factor", None, "must be in [0, 1] (the warm-up rises from this fraction of lr)"),
     ("sched.milestones", lambda v: all(m >= 0 for m in v), "must be epochs >= 0"),
@@ -276,17 +267,17 @@ RULES: list[tuple[str, Any, str]] = [
     ("train.accumulate", None, "must be >= 1"),
     ("train.ema_decay", None, "must be null or in (0, 1)"),
     ("train.bn_momentum", None, "must be null or in [0, 1]"),
-    ("train.precision", lambda v: str(v) in _precisions(), "is not a Lightning precision; expected e.g. {choices}"),
+    ("train.precision", _precisions, "is not a Lightning precision; expected e.g. {choices}"),
     ("train.val_every_epochs", None, "must be >= 1"),
     ("train.log_every_steps", None, "must be >= 1"),
     ("data.batch_size", None, "must be >= 1"),
     ("data.eval_batch_size", None, "must be null or >= 1"),
     ("data.image_size", None, "must be null or >= 1"),
     ("data.num_workers", None, "must be >= 0"),
-    ("system.accelerator", None, "expected one of {choices}"),
+    ("system.accelerator", lambda: ("auto", "cpu", "gpu", "cuda", "mps", "tpu"), "expected one of {choices}"),
     ("system.devices", _devices_ok, "expected 'auto', a count >= 1 (-1: all), or a non-empty list of device ids"),
     ("system.num_nodes", None, "must be >= 1"),
-    ("system.strategy", None, "is not a Lightning strategy; did you mean {choices}?"),
+    ("system.strategy", _strategies, "is not a Lightning strategy; did you mean {choices}?"),
     ("system.out_dir", lambda v: bool(v) and not Path(v).is_file(), "must name a folder (it is empty or a file)"),
     (
         "system.run_name",
@@ -295,7 +286,7 @@ RULES: list[tuple[str, Any, str]] = [
         ),
         "must be a plain folder name (no separators, '.', '..' or root)",
     ),
-    ("system.matmul_precision", None, "expected one of {choices}"),
+    ("system.matmul_precision", lambda: ("highest", "high", "medium"), "expected one of {choices}"),
 ]
 _WORDED = re.compile(r"must be (null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])])|(>=?) ([-\d.]+))")
 
@@ -335,9 +326,9 @@ def validate(cfg: RunConfig) -> None:
     _check_finite(to_dict(cfg))
     for key, check, rule in RULES:
         value = functools.reduce(getattr, key.split("."), cfg)
-        choices = _CHOICES[key]() if key in _CHOICES else ()
+        choices = check() if "{choices}" in rule else ()
         try:
-            ok = bool(check(value)) if check else (value in choices if choices else _as_worded(rule, value))
+            ok = value in choices if choices else bool(check(value)) if check else _as_worded(rule, value)
         except TypeError:
             ok = False
         if not ok:
