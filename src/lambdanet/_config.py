@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import docstring_parser
 import yaml
 from jsonargparse import ArgumentParser, Namespace, _typehints, set_loader, set_parsing_settings
 
@@ -184,38 +185,29 @@ def config_parser(
     for flags, kwargs in extra:
         parser.add_argument(*flags, **kwargs)
     parser.lambdanet_keys = {}  # type: ignore[attr-defined]
+    shared = {}
     for group in groups:
         key, cls = group if isinstance(group, tuple) else (None, group)
         parser.add_class_arguments(cls, nested_key=key, fail_untyped=True, instantiate=False, as_positional=True)
-        _shared_docs(parser, cls, key)
         parser.lambdanet_keys.update(field_types(cls, f"{key}." if key else ""))  # type: ignore[attr-defined]
-    _plain_help(parser)
+        for doc in docstring_parser.parse(cls.__doc__ or "").params:
+            names = [n.strip() for n in doc.arg_name.split(",")] if "," in doc.arg_name else []
+            shared.update({f"{key}.{n}" if key else n: doc.description for n in names})
+    _plain_help(parser, shared)
     return parser
 
 
-def _plain_help(parser: ArgumentParser) -> None:
-    """Help texts come from reST docstrings: ````x```` and ``:func:`x``` read as ```x``` on a terminal."""
+def _plain_help(parser: ArgumentParser, shared: dict[str, str]) -> None:
+    """Help texts as a terminal shows them: fields documented together (``batch, dim: layer shape.``, which
+    docstring_parser keeps as one) get the shared sentence; ````x```` and ``:func:`x``` read as ```x```."""
+    for action in parser._actions:
+        action.help = action.help or shared.get(action.dest)
     groups = list((getattr(parser, "groups", None) or {}).values())  # jsonargparse's groups of class arguments
     for item in [parser, *parser._actions, *parser._action_groups, *groups]:
         for attr in ("help", "description", "title"):
             text = getattr(item, attr, None)
             if isinstance(text, str) and "`" in text:
                 setattr(item, attr, re.sub(r":[a-z]+:`", "`", text.replace("``", "`")))  # also :func:`x` -> `x`
-
-
-def _shared_docs(parser: ArgumentParser, cls: type, key: str | None) -> None:
-    """Help for fields documented together (``batch, dim: layer shape.``), which docstring_parser keeps as one."""
-    import docstring_parser
-
-    docs = {}
-    for param in docstring_parser.parse(cls.__doc__ or "").params:
-        names = [n.strip() for n in param.arg_name.split(",")]
-        if len(names) > 1:
-            docs.update(dict.fromkeys(names, param.description))
-    for action in parser._actions:
-        name = action.dest.removeprefix(f"{key}.") if key else action.dest
-        if name in docs and not action.help:
-            action.help = docs[name]
 
 
 def split_section(argv: list[str], section: str) -> tuple[list[str], list[str]]:
@@ -323,11 +315,6 @@ def _parse_step(keys: Mapping[str, Any], step: Any) -> Namespace:
         raise ConfigError(f"{line.split('=')[0]}: {_refused[-1]}" if _refused else line) from e
 
 
-def build(cls: type, ns: Namespace) -> Any:
-    """An instance of the flat dataclass ``cls`` from the top-level values of a parsed namespace."""
-    return cls(**{f.name: ns.get(f.name) for f in dataclasses.fields(cls)})
-
-
 def _copy(data: Any) -> Any:
     if isinstance(data, Mapping):
         return {k: _copy(v) for k, v in data.items()}
@@ -380,7 +367,8 @@ def command(options: type, *sections: tuple[str, type], prog: str, description: 
                 for key, _ in sections:
                     mine, argv = split_section(argv, key)
                     section_argvs.append(mine)
-                return body(build(options, parse(parser, [], argv)), *section_argvs)
+                ns = parse(parser, [], argv)
+                return body(options(**{f.name: ns.get(f.name) for f in dataclasses.fields(options)}), *section_argvs)
             except ValueError as e:
                 return fail(prog, e)
 

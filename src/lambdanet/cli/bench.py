@@ -85,14 +85,14 @@ _ALIASES = {"--peak": "--measure_peak", "--no-peak": "--measure_peak=false", "--
 _print = functools.partial(print, flush=True)
 
 
-def _commands() -> dict[str, tuple[str, tuple[type, ...]]]:
+def _commands() -> dict[str, tuple[str, type]]:
     from lambdanet.bench.layer import LayerBenchConfig
     from lambdanet.bench.model import ModelBenchConfig
 
     return {
-        "layer": ("one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks", (LayerBenchConfig,)),
-        "model": ("models: training/inference images per second, memory, params, MACs", (ModelBenchConfig,)),
-        "memory": ("the paper's Table 4 from the memory model, checked against measurement", (MemoryOptions,)),
+        "layer": ("one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks", LayerBenchConfig),
+        "model": ("models: training/inference images per second, memory, params, MACs", ModelBenchConfig),
+        "memory": ("the paper's Table 4 from the memory model, checked against measurement", MemoryOptions),
     }
 
 
@@ -106,9 +106,9 @@ def _parser(command: str | None = None) -> ArgumentParser:
         for name, (text, _) in _commands().items():
             sub.add_subcommand(name, _parser(name), help=text)
         return top
-    text, groups = _commands()[command]
+    text, cls = _commands()[command]
     return config_parser(
-        *groups,
+        cls,
         Output,
         prog=f"lambdanet bench {command}",
         description=f"{text}. Options are the fields below (``--dim-k`` = ``--dim_k``; a boolean alone is true, "
@@ -130,10 +130,9 @@ def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
         if wanted != command:
             raise ConfigError(f"--config {path} is for 'bench {wanted}', not '{command}'")
         valid = set(keys) - {"config"}
-        if set(data) - valid:
-            raise ConfigError(
-                f"--config {path} has unknown options {sorted(set(data) - valid)}; valid: {sorted(valid)}"
-            )
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"--config {path} has unknown options {unknown}; valid: {sorted(valid)}")
         layers.append((f"--config {path}", data))
     values = {k: v for k, v in parse(parser, layers, argv).items() if k in keys}
     output = Output(**{f.name: values.pop(f.name) for f in dataclasses.fields(Output)})
@@ -148,8 +147,7 @@ def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
         if bad:
             short = [a for a, n in CONTENDER_ALIASES.items() if n in contender_names()]
             raise ConfigError(f"--contenders {bad[0]!r} is not available; expected some of {short}")
-    (cls,) = _commands()[command][1]
-    return output, cls(**values)
+    return output, _commands()[command][1](**values)
 
 
 def _run_layer(output: Output, cfg: Any) -> int:
