@@ -208,8 +208,30 @@ class RunConfig:
     system: SystemConfig = field(default_factory=SystemConfig)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` (one line: key, value, rule) for a value outside its domain. See :func:`validate`."""
-        validate(self)
+        """Check every value of the config before anything runs.
+
+        Non-finite numbers anywhere; learning rates and schedules that go negative, zero or rise; nothing to train;
+        non-positive sizes and intervals; Lightning precision, strategy and device names; a run name that leaves the
+        output folder; the data section's own rules (:meth:`DataConfig.validate`). Hardware: :func:`check_hardware`.
+
+        Raises:
+            ConfigError: (a ``ValueError``) one line naming the key, the value and the rule.
+        """
+        _check_finite(to_dict(self))
+        for key, check, rule in RULES:
+            value = functools.reduce(getattr, key.split("."), self)
+            choices = check() if "{choices}" in rule else ()
+            try:
+                ok = value in choices if choices else bool(check(value)) if check else _as_worded(rule, value)
+            except TypeError:
+                ok = False
+            if not ok:
+                close = difflib.get_close_matches(str(value), choices, n=3) if len(choices) > 6 else []
+                raise ConfigError(f"{key}={value!r} {rule.format(choices=', '.join(close or choices[:6]))}")
+        try:
+            self.data.validate()
+        except ValueError as e:
+            raise ConfigError(" ".join(str(e).split())) from e
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -313,46 +335,17 @@ def _check_finite(value: Any, key: str = "") -> None:
         raise ConfigError(f"{key}={value!r} must be a finite number")
 
 
-def validate(cfg: RunConfig) -> None:
-    """Check every value of ``cfg`` before anything runs.
-
-    Non-finite numbers anywhere; learning rates and schedules that go negative, zero or rise; nothing to train;
-    non-positive sizes and intervals; Lightning precision, strategy and device names; a run name that leaves the
-    output folder; the data section's own rules (:meth:`DataConfig.validate`). Hardware: :func:`check_hardware`.
-
-    Raises:
-        ConfigError: (a ``ValueError``) one line naming the key, the value and the rule.
-    """
-    _check_finite(to_dict(cfg))
-    for key, check, rule in RULES:
-        value = functools.reduce(getattr, key.split("."), cfg)
-        choices = check() if "{choices}" in rule else ()
-        try:
-            ok = value in choices if choices else bool(check(value)) if check else _as_worded(rule, value)
-        except TypeError:
-            ok = False
-        if not ok:
-            close = difflib.get_close_matches(str(value), choices, n=3) if len(choices) > 6 else []
-            raise ConfigError(f"{key}={value!r} {rule.format(choices=', '.join(close or choices[:6]))}")
-    try:
-        cfg.data.validate()
-    except ValueError as e:
-        raise ConfigError(" ".join(str(e).split())) from e
-
-
 def check_hardware(cfg: RunConfig) -> None:
     """Raise ``ConfigError`` when ``system.accelerator`` names hardware this machine does not have."""
     import torch
 
-    acc = cfg.system.accelerator
-    cuda = torch.cuda.is_available()
-    mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    acc, cuda, mps = cfg.system.accelerator, torch.cuda.is_available(), torch.backends.mps.is_available()
     available = {"cuda": cuda, "gpu": cuda or mps, "mps": mps}
     if acc == "tpu":
         from lightning.pytorch.accelerators import XLAAccelerator
 
         available["tpu"] = XLAAccelerator.is_available()
-    if acc in available and not available[acc]:
+    if not available.get(acc, True):
         raise ConfigError(f"system.accelerator={acc!r} but this machine has no such device; use 'cpu' or 'auto'")
     devices = cfg.system.devices
     if acc in ("cuda", "gpu") and cuda and isinstance(devices, int) and devices > torch.cuda.device_count():
