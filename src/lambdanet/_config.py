@@ -74,9 +74,7 @@ def _check_expansion(root: yaml.Node) -> None:
         if key not in size:
             open_.add(key)
             children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else ()
-            size[key] = 1 + sum(
-                count(c) for child in children for c in (child if isinstance(child, tuple) else (child,))
-            )
+            size[key] = 1 + sum(count(c) for ch in children for c in (ch if isinstance(ch, tuple) else (ch,)))
             open_.discard(key)
         if size[key] > MAX_YAML_NODES:
             raise ConfigError(f"the document expands to more than {MAX_YAML_NODES} nodes through aliases; refused")
@@ -131,13 +129,14 @@ set_loader(_MODE, _load_value, exceptions=(yaml.YAMLError,))
 # ---------------------------------------------------------------------------------------------------- types
 
 
-def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> annotation of every leaf field of dataclass ``cls`` (nested dataclasses are groups)."""
-    hints, out = typing.get_type_hints(cls), {}
+def field_types(cls: type, prefix: str = "", extras: bool = False) -> dict[str, Any]:
+    """Dotted key -> annotation of every leaf field of dataclass ``cls`` (nested dataclasses are groups); ``extras``
+    keeps ``Annotated[type, ...]`` whole."""
+    hints, out = typing.get_type_hints(cls, include_extras=extras), {}
     for name in (f.name for f in dataclasses.fields(cls)):
         tp = hints[name]
         nested = isinstance(tp, type) and dataclasses.is_dataclass(tp)
-        out.update(field_types(tp, f"{prefix}{name}.") if nested else {f"{prefix}{name}": tp})
+        out.update(field_types(tp, f"{prefix}{name}.", extras) if nested else {f"{prefix}{name}": tp})
     return out
 
 
@@ -175,12 +174,7 @@ def config_parser(
     ``extra``: ``(flags, kwargs)`` pairs of further options (not config keys, e.g. ``-c`` or ``--print-config``).
     """
     parser = ArgumentParser(
-        prog=prog,
-        description=description,
-        usage=usage or f"{prog} [--KEY VALUE ...] (--help lists every key)",
-        exit_on_error=False,
-        allow_abbrev=False,
-        parser_mode=_MODE,
+        prog=prog, description=description, usage=usage, exit_on_error=False, allow_abbrev=False, parser_mode=_MODE
     )
     for flags, kwargs in extra:
         parser.add_argument(*flags, **kwargs)
@@ -336,9 +330,8 @@ def _one_line(message: str, keys: Mapping[str, Any]) -> str:
             key = ".".join(m.groups())
             close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
             close = close or [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]  # wrong section
-            return f"unknown key {key!r}" + (
-                f"; did you mean {', '.join(close)}?" if close else "; --help lists the valid keys"
-            )
+            hint = f"did you mean {', '.join(close)}?" if close else "--help lists the valid keys"
+            return f"unknown key {key!r}; {hint}"
     m = re.search(r'Parser key "([^"]+)"', message)
     if m:
         got = re.findall(r"(?:Given|Got) value: (.*)", message)

@@ -35,10 +35,7 @@ _OPTIONS = [
     (("--print-config",), {"action": "store_true", "help": "print the resolved, validated config as YAML and exit"}),
     (("--list-recipes",), {"action": "store_true", "help": "list the shipped recipes and exit"}),
     (("--resume",), {"help": "continue a run: its directory or a checkpoint (last.ckpt)"}),
-    (
-        ("--init-from",),
-        {"help": "fine-tune: start from these weights (checkpoint or pretrained directory; new head if needed)"},
-    ),
+    (("--init-from",), {"help": "fine-tune from these weights (checkpoint or pretrained folder; new head if needed)"}),
 ]
 
 
@@ -47,9 +44,8 @@ def _recipe_table() -> str:
     rows = [("recipe", "model", "data", "length", "description")]
     for name in list_recipes():
         label, data = recipe_layer(name)
-        first = next(
-            (line for line in Path(label.removeprefix("recipe ")).read_text().splitlines() if line.strip()), ""
-        )
+        text = Path(label.removeprefix("recipe ")).read_text()
+        first = next((line for line in text.splitlines() if line.strip()), "")
         about = first.lstrip("# ").strip().split(". ")[0].rstrip(".") if first.startswith("#") else ""
         train = data.get("train") or {}
         steps = f" x {train['limit_train_batches']} steps" if isinstance(train.get("limit_train_batches"), int) else ""

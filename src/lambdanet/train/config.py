@@ -9,7 +9,6 @@ and the rule, before anything runs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import functools
@@ -18,12 +17,12 @@ import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path, PurePath
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import yaml
 
-from lambdanet._config import ConfigError, config_parser, parse, read_yaml_mapping
+from lambdanet._config import ConfigError, config_parser, field_types, parse, read_yaml_mapping
 from lambdanet.data.loader import DataConfig
 
 __all__ = [
@@ -80,15 +79,15 @@ class OptimConfig:
     """
 
     name: str = "sgd"
-    lr: float = 0.1
-    lr_base_batch: int | None = None
-    momentum: float = 0.9
+    lr: Annotated[float, "must be > 0"] = 0.1
+    lr_base_batch: Annotated[int | None, "must be null or >= 1 (the rate is lr * batch / this)"] = None
+    momentum: Annotated[float, "must be in [0, 1]"] = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
+    weight_decay: Annotated[float, "must be >= 0"] = 1e-4
     decay_norm_and_bias: bool = True
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    alpha: float = 0.9
+    eps: Annotated[float, "must be > 0"] = 1e-8
+    alpha: Annotated[float, "must be in [0, 1]"] = 0.9
 
 
 @dataclass
@@ -106,12 +105,12 @@ class SchedConfig:
     """
 
     name: str = "cosine"
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.0
+    warmup_epochs: Annotated[float, "must be >= 0"] = 0.0
+    warmup_start_factor: Annotated[float, "must be in [0, 1] (the warm-up rises from this fraction of lr)"] = 0.0
     milestones: list[float] = field(default_factory=list)
-    gamma: float = 0.1
-    decay_every_epochs: float = 1.0
-    min_lr_factor: float = 0.0
+    gamma: Annotated[float, "must be in (0, 1] (above 1 the rate rises, at or below 0 it is not positive)"] = 0.1
+    decay_every_epochs: Annotated[float, "must be > 0"] = 1.0
+    min_lr_factor: Annotated[float, "must be in [0, 1] (the final rate as a fraction of the peak)"] = 0.0
 
 
 @dataclass
@@ -138,20 +137,20 @@ class TrainConfig:
             another class count is dropped (fine-tuning).
     """
 
-    epochs: int = 30
+    epochs: Annotated[int, "must be >= 1"] = 30
     max_steps: int = -1
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    accumulate: int = 1
-    ema_decay: float | None = None
-    bn_momentum: float | None = None
+    label_smoothing: Annotated[float, "must be in [0, 1)"] = 0.0
+    grad_clip: Annotated[float | None, "must be null or > 0"] = None
+    accumulate: Annotated[int, "must be >= 1"] = 1
+    ema_decay: Annotated[float | None, "must be null or in (0, 1)"] = None
+    bn_momentum: Annotated[float | None, "must be null or in [0, 1]"] = None
     precision: str = "32-true"
     channels_last: bool = False
     compile: bool = False
     deterministic: bool = False
-    val_every_epochs: int = 1
+    val_every_epochs: Annotated[int, "must be >= 1"] = 1
     limit_train_batches: int | float = 1.0
-    log_every_steps: int = 10
+    log_every_steps: Annotated[int, "must be >= 1"] = 10
     test_after_fit: bool = True
     init_from: str | None = None
 
@@ -177,7 +176,7 @@ class SystemConfig:
 
     accelerator: str = "auto"
     devices: Any = "auto"
-    num_nodes: int = 1
+    num_nodes: Annotated[int, "must be >= 1"] = 1
     strategy: str = "auto"
     sync_batchnorm: bool = False
     out_dir: str = "runs"
@@ -218,7 +217,9 @@ class RunConfig:
             ConfigError: (a ``ValueError``) one line naming the key, the value and the rule.
         """
         _check_finite(to_dict(self))
-        for key, check, rule in RULES:
+        fields = field_types(RunConfig, extras=True).items()
+        worded = [(key, None, tp.__metadata__[0]) for key, tp in fields if hasattr(tp, "__metadata__")]
+        for key, check, rule in [*worded, *RULES]:
             value = functools.reduce(getattr, key.split("."), self)
             choices = check() if "{choices}" in rule else ()
             try:
@@ -261,51 +262,30 @@ def _strategies() -> tuple[str, ...]:
 
 _BATCHES = "a batch count >= 1 or a fraction in (0, 1]"
 # (key, check, rule): check(value) is true for a good value; a rule with "{choices}" takes check() = the choices; a
-# rule "must be [null or ]> 0 | >= 1 | in [0, 1) | ..." without check is checked as worded. Each key must exist.
+# rule "must be [null or ]> 0 | >= 1 | in [0, 1) | ..." without check is checked as worded, like the rules in a
+# field's annotation (``lr: Annotated[float, "must be > 0"]``). Each key must exist.
 RULES: list[tuple[str, Any, str]] = [
     ("seed", lambda v: 0 <= v <= 2**32 - 1, "must be in [0, 2**32 - 1]"),
     ("optim.name", lambda: ("sgd", "adamw", "rmsprop"), "expected one of {choices}"),
-    ("optim.lr", None, "must be > 0"),
-    ("optim.lr_base_batch", None, "must be null or >= 1 (the rate is lr * batch / this)"),
-    ("optim.weight_decay", None, "must be >= 0"),
-    ("optim.momentum", None, "must be in [0, 1]"),
     ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
-    ("optim.eps", None, "must be > 0"),
-    ("optim.alpha", None, "must be in [0, 1]"),
     ("sched.name", lambda: ("cosine", "multistep", "exponential", "constant"), "expected one of {choices}"),
-    ("sched.warmup_epochs", None, "must be >= 0"),
-    ("sched.warmup_start_factor", None, "must be in [0, 1] (the warm-up rises from this fraction of lr)"),
     ("sched.milestones", lambda v: all(m >= 0 for m in v), "must be epochs >= 0"),
-    ("sched.gamma", None, "must be in (0, 1] (above 1 the rate rises, at or below 0 it is not positive)"),
-    ("sched.decay_every_epochs", None, "must be > 0"),
-    ("sched.min_lr_factor", None, "must be in [0, 1] (the final rate as a fraction of the peak)"),
-    ("train.epochs", None, "must be >= 1"),
     ("train.max_steps", lambda v: v != 0, "leaves nothing to train; use -1 (no limit) or a positive step count"),
     ("train.max_steps", lambda v: v >= -1, "must be -1 (no limit) or a positive step count"),
     ("train.limit_train_batches", lambda v: v != 0, f"leaves nothing to train; use {_BATCHES}"),
     ("train.limit_train_batches", lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1, f"must be {_BATCHES}"),
-    ("train.label_smoothing", None, "must be in [0, 1)"),
-    ("train.grad_clip", None, "must be null or > 0"),
-    ("train.accumulate", None, "must be >= 1"),
-    ("train.ema_decay", None, "must be null or in (0, 1)"),
-    ("train.bn_momentum", None, "must be null or in [0, 1]"),
     ("train.precision", _precisions, "is not a Lightning precision; expected e.g. {choices}"),
-    ("train.val_every_epochs", None, "must be >= 1"),
-    ("train.log_every_steps", None, "must be >= 1"),
     ("data.batch_size", None, "must be >= 1"),
     ("data.eval_batch_size", None, "must be null or >= 1"),
     ("data.image_size", None, "must be null or >= 1"),
     ("data.num_workers", None, "must be >= 0"),
     ("system.accelerator", lambda: ("auto", "cpu", "gpu", "cuda", "mps", "tpu"), "expected one of {choices}"),
     ("system.devices", _devices_ok, "expected 'auto', a count >= 1 (-1: all), or a non-empty list of device ids"),
-    ("system.num_nodes", None, "must be >= 1"),
     ("system.strategy", _strategies, "is not a Lightning strategy; did you mean {choices}?"),
     ("system.out_dir", lambda v: bool(v) and not Path(v).is_file(), "must name a folder (it is empty or a file)"),
     (
         "system.run_name",
-        lambda v: (
-            v is None or (v not in ("", ".", "..") and not {"/", "\\"} & set(v) and not PurePath(v).is_absolute())
-        ),
+        lambda v: v is None or (v not in ("", ".", "..") and not {"/", "\\"} & set(v)),
         "must be a plain folder name (no separators, '.', '..' or root)",
     ),
     ("system.matmul_precision", lambda: ("highest", "high", "medium"), "expected one of {choices}"),
@@ -391,15 +371,12 @@ def resolve(layers: list[Any], argv: list[str] | None = None, *, check: bool = T
 # ---------------------------------------------------------------------------------------------------- recipes
 
 
-def _recipe_dir() -> Path:
-    return Path(str(resources.files("lambdanet.train") / "recipes"))
+_RECIPES = Path(str(resources.files("lambdanet.train") / "recipes"))
 
 
 def list_recipes() -> list[str]:
     """Names of the shipped recipes (package data under ``lambdanet/train/recipes``)."""
-    with contextlib.suppress(ModuleNotFoundError, TypeError, OSError):
-        return sorted(p.stem for p in _recipe_dir().glob("*.yaml"))
-    return []
+    return sorted(p.stem for p in _RECIPES.glob("*.yaml"))
 
 
 def find_recipe(name_or_path: str) -> Path:
@@ -409,7 +386,7 @@ def find_recipe(name_or_path: str) -> Path:
         return path
     if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         raise ConfigError(f"recipe file {str(path)!r} does not exist")
-    candidate = _recipe_dir() / f"{name_or_path}.yaml"
+    candidate = _RECIPES / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate
     raise ConfigError(f"unknown recipe {name_or_path!r}: not a YAML file and not one of {list_recipes()}")
