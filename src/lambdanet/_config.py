@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import functools
 import json
 import re
 import sys
@@ -158,6 +159,34 @@ def type_name(tp: Any) -> str:
     if isinstance(tp, type) and not typing.get_args(tp):
         return tp.__name__
     return str(tp).replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
+
+
+_WORDED = re.compile(r"must be (null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])])|(>=?) ([-\d.]+))")
+
+
+def within(rule: str, v: Any) -> bool:
+    """``v`` against a rule worded ``must be [null or ](> x | >= x | in [lo, hi] | in (lo, hi) | ...)``."""
+    null, lo_side, lo, hi, hi_side, op, bound = _WORDED.match(rule).groups()  # type: ignore[union-attr]
+    if v is None:
+        return bool(null)
+    try:
+        if op:
+            return v > float(bound) or (op == ">=" and v == float(bound))
+        low_ok = v > float(lo) or (lo_side == "[" and v == float(lo))
+        return low_ok and (v < float(hi) or (hi_side == "]" and v == float(hi)))
+    except TypeError:
+        return False
+
+
+def check_domains(obj: Any) -> None:
+    """``ConfigError`` (``key=value rule``) for a field of dataclass ``obj`` (or a nested one) outside the domain its
+    annotation words: ``batch: Annotated[int | None, "must be >= 1"]`` (:func:`within`; ``None`` passes if typed)."""
+    for key, tp in field_types(type(obj), extras=True).items():
+        if hasattr(tp, "__metadata__"):
+            value, rule = functools.reduce(getattr, key.split("."), obj), tp.__metadata__[0]
+            nullable = type(None) in typing.get_args(typing.get_args(tp)[0])
+            if not (value is None and nullable) and not within(rule, value):
+                raise ConfigError(f"{key}={value!r} {rule}")
 
 
 # ---------------------------------------------------------------------------------------------------- parsers
@@ -344,9 +373,10 @@ def _one_line(message: str, keys: Mapping[str, Any]) -> str:
 def command(options: type, *sections: tuple[str, type], prog: str, description: str, usage: str) -> Callable:
     """Decorator: ``body(opts, *section_argvs) -> int`` as the ``main(argv) -> int`` of the command ``prog``.
 
-    ``argv`` is parsed into the dataclass ``options``; the ``--section.*`` words of each ``(section, dataclass)`` of
-    ``sections`` are passed on as they are (``--help`` lists their keys). ``-h`` prints the help (status 0); a
-    ``ValueError`` from the parsing or from ``body`` is one line on stderr (status 2).
+    ``argv`` is parsed into the dataclass ``options`` (domains checked: :func:`check_domains`); the ``--section.*``
+    words of each ``(section, dataclass)`` of ``sections`` are passed on as they are (``--help`` lists their keys).
+    ``-h`` prints the help (status 0); a ``ValueError`` from the parsing or from ``body`` is one line on stderr
+    (status 2).
     """
 
     def wrap(body: Callable[..., int]) -> Callable[[list[str]], int]:
@@ -361,7 +391,9 @@ def command(options: type, *sections: tuple[str, type], prog: str, description: 
                     mine, argv = split_section(argv, key)
                     section_argvs.append(mine)
                 ns = parse(parser, [], argv)
-                return body(options(**{f.name: ns.get(f.name) for f in dataclasses.fields(options)}), *section_argvs)
+                opts = options(**{f.name: ns.get(f.name) for f in dataclasses.fields(options)})
+                check_domains(opts)
+                return body(opts, *section_argvs)
             except ValueError as e:
                 return fail(prog, e)
 

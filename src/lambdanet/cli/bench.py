@@ -21,12 +21,12 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from jsonargparse import ArgumentParser
 
-from lambdanet._config import ConfigError, config_parser, fail, parse, read_yaml_mapping
+from lambdanet._config import ConfigError, check_domains, config_parser, fail, parse, read_yaml_mapping
 
 __all__ = ["CONTENDER_ALIASES", "MemoryOptions", "Output", "main"]
 
@@ -61,7 +61,7 @@ class Output:
     out: str | None = None
     plot: bool = True
     markdown: bool = False
-    threads: int | None = None
+    threads: Annotated[int | None, "must be >= 1"] = None
     quiet: bool = False
 
 
@@ -75,7 +75,7 @@ class MemoryOptions:
         peak: also measure peak live bytes in the check.
     """
 
-    batch: int = 128
+    batch: Annotated[int, "must be >= 1"] = 128
     check: bool = True
     peak: bool = False
 
@@ -136,8 +136,7 @@ def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
         layers.append((f"--config {path}", data))
     values = {k: v for k, v in parse(parser, layers, argv).items() if k in keys}
     output = Output(**{f.name: values.pop(f.name) for f in dataclasses.fields(Output)})
-    if output.threads is not None and output.threads < 1:
-        raise ConfigError(f"threads={output.threads} must be >= 1")
+    check_domains(output)
     output.out = output.out or f"bench-results/{command}"
     if command == "layer":  # short names of the contenders (conv -> lambda conv)
         from lambdanet.bench.layer import contender_names
@@ -147,7 +146,9 @@ def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
         if bad:
             short = [a for a, n in CONTENDER_ALIASES.items() if n in contender_names()]
             raise ConfigError(f"--contenders {bad[0]!r} is not available; expected some of {short}")
-    return output, _commands()[command][1](**values)
+    cfg = _commands()[command][1](**values)
+    check_domains(cfg)
+    return output, cfg
 
 
 def _run_layer(output: Output, cfg: Any) -> int:
@@ -219,8 +220,6 @@ def _run_memory(output: Output, args: MemoryOptions) -> int:
     def table(rows: list[dict[str, Any]], columns: Any = None) -> None:
         _print(format_table(rows, columns or [(k, k) for k in rows[0]], markdown=output.markdown))
 
-    if args.batch < 1:
-        raise ConfigError(f"batch={args.batch} must be >= 1")
     rows4 = []
     for name, gib in bm.paper_table4(batch=args.batch).items():
         paper = bm.PAPER_TABLE4_GB[name]

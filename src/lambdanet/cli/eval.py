@@ -16,7 +16,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from lambdanet._config import command
 from lambdanet.data.loader import DataConfig
@@ -46,10 +46,10 @@ class EvalOptions:
     checkpoint: str
     split: Literal["test", "val", "train"] = "test"
     weights: Literal["auto", "ema", "model"] = "auto"
-    batch_size: int | None = None
+    batch_size: Annotated[int | None, "must be >= 1"] = None
     device: str = "auto"
-    num_workers: int | None = None
-    max_batches: int | None = None
+    num_workers: Annotated[int | None, "must be >= 0"] = None
+    max_batches: Annotated[int | None, "must be >= 1"] = None
     channels_last: bool = False
     json: str | None = None
     unsafe_load: bool = False
@@ -71,9 +71,6 @@ def main(opts: EvalOptions, data_argv: list[str]) -> int:
     from lambdanet.train.config import config_from_dict, resolve, to_dict
     from lambdanet.train.evaluate import evaluate
 
-    for key, low in (("batch_size", 1), ("max_batches", 1), ("num_workers", 0)):
-        if getattr(opts, key) is not None and getattr(opts, key) < low:
-            raise ValueError(f"{key}={getattr(opts, key)} must be >= {low}")
     if opts.json is not None and Path(opts.json).is_dir():
         raise ValueError(f"json={opts.json!r} is a folder; expected a file path")
     device = resolve_device(opts.device)

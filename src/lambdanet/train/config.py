@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import functools
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,7 +21,7 @@ from typing import Annotated, Any
 
 import yaml
 
-from lambdanet._config import ConfigError, config_parser, field_types, parse, read_yaml_mapping
+from lambdanet._config import ConfigError, check_domains, config_parser, parse, read_yaml_mapping, within
 from lambdanet.data.loader import DataConfig
 
 __all__ = [
@@ -217,13 +216,12 @@ class RunConfig:
             ConfigError: (a ``ValueError``) one line naming the key, the value and the rule.
         """
         _check_finite(to_dict(self))
-        fields = field_types(RunConfig, extras=True).items()
-        worded = [(key, None, tp.__metadata__[0]) for key, tp in fields if hasattr(tp, "__metadata__")]
-        for key, check, rule in [*worded, *RULES]:
+        check_domains(self)
+        for key, check, rule in RULES:
             value = functools.reduce(getattr, key.split("."), self)
             choices = check() if "{choices}" in rule else ()
             try:
-                ok = value in choices if choices else bool(check(value)) if check else _as_worded(rule, value)
+                ok = value in choices if choices else bool(check(value)) if check else within(rule, value)
             except TypeError:
                 ok = False
             if not ok:
@@ -290,18 +288,6 @@ RULES: list[tuple[str, Any, str]] = [
     ),
     ("system.matmul_precision", lambda: ("highest", "high", "medium"), "expected one of {choices}"),
 ]
-_WORDED = re.compile(r"must be (null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])])|(>=?) ([-\d.]+))")
-
-
-def _as_worded(rule: str, v: Any) -> bool:
-    """``v`` against a rule worded ``must be [null or ](> x | >= x | in [lo, hi] | in (lo, hi) | ...)``."""
-    null, lo_side, lo, hi, hi_side, op, bound = _WORDED.match(rule).groups()  # type: ignore[union-attr]
-    if v is None:
-        return bool(null)
-    if op:
-        return v > float(bound) or (op == ">=" and v == float(bound))
-    low_ok = v > float(lo) or (lo_side == "[" and v == float(lo))
-    return low_ok and (v < float(hi) or (hi_side == "]" and v == float(hi)))
 
 
 def _check_finite(value: Any, key: str = "") -> None:
