@@ -107,10 +107,9 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     except OSError as e:
         raise ConfigError(f"{what} {str(path)!r} cannot be read: {e.strerror or e}") from e
     data = load_yaml(text, f"{what} {path}")
-    if data is None:
-        raise ConfigError(f"{what} {path} is empty; expected a mapping of keys to values")
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping of keys to values, got {type(data).__name__}")
+        got = "is empty; expected" if data is None else f"holds a {type(data).__name__}; it must hold"
+        raise ConfigError(f"{what} {path} {got} a mapping of keys to values")
     return data
 
 

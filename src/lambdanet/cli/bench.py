@@ -27,15 +27,12 @@ import torch
 from jsonargparse import ArgumentParser
 
 from lambdanet._config import ConfigError, check_domains, config_parser, fail, parse, read_yaml_mapping
+from lambdanet.layers.algorithms import ALGORITHMS
 
 __all__ = ["CONTENDER_ALIASES", "MemoryOptions", "Output", "main"]
 
-CONTENDER_ALIASES = {
-    "einsum": "lambda einsum",
-    "logits": "lambda logits",
-    "blocked": "lambda blocked",
-    "conv": "lambda conv",
-    "fft": "lambda fft",
+CONTENDER_ALIASES = {  # short names of the contenders: conv -> lambda conv
+    **{name: f"lambda {name}" for name in ALGORITHMS},
     "attention": "attention (materialised)",
     "sdpa": "attention (sdpa)",
     "conv3x3": "conv3x3",
@@ -138,7 +135,7 @@ def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
     output = Output(**{f.name: values.pop(f.name) for f in dataclasses.fields(Output)})
     check_domains(output)
     output.out = output.out or f"bench-results/{command}"
-    if command == "layer":  # short names of the contenders (conv -> lambda conv)
+    if command == "layer":
         from lambdanet.bench.layer import contender_names
 
         values["contenders"] = [CONTENDER_ALIASES.get(a, a) for a in values["contenders"]]

@@ -15,17 +15,8 @@ import sys
 from pathlib import Path
 
 from lambdanet._config import config_parser, fail
-from lambdanet.train.config import (
-    DEFAULT_RECIPE,
-    RunConfig,
-    check_hardware,
-    config_from_dict,
-    list_recipes,
-    recipe_layer,
-    resolve,
-    to_dict,
-    to_yaml,
-)
+from lambdanet.train import config
+from lambdanet.train.config import DEFAULT_RECIPE
 
 __all__ = ["main"]
 
@@ -42,8 +33,8 @@ _OPTIONS = [
 def _recipe_table() -> str:
     """One line per shipped recipe: name, model, data, length and the first sentence of its leading comment."""
     rows = [("recipe", "model", "data", "length", "description")]
-    for name in list_recipes():
-        label, data = recipe_layer(name)
+    for name in config.list_recipes():
+        label, data = config.recipe_layer(name)
         text = Path(label.removeprefix("recipe ")).read_text()
         first = next((line for line in text.splitlines() if line.strip()), "")
         about = first.lstrip("# ").strip().split(". ")[0].rstrip(".") if first.startswith("#") else ""
@@ -67,7 +58,7 @@ def main(argv: list[str]) -> int:
         return fail(PROG, e)
     if args.help:
         config_parser(
-            RunConfig,
+            config.RunConfig,
             prog=PROG,
             description="Train a lambda network (default: lambda_net_tiny on the bundled 8x8 digits). Every key "
             "below can be set in a recipe (section: key) or as --section.key VALUE (VALUE is YAML).",
@@ -84,18 +75,18 @@ def main(argv: list[str]) -> int:
             from lambdanet.train.run import resolve_resume
 
             ckpt_path, _ = resolve_resume(args.resume)
-            layers = [to_dict(config_from_dict(load_checkpoint(ckpt_path)["lambdanet"]["config"]))]
+            layers = [config.to_dict(config.config_from_dict(load_checkpoint(ckpt_path)["lambdanet"]["config"]))]
         else:
-            layers = [recipe_layer(name) for name in args.config or [DEFAULT_RECIPE]]
-        cfg = resolve(layers, rest)
+            layers = [config.recipe_layer(name) for name in args.config or [DEFAULT_RECIPE]]
+        cfg = config.resolve(layers, rest)
         if args.init_from:
             cfg.train.init_from = args.init_from
         if args.resume:
             cfg.train.init_from = None  # the resumed checkpoint holds the weights
         if args.print_config:
-            print(to_yaml(cfg), end="")
+            print(config.to_yaml(cfg), end="")
             return 0
-        check_hardware(cfg)
+        config.check_hardware(cfg)
     except (ValueError, FileNotFoundError) as e:
         return fail(PROG, e)
 
