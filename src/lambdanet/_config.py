@@ -300,9 +300,8 @@ def parse(
     layers: Iterable[Mapping[str, Any] | tuple[str, Mapping[str, Any]]] = (),
     argv: list[str] | None = None,
 ) -> Namespace:
-    """Defaults <- each mapping of ``layers`` <- the command line ``argv``, type-checked, as a Namespace.
-
-    A layer is a mapping or ``(source, mapping)``; errors in it start with ``source:`` (e.g. the recipe's path).
+    """Defaults <- each mapping of ``layers`` <- the command line ``argv``, type-checked, as a Namespace. A layer is
+    a mapping or ``(source, mapping)``; errors in it start with ``source:`` (e.g. the recipe's path).
 
     Raises:
         ConfigError: one line for an unknown key (with the closest valid ones), an ill-typed value or a bad file.
@@ -370,12 +369,10 @@ def _one_line(message: str, keys: Mapping[str, Any]) -> str:
 
 
 def command(options: type, *sections: tuple[str, type], prog: str, description: str, usage: str) -> Callable:
-    """Decorator: ``body(opts, *section_argvs) -> int`` as the ``main(argv) -> int`` of the command ``prog``.
-
-    ``argv`` is parsed into the dataclass ``options`` (domains checked: :func:`check_domains`); the ``--section.*``
-    words of each ``(section, dataclass)`` of ``sections`` are passed on as they are (``--help`` lists their keys).
-    ``-h`` prints the help (status 0); a ``ValueError`` from the parsing or from ``body`` is one line on stderr
-    (status 2).
+    """Decorator: ``body(opts, *section_argvs) -> int`` as the ``main(argv) -> int`` of the command ``prog``:
+    ``argv`` parsed into the dataclass ``options`` (domains checked: :func:`check_domains`), the ``--section.*`` words
+    of each ``(section, dataclass)`` of ``sections`` passed on as they are (``--help`` lists their keys); ``-h``
+    prints the help (status 0); a ``ValueError`` from the parsing or from ``body`` is one line on stderr (status 2).
     """
 
     def wrap(body: Callable[..., int]) -> Callable[[list[str]], int]:

@@ -72,22 +72,15 @@ def main(args: ConvertOptions) -> int:
     model = lambdanet.create_model(args.model, checkpoint=ckpt)
     overrides = dict(model.model_overrides)
     update: dict[str, Any] = {"model": {"name": args.model, "overrides": overrides}}
-    config = to_dict(
-        load_config(args.recipe, {**update, "data": {"root": args.data_root}} if args.data_root else update)
-    )
+    update.update({"data": {"root": args.data_root}} if args.data_root else {})
+    config = to_dict(load_config(args.recipe, update))
     state = {"model." + k: v for k, v in model.state_dict().items()}
     num_classes = int(getattr(model, "num_classes", config["model"]["overrides"].get("num_classes", 0)) or 0)
-    meta = {
-        "model_name": args.model,
-        "model_overrides": overrides,
-        "num_classes": num_classes,
-        "config": config,
-        "source": {"path": str(args.src), "kind": ckpt.kind, **ckpt.extra},
-    }
+    names = {"model_name": args.model, "model_overrides": overrides}  # also at the top level, for other readers
+    source = {"path": str(args.src), "kind": ckpt.kind, **ckpt.extra}
+    meta = {**names, "num_classes": num_classes, "config": config, "source": source}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        seal({"lambdanet": meta, "model_name": args.model, "model_overrides": overrides, "state_dict": state}), dst
-    )
+    torch.save(seal({"lambdanet": meta, **names, "state_dict": state}), dst)
     params = sum(p.numel() for p in model.parameters())
     print(
         f"converted {args.src} ({ckpt.kind}, {len(ckpt.state_dict)} tensors) -> {dst}: {args.model} "

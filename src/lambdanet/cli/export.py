@@ -95,14 +95,12 @@ def main(args: ExportOptions) -> int:
         raise ValueError(f"output={args.output!r} exists; pass --force to overwrite it")
     spatial = False if args.static_spatial else "auto"
     start = time.perf_counter()
+    how = {"batch": args.batch, "dynamic_spatial": spatial, "algorithm": args.algorithm}
     if args.format == "onnx":
-        path = ex.export_onnx(
-            model, args.output, size, batch=args.batch, dynamic_spatial=spatial, algorithm=args.algorithm
-        )
+        path = ex.export_onnx(model, args.output, size, **how)
         run = lambda x: ex.onnx_forward(path, x)  # noqa: E731
     else:
-        program = ex.export_program(model, size, batch=args.batch, dynamic_spatial=spatial, algorithm=args.algorithm)
-        path = ex.save_program(program, args.output)
+        path = ex.save_program(ex.export_program(model, size, **how), args.output)
         run = ex.load_program(path).module()
     dynamic = "batch" + ("" if args.static_spatial or ex.fixed_spatial(model) else ", height, width")
     print(f"exported {args.model} ({args.format}, dynamic {dynamic}) to {path} in {time.perf_counter() - start:.1f} s")

@@ -337,11 +337,7 @@ def _run_parser() -> Any:
 
 def resolve(layers: list[Any], argv: list[str] | None = None, *, check: bool = True) -> RunConfig:
     """Defaults <- each layer (a mapping or ``(source, mapping)``) <- the command line ``argv`` (``--section.key
-    value`` words).
-
-    Raises:
-        ConfigError: unknown key, ill-typed value or (``check``) a value outside its domain.
-    """
+    value`` words). Raises ``ConfigError``: unknown key, ill-typed value or (``check``) a value outside its domain."""
     parser = _run_parser()
     ns = parse(parser, layers, argv)
     try:
