@@ -215,21 +215,15 @@ def config_parser(
         for doc in docstring_parser.parse(cls.__doc__ or "").params:
             names = [n.strip() for n in doc.arg_name.split(",")] if "," in doc.arg_name else []
             shared.update({f"{key}.{n}" if key else n: doc.description for n in names})
-    _plain_help(parser, shared)
-    return parser
-
-
-def _plain_help(parser: ArgumentParser, shared: dict[str, str]) -> None:
-    """Help texts as a terminal shows them: fields documented together (``batch, dim: layer shape.``, which
-    docstring_parser keeps as one) get the shared sentence; ````x```` and ``:func:`x``` read as ```x```."""
-    for action in parser._actions:
+    for action in parser._actions:  # fields documented together (``batch, dim: shape.``) share the sentence
         action.help = action.help or shared.get(action.dest)
     groups = list((getattr(parser, "groups", None) or {}).values())  # jsonargparse's groups of class arguments
-    for item in [parser, *parser._actions, *parser._action_groups, *groups]:
+    for item in [parser, *parser._actions, *parser._action_groups, *groups]:  # reST ``x``, :func:`x` -> `x`
         for attr in ("help", "description", "title"):
             text = getattr(item, attr, None)
             if isinstance(text, str) and "`" in text:
-                setattr(item, attr, re.sub(r":[a-z]+:`", "`", text.replace("``", "`")))  # also :func:`x` -> `x`
+                setattr(item, attr, re.sub(r":[a-z]+:`", "`", text.replace("``", "`")))
+    return parser
 
 
 def split_section(argv: list[str], section: str) -> tuple[list[str], list[str]]:
