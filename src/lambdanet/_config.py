@@ -194,11 +194,8 @@ def check_domains(obj: Any) -> None:
 def config_parser(
     *groups: type | tuple[str, type], prog: str, description: str, usage: str | None = None, extra: Iterable[tuple] = ()
 ) -> ArgumentParser:
-    """A jsonargparse parser whose options are the fields of the dataclasses ``groups``.
-
-    A group is a dataclass (its fields at the top level; fields without a default are positional) or a pair
-    ``(section, dataclass)`` (options ``--section.field``).
-
+    """A jsonargparse parser whose options are the fields of the dataclasses ``groups``: a dataclass (its fields at
+    the top level; fields without a default are positional) or a pair ``(section, dataclass)`` (``--section.field``).
     ``extra``: ``(flags, kwargs)`` pairs of further options (not config keys, e.g. ``-c`` or ``--print-config``).
     """
     parser = ArgumentParser(

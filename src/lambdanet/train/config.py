@@ -206,14 +206,10 @@ class RunConfig:
     system: SystemConfig = field(default_factory=SystemConfig)
 
     def validate(self) -> None:
-        """Check every value of the config before anything runs.
-
-        Non-finite numbers anywhere; learning rates and schedules that go negative, zero or rise; nothing to train;
-        non-positive sizes and intervals; Lightning precision, strategy and device names; a run name that leaves the
-        output folder; the data section's own rules (:meth:`DataConfig.validate`). Hardware: :func:`check_hardware`.
-
-        Raises:
-            ConfigError: (a ``ValueError``) one line naming the key, the value and the rule.
+        """Raise ``ConfigError`` (a ``ValueError``; one line: key, value, rule) before anything runs for a non-finite
+        number anywhere, a value outside the domain annotated on its field or a rule of :data:`RULES` (learning rates
+        and schedules that go negative, zero or rise; nothing to train; Lightning precision, strategy and device names;
+        a run name that leaves the output folder), or the data section's own rules. Hardware: :func:`check_hardware`.
         """
         _check_finite(to_dict(self))
         check_domains(self)
