@@ -48,14 +48,7 @@ class ConfigError(ValueError):
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe YAML that reads ``1e-4`` as a number and refuses documents whose aliases expand past a bound."""
-
-    def get_single_data(self) -> Any:
-        node = self.get_single_node()
-        if node is None:
-            return None
-        _check_expansion(node)
-        return self.construct_document(node)
+    """Safe YAML that reads ``1e-4`` as a number (:func:`load_yaml` bounds the alias expansion)."""
 
 
 _Loader.add_implicit_resolver(
@@ -88,7 +81,11 @@ def load_yaml(text: str, source: str = "YAML") -> Any:
     """Parse ``text`` with the bounded safe loader; ``ConfigError`` names ``source`` on any problem."""
     loader = _Loader(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source} is not valid YAML: {' '.join(str(e).split())}") from e
     except ConfigError as e:
