@@ -317,9 +317,7 @@ def check_hardware(cfg: RunConfig) -> None:
 # ---------------------------------------------------------------------------------------------------- conversion
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as plain nested dicts/lists (YAML-safe)."""
-    return dataclasses.asdict(cfg)
+to_dict = dataclasses.asdict  # a config dataclass as plain nested dicts and lists (YAML-safe)
 
 
 def to_yaml(cfg: Any) -> str:
