@@ -162,7 +162,10 @@ _WORDED = re.compile(r"must be (null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])
 
 def within(rule: str, v: Any) -> bool:
     """``v`` against a rule worded ``must be [null or ](> x | >= x | in [lo, hi] | in (lo, hi) | ...)``."""
-    null, lo_side, lo, hi, hi_side, op, bound = _WORDED.match(rule).groups()  # type: ignore[union-attr]
+    m = _WORDED.match(rule)
+    if m is None:  # a programming error: the domain cannot be read from the rule's words
+        raise RuntimeError(f"rule {rule!r} is not worded 'must be [null or ](> x | >= x | in [lo, hi] | in (lo, hi))'")
+    null, lo_side, lo, hi, hi_side, op, bound = m.groups()
     if v is None:
         return bool(null)
     try:
