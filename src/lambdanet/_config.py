@@ -11,30 +11,19 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import functools
 import json
 import re
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import docstring_parser
 import yaml
 from jsonargparse import ArgumentParser, Namespace, _typehints, set_loader, set_parsing_settings
-
-__all__ = [
-    "MAX_YAML_NODES",
-    "ConfigError",
-    "build",
-    "config_parser",
-    "fail",
-    "field_types",
-    "load_yaml",
-    "parse",
-    "read_yaml_mapping",
-    "split_section",
-]
 
 MAX_YAML_NODES = 100_000
 """A YAML document may expand (aliases followed) to at most this many nodes; recipes have about a hundred."""
@@ -48,15 +37,7 @@ set_parsing_settings(instantiate_subclass_spec_in_any=False, docstring_parse_att
 # value (``model.overrides``); a value naming a class is passed through as data before that check.
 # tests/test_train_config.py::test_values_naming_classes_stay_data_and_import_nothing guards this.
 _adapt_any = _typehints.adapt_classes_any
-
-
-def _adapt_any_as_data(val: Any, *args: Any, **kwargs: Any) -> Any:
-    if _typehints.is_subclass_spec(val):
-        return val
-    return _adapt_any(val, *args, **kwargs)
-
-
-_typehints.adapt_classes_any = _adapt_any_as_data
+_typehints.adapt_classes_any = lambda v, *a, **k: v if _typehints.is_subclass_spec(v) else _adapt_any(v, *a, **k)
 
 
 class ConfigError(ValueError):
@@ -67,14 +48,7 @@ class ConfigError(ValueError):
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe YAML that reads ``1e-4`` as a number and refuses documents whose aliases expand past a bound."""
-
-    def get_single_data(self) -> Any:
-        node = self.get_single_node()
-        if node is None:
-            return None
-        _check_expansion(node)
-        return self.construct_document(node)
+    """Safe YAML that reads ``1e-4`` as a number (:func:`load_yaml` bounds the alias expansion)."""
 
 
 _Loader.add_implicit_resolver(
@@ -89,20 +63,16 @@ def _check_expansion(root: yaml.Node) -> None:
 
     def count(node: yaml.Node) -> int:
         key = id(node)
-        if key in size:
-            return size[key]
         if key in open_:
             raise ConfigError("the document has a recursive alias; refused")
-        open_.add(key)
-        children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else ()
-        total = 1 + sum(count(c) for child in children for c in (child if isinstance(child, tuple) else (child,)))
-        open_.discard(key)
-        if total > MAX_YAML_NODES:
-            raise ConfigError(
-                f"the document expands to more than {MAX_YAML_NODES} nodes through aliases (an alias bomb?); refused"
-            )
-        size[key] = total
-        return total
+        if key not in size:
+            open_.add(key)
+            children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else ()
+            size[key] = 1 + sum(count(c) for ch in children for c in (ch if isinstance(ch, tuple) else (ch,)))
+            open_.discard(key)
+        if size[key] > MAX_YAML_NODES:
+            raise ConfigError(f"the document expands to more than {MAX_YAML_NODES} nodes through aliases; refused")
+        return size[key]
 
     count(root)
 
@@ -111,7 +81,11 @@ def load_yaml(text: str, source: str = "YAML") -> Any:
     """Parse ``text`` with the bounded safe loader; ``ConfigError`` names ``source`` on any problem."""
     loader = _Loader(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source} is not valid YAML: {' '.join(str(e).split())}") from e
     except ConfigError as e:
@@ -130,10 +104,9 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     except OSError as e:
         raise ConfigError(f"{what} {str(path)!r} cannot be read: {e.strerror or e}") from e
     data = load_yaml(text, f"{what} {path}")
-    if data is None:
-        raise ConfigError(f"{what} {path} is empty; expected a mapping of keys to values")
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping of keys to values, got {type(data).__name__}")
+        got = "is empty; expected" if data is None else f"holds a {type(data).__name__}; it must hold"
+        raise ConfigError(f"{what} {path} {got} a mapping of keys to values")
     return data
 
 
@@ -153,41 +126,27 @@ set_loader(_MODE, _load_value, exceptions=(yaml.YAMLError,))
 # ---------------------------------------------------------------------------------------------------- types
 
 
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> annotation of every leaf field of dataclass ``cls`` (nested dataclasses are groups)."""
-    hints = typing.get_type_hints(cls)
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if _is_dataclass_type(tp):
-            out.update(field_types(tp, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = tp
+def field_types(cls: type, prefix: str = "", extras: bool = False) -> dict[str, Any]:
+    """Dotted key -> annotation of every leaf field of dataclass ``cls`` (nested dataclasses are groups); ``extras``
+    keeps ``Annotated[type, ...]`` whole."""
+    hints, out = typing.get_type_hints(cls, include_extras=extras), {}
+    for name in (f.name for f in dataclasses.fields(cls)):
+        tp = hints[name]
+        nested = isinstance(tp, type) and dataclasses.is_dataclass(tp)
+        out.update(field_types(tp, f"{prefix}{name}.", extras) if nested else {f"{prefix}{name}": tp})
     return out
 
 
-def _arms(tp: Any) -> tuple[Any, ...]:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return tuple(a for a in typing.get_args(tp) if a is not type(None))
-    return (tp,)
-
-
-def _is_bool(tp: Any) -> bool:
-    return _arms(tp) == (bool,)
-
-
-def _is_list(tp: Any) -> bool:
-    origin = typing.get_origin(_arms(tp)[0]) or _arms(tp)[0]
-    return len(_arms(tp)) == 1 and origin in (list, tuple, collections.abc.Sequence)
-
-
-def _is_dict(tp: Any) -> bool:
-    origin = typing.get_origin(_arms(tp)[0]) or _arms(tp)[0]
-    return origin in (dict, collections.abc.Mapping)
+def _kind(tp: Any) -> str | None:
+    """``"bool"``, ``"list"`` or ``"dict"`` for such an annotation (``| None`` allowed), else None."""
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    arms = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+    origin = typing.get_origin(arms[0]) or arms[0]
+    if arms == [bool]:
+        return "bool"
+    if origin in (dict, Mapping):
+        return "dict"
+    return "list" if len(arms) == 1 and origin in (list, tuple, collections.abc.Sequence) else None
 
 
 def type_name(tp: Any) -> str:
@@ -198,68 +157,70 @@ def type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
 
 
+_WORDED = re.compile(r"must be (null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])])|(>=?) ([-\d.]+))")
+
+
+def within(rule: str, v: Any) -> bool:
+    """``v`` against a rule worded ``must be [null or ](> x | >= x | in [lo, hi] | in (lo, hi) | ...)``."""
+    m = _WORDED.match(rule)
+    if m is None:  # a programming error: the domain cannot be read from the rule's words
+        raise RuntimeError(f"rule {rule!r} is not worded 'must be [null or ](> x | >= x | in [lo, hi] | in (lo, hi))'")
+    null, lo_side, lo, hi, hi_side, op, bound = m.groups()
+    if v is None:
+        return bool(null)
+    try:
+        if op:
+            return v > float(bound) or (op == ">=" and v == float(bound))
+        low_ok = v > float(lo) or (lo_side == "[" and v == float(lo))
+        return low_ok and (v < float(hi) or (hi_side == "]" and v == float(hi)))
+    except TypeError:
+        return False
+
+
+def check_domains(obj: Any) -> None:
+    """``ConfigError`` (``key=value rule``) for a field of dataclass ``obj`` (or a nested one) outside the domain its
+    annotation words: ``batch: Annotated[int | None, "must be >= 1"]`` (:func:`within`; ``None`` passes if typed)."""
+    for key, tp in field_types(type(obj), extras=True).items():
+        if hasattr(tp, "__metadata__"):
+            value, rule = functools.reduce(getattr, key.split("."), obj), tp.__metadata__[0]
+            nullable = type(None) in typing.get_args(typing.get_args(tp)[0])
+            if not (value is None and nullable) and not within(rule, value):
+                raise ConfigError(f"{key}={value!r} {rule}")
+
+
 # ---------------------------------------------------------------------------------------------------- parsers
 
 
 def config_parser(
     *groups: type | tuple[str, type], prog: str, description: str, usage: str | None = None, extra: Iterable[tuple] = ()
 ) -> ArgumentParser:
-    """A jsonargparse parser whose options are the fields of the dataclasses ``groups``.
-
-    A group is a dataclass (its fields at the top level; fields without a default are positional) or a pair
-    ``(section, dataclass)`` (options ``--section.field``).
-
+    """A jsonargparse parser whose options are the fields of the dataclasses ``groups``: a dataclass (its fields at
+    the top level; fields without a default are positional) or a pair ``(section, dataclass)`` (``--section.field``).
     ``extra``: ``(flags, kwargs)`` pairs of further options (not config keys, e.g. ``-c`` or ``--print-config``).
     """
     parser = ArgumentParser(
-        prog=prog,
-        description=description,
-        usage=usage or f"{prog} [--KEY VALUE ...] (--help lists every key)",
-        exit_on_error=False,
-        allow_abbrev=False,
-        parser_mode=_MODE,
+        prog=prog, description=description, usage=usage, exit_on_error=False, allow_abbrev=False, parser_mode=_MODE
     )
     for flags, kwargs in extra:
         parser.add_argument(*flags, **kwargs)
     parser.lambdanet_keys = {}  # type: ignore[attr-defined]
-    parser.lambdanet_required = []  # type: ignore[attr-defined]
+    shared = {}
     for group in groups:
         key, cls = group if isinstance(group, tuple) else (None, group)
         parser.add_class_arguments(cls, nested_key=key, fail_untyped=True, instantiate=False, as_positional=True)
-        _shared_docs(parser, cls, key)
         parser.lambdanet_keys.update(field_types(cls, f"{key}." if key else ""))  # type: ignore[attr-defined]
-        parser.lambdanet_required += [  # type: ignore[attr-defined]
-            f"{key}.{f.name}" if key else f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-    _plain_help(parser)
-    return parser
-
-
-def _plain_help(parser: ArgumentParser) -> None:
-    """Help texts come from reST docstrings: ````x```` and ``:func:`x``` read as ```x``` on a terminal."""
+        for doc in docstring_parser.parse(cls.__doc__ or "").params:
+            names = [n.strip() for n in doc.arg_name.split(",")] if "," in doc.arg_name else []
+            shared.update({f"{key}.{n}" if key else n: doc.description for n in names})
+    for action in parser._actions:  # fields documented together (``batch, dim: shape.``) share the sentence
+        action.help = action.help or shared.get(action.dest)
     groups = list((getattr(parser, "groups", None) or {}).values())  # jsonargparse's groups of class arguments
-    for item in [parser, *parser._actions, *parser._action_groups, *groups]:
+    for item in [parser, *parser._actions, *parser._action_groups, *groups]:  # reST ``x``, :func:`x` -> `x`
         for attr in ("help", "description", "title"):
             text = getattr(item, attr, None)
             if isinstance(text, str) and "`" in text:
-                setattr(item, attr, re.sub(r":[a-z]+:`", "`", text.replace("``", "`")))  # also :func:`x` -> `x`
-
-
-def _shared_docs(parser: ArgumentParser, cls: type, key: str | None) -> None:
-    """Help for fields documented together (``batch, dim: layer shape.``), which docstring_parser keeps as one."""
-    import docstring_parser
-
-    docs = {}
-    for param in docstring_parser.parse(cls.__doc__ or "").params:
-        names = [n.strip() for n in param.arg_name.split(",")]
-        if len(names) > 1:
-            docs.update(dict.fromkeys(names, param.description))
-    for action in parser._actions:
-        name = action.dest.removeprefix(f"{key}.") if key else action.dest
-        if name in docs and not action.help:
-            action.help = docs[name]
+                setattr(item, attr, re.sub(r":[a-z]+:`", "`", text.replace("``", "`")))
+    return parser
 
 
 def split_section(argv: list[str], section: str) -> tuple[list[str], list[str]]:
@@ -268,60 +229,45 @@ def split_section(argv: list[str], section: str) -> tuple[list[str], list[str]]:
     rest: list[str] = []
     take = False
     for arg in argv:
-        if arg.startswith("--") and arg[2:].startswith(section + "."):
-            mine.append(arg)
-            take = "=" not in arg
-        elif take and not arg.startswith("--"):
-            mine.append(arg)
-            take = False
-        else:
-            rest.append(arg)
-            take = False
+        ours = arg.startswith(f"--{section}.") or (take and not arg.startswith("--"))
+        (mine if ours else rest).append(arg)
+        take = ours and arg.startswith("--") and "=" not in arg
     return mine, rest
 
 
 def normalize_argv(keys: Mapping[str, Any], argv: list[str]) -> list[str]:
     """Shell habits to jsonargparse syntax, from the field types alone.
 
-    ``--dim-k 4`` -> ``--dim_k 4``; a bare boolean ``--compile`` -> ``--compile=true``; ``--no-compile`` ->
-    ``--compile=false``; ``--sides 8 16`` (several words for a list) -> ``--sides=["8", "16"]``.
+    ``--dim-k 4`` -> ``--dim_k=4``; a bare boolean ``--compile`` -> ``--compile=true``; ``--no-compile`` ->
+    ``--compile=false``; ``--sides 8 16`` (several words for a list) -> ``--sides=["8", "16"]``. One value is joined
+    with ``=`` so that argparse does not read ``-1e-4`` as an option; further words are positionals.
     """
     out: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         i += 1
+        name, eq, value = arg[2:].partition("=")
+        under = name.replace("-", "_")
         if not arg.startswith("--") or arg == "--":
             out.append(arg)
             continue
-        name, eq, value = arg[2:].partition("=")
-        under = name.replace("-", "_")
-        if under in keys:
-            name = under
-        elif under.startswith("no_") and under[3:] in keys and _is_bool(keys[under[3:]]) and not eq:
+        if under not in keys and under.startswith("no_") and not eq and _kind(keys.get(under[3:])) == "bool":
             out.append(f"--{under[3:]}=false")
             continue
-        if eq:
-            out.append(f"--{name}={value}")
-            continue
+        name = under if under in keys else name
         words = []
-        while i < len(argv) and not argv[i].startswith("--"):
+        while not eq and i < len(argv) and not argv[i].startswith("--"):
             words.append(argv[i])
             i += 1
-        tp = keys.get(name)
-        if tp is not None and _is_bool(tp):
-            if words and words[0].lower() in _BOOL_WORDS:
-                out.append(f"--{name}={words.pop(0)}")
-            else:
-                out.append(f"--{name}=true")
-        elif tp is not None and _is_list(tp) and words and not words[0].lstrip().startswith(("[", "(")):
-            out.append(f"--{name}={json.dumps(words)}")
-            words = []
-        elif words:  # one value; "--key=value" keeps argparse from reading "-1e-4" as an option
-            out.append(f"--{name}={words.pop(0)}")
-        else:
-            out.append(f"--{name}")
-        out.extend(words)  # positionals
+        kind = _kind(keys.get(name))
+        if kind == "bool" and not eq:
+            eq, value = "=", words.pop(0) if words and words[0].lower() in _BOOL_WORDS else "true"
+        elif kind == "list" and words and not words[0].lstrip().startswith(("[", "(")):
+            eq, value, words = "=", json.dumps(words), []
+        elif words:
+            eq, value = "=", words.pop(0)
+        out += [f"--{name}{eq}{value}", *words]
     return out
 
 
@@ -336,10 +282,8 @@ def _merge_dict_fields(keys: Mapping[str, Any], base: Namespace, data: Mapping[s
                 raise ConfigError(f"{key}={v!r} must be a mapping of keys (a section), got {type(v).__name__}")
             else:
                 _merge_dict_fields(keys, base, v, key + ".")
-        elif key in keys and _is_dict(keys[key]) and isinstance(v, Mapping):
-            current = base.get(key)
-            if isinstance(current, Mapping):
-                data[k] = {**current, **v}  # type: ignore[index]
+        elif _kind(keys.get(key)) == "dict" and isinstance(v, Mapping) and isinstance(base.get(key), Mapping):
+            data[k] = {**base.get(key), **v}  # type: ignore[index]
 
 
 def parse(
@@ -347,9 +291,8 @@ def parse(
     layers: Iterable[Mapping[str, Any] | tuple[str, Mapping[str, Any]]] = (),
     argv: list[str] | None = None,
 ) -> Namespace:
-    """Defaults <- each mapping of ``layers`` <- the command line ``argv``, type-checked, as a Namespace.
-
-    A layer is a mapping or ``(source, mapping)``; errors in it start with ``source:`` (e.g. the recipe's path).
+    """Defaults <- each mapping of ``layers`` <- the command line ``argv``, type-checked, as a Namespace. A layer is
+    a mapping or ``(source, mapping)``; errors in it start with ``source:`` (e.g. the recipe's path).
 
     Raises:
         ConfigError: one line for an unknown key (with the closest valid ones), an ill-typed value or a bad file.
@@ -367,7 +310,7 @@ def parse(
     if argv:
         args = normalize_argv(keys, argv)
         ns = _parse_step(keys, lambda: parser.parse_args(args, namespace=ns))
-    missing = [k for k in parser.lambdanet_required if ns.get(k) is None]  # type: ignore[attr-defined]
+    missing = [a.dest for a in parser._actions if not a.option_strings and ns.get(a.dest) is None]  # positionals
     if missing:
         raise ConfigError(f"{missing[0]} is required ({parser.prog} --help)")
     return ns
@@ -381,58 +324,69 @@ def _parse_step(keys: Mapping[str, Any], step: Any) -> Namespace:
         raise
     except Exception as e:  # jsonargparse raises ArgumentError (and TypeError/ValueError from loaders)
         line = _one_line(str(e), keys)
-        if _refused:
-            line = f"{line.split('=')[0]}: {_refused[-1]}"
-        raise ConfigError(line) from e
-
-
-def build(cls: type, ns: Namespace) -> Any:
-    """An instance of the flat dataclass ``cls`` from the top-level values of a parsed namespace."""
-    return cls(**{f.name: ns.get(f.name) for f in dataclasses.fields(cls)})
+        raise ConfigError(f"{line.split('=')[0]}: {_refused[-1]}" if _refused else line) from e
 
 
 def _copy(data: Any) -> Any:
     if isinstance(data, Mapping):
         return {k: _copy(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_copy(v) for v in data]
-    return data
+    return [_copy(v) for v in data] if isinstance(data, (list, tuple)) else data
 
 
-def _suggest(key: str, keys: Iterable[str]) -> str:
-    keys = list(keys)
-    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-    if not close:  # a right leaf in the wrong section, or a right section with a typo in the leaf
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf][:3]
-    return f"; did you mean {', '.join(close)}?" if close else "; --help lists the valid keys"
+_UNKNOWN = (  # jsonargparse's wordings of an unknown key
+    r"unrecognized arguments: -*([^\s=]+)",
+    r"Group '([^']+)' does not accept option '([^']+)'",
+    r"(?:Option|Key) '([^']+)' is not (?:accepted|expected)",
+)
 
 
 def _one_line(message: str, keys: Mapping[str, Any]) -> str:
     """jsonargparse's (often multi-line) error as one line naming the key, the value and what was expected."""
-    m = re.search(r"unrecognized arguments: (\S+)", message)
-    if m:
-        key = m.group(1).lstrip("-").split("=")[0]
-        return f"unknown key {key!r}{_suggest(key, keys)}"
-    m = re.search(r"Group '([^']+)' does not accept option '([^']+)'", message)
-    if m:
-        key = f"{m.group(1)}.{m.group(2)}"
-        return f"unknown key {key!r}{_suggest(key, keys)}"
-    m = re.search(r"(?:Option|Key) '([^']+)' is not (?:accepted|expected)", message)
-    if m:
-        key = m.group(1)
-        return f"unknown key {key!r}{_suggest(key, keys)}"
+    for pattern in _UNKNOWN:
+        m = re.search(pattern, message)
+        if m:
+            key = ".".join(m.groups())
+            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+            close = close or [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]  # wrong section
+            hint = f"did you mean {', '.join(close)}?" if close else "--help lists the valid keys"
+            return f"unknown key {key!r}; {hint}"
     m = re.search(r'Parser key "([^"]+)"', message)
     if m:
-        key = m.group(1)
         got = re.findall(r"(?:Given|Got) value: (.*)", message)
-        value = got[-1].strip() if got else "?"
-        expected = type_name(keys[key]) if key in keys else "a valid value"
-        return f"{key}={value}: expected {expected}"
+        expected = type_name(keys[m.group(1)]) if m.group(1) in keys else "a valid value"
+        return f"{m.group(1)}={got[-1].strip() if got else '?'}: expected {expected}"
     m = re.search(r"argument (\S+): expected one argument", message)
-    if m:
-        return f"{m.group(1)} needs a value"
-    return " ".join(message.split())
+    return f"{m.group(1)} needs a value" if m else " ".join(message.split())
+
+
+def command(options: type, *sections: tuple[str, type], prog: str, description: str, usage: str) -> Callable:
+    """Decorator: ``body(opts, *section_argvs) -> int`` as the ``main(argv) -> int`` of the command ``prog``:
+    ``argv`` parsed into the dataclass ``options`` (domains checked: :func:`check_domains`), the ``--section.*`` words
+    of each ``(section, dataclass)`` of ``sections`` passed on as they are (``--help`` lists their keys); ``-h``
+    prints the help (status 0); a ``ValueError`` from the parsing or from ``body`` is one line on stderr (status 2).
+    """
+
+    def wrap(body: Callable[..., int]) -> Callable[[list[str]], int]:
+        def main(argv: list[str]) -> int:
+            parser = config_parser(options, *sections, prog=prog, description=description, usage=usage)
+            if "-h" in argv or "--help" in argv:
+                parser.print_help()
+                return 0
+            try:
+                section_argvs = []
+                for key, _ in sections:
+                    mine, argv = split_section(argv, key)
+                    section_argvs.append(mine)
+                ns = parse(parser, [], argv)
+                opts = options(**{f.name: ns.get(f.name) for f in dataclasses.fields(options)})
+                check_domains(opts)
+                return body(opts, *section_argvs)
+            except ValueError as e:
+                return fail(prog, e)
+
+        return main
+
+    return wrap
 
 
 def fail(prog: str, error: BaseException | str) -> int:

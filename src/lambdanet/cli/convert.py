@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lambdanet._config import build, config_parser, fail, parse
+from lambdanet._config import command
 
 __all__ = ["ConvertOptions", "main"]
 
@@ -50,59 +50,37 @@ class ConvertOptions:
     unsafe_load: bool = False
 
 
-def _config(recipe: str, model: str, overrides: dict[str, Any], data_root: str | None) -> dict[str, Any]:
-    from lambdanet.train.config import load_config, to_dict
-
-    update: dict[str, Any] = {"model": {"name": model, "overrides": overrides}}
-    if data_root:
-        update["data"] = {"root": data_root}
-    return to_dict(load_config(recipe, update))
-
-
-def main(argv: list[str]) -> int:
-    parser = config_parser(
-        ConvertOptions,
-        prog=PROG,
-        description="Convert a published checkpoint (d-li14 Lambda-ResNet-50) into a lambdanet checkpoint.",
-        usage=f"{PROG} SRC DST [--model NAME] [--recipe NAME] [--data-root DIR] [--force] [--unsafe-load]",
-    )
-    if any(a in ("-h", "--help") for a in argv):
-        parser.print_help()
-        return 0
-    try:
-        args = build(ConvertOptions, parse(parser, [], argv))
-    except ValueError as e:
-        return fail(PROG, e)
+@command(
+    ConvertOptions,
+    prog=PROG,
+    description="Convert a published checkpoint (d-li14 Lambda-ResNet-50) into a lambdanet checkpoint.",
+    usage=f"{PROG} SRC DST [--model NAME] [--recipe NAME] [--data-root DIR] [--force] [--unsafe-load]",
+)
+def main(args: ConvertOptions) -> int:
     import torch
 
     import lambdanet
     from lambdanet.checkpoint import read_checkpoint, seal
+    from lambdanet.train.config import load_config, to_dict
 
     dst = Path(args.dst)
-    try:
-        if dst.exists() and not args.force:
-            raise ValueError(f"dst={str(dst)!r} exists; pass --force to overwrite it")
-        if Path(args.src).resolve() == dst.resolve():
-            raise ValueError(f"dst={str(dst)!r} is the source file; choose another path")
-        ckpt = read_checkpoint(args.src, allow_pickle=args.unsafe_load)
-        model = lambdanet.create_model(args.model, checkpoint=ckpt)
-        overrides = dict(model.model_overrides)
-        config = _config(args.recipe, args.model, overrides, args.data_root)
-    except ValueError as e:
-        return fail(PROG, e)
+    if dst.exists() and not args.force:
+        raise ValueError(f"dst={str(dst)!r} exists; pass --force to overwrite it")
+    if Path(args.src).resolve() == dst.resolve():
+        raise ValueError(f"dst={str(dst)!r} is the source file; choose another path")
+    ckpt = read_checkpoint(args.src, allow_pickle=args.unsafe_load)
+    model = lambdanet.create_model(args.model, checkpoint=ckpt)
+    overrides = dict(model.model_overrides)
+    update: dict[str, Any] = {"model": {"name": args.model, "overrides": overrides}}
+    update.update({"data": {"root": args.data_root}} if args.data_root else {})
+    config = to_dict(load_config(args.recipe, update))
     state = {"model." + k: v for k, v in model.state_dict().items()}
     num_classes = int(getattr(model, "num_classes", config["model"]["overrides"].get("num_classes", 0)) or 0)
-    meta = {
-        "model_name": args.model,
-        "model_overrides": overrides,
-        "num_classes": num_classes,
-        "config": config,
-        "source": {"path": str(args.src), "kind": ckpt.kind, **ckpt.extra},
-    }
+    names = {"model_name": args.model, "model_overrides": overrides}  # also at the top level, for other readers
+    source = {"path": str(args.src), "kind": ckpt.kind, **ckpt.extra}
+    meta = {**names, "num_classes": num_classes, "config": config, "source": source}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        seal({"lambdanet": meta, "model_name": args.model, "model_overrides": overrides, "state_dict": state}), dst
-    )
+    torch.save(seal({"lambdanet": meta, **names, "state_dict": state}), dst)
     params = sum(p.numel() for p in model.parameters())
     print(
         f"converted {args.src} ({ckpt.kind}, {len(ckpt.state_dict)} tensors) -> {dst}: {args.model} "

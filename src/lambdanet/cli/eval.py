@@ -16,11 +16,9 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from jsonargparse import ArgumentParser
-
-from lambdanet._config import ConfigError, build, config_parser, fail, parse, split_section
+from lambdanet._config import command
 from lambdanet.data.loader import DataConfig
 
 __all__ = ["EvalOptions", "main"]
@@ -48,108 +46,71 @@ class EvalOptions:
     checkpoint: str
     split: Literal["test", "val", "train"] = "test"
     weights: Literal["auto", "ema", "model"] = "auto"
-    batch_size: int | None = None
+    batch_size: Annotated[int | None, "must be >= 1"] = None
     device: str = "auto"
-    num_workers: int | None = None
-    max_batches: int | None = None
+    num_workers: Annotated[int | None, "must be >= 0"] = None
+    max_batches: Annotated[int | None, "must be >= 1"] = None
     channels_last: bool = False
     json: str | None = None
     unsafe_load: bool = False
 
 
-def _parser() -> ArgumentParser:
-    return config_parser(
-        EvalOptions,
-        ("data", DataConfig),
-        prog=PROG,
-        description="Evaluate a lambdanet training checkpoint on a dataset split. The --data.* keys default to the "
-        "checkpoint's own data settings.",
-        usage=f"{PROG} CHECKPOINT [--split test] [--json FILE] [--data.key VALUE ...]",
-    )
-
-
-def _options(argv: list[str]) -> tuple[EvalOptions, list[str]]:
-    data_argv, rest = split_section(argv, "data")
-    parser = _parser()
-    ns = parse(parser, [], rest)
-    opts = build(EvalOptions, ns)
-    for key in ("batch_size", "max_batches"):
-        value = getattr(opts, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{key}={value} must be >= 1")
-    if opts.num_workers is not None and opts.num_workers < 0:
-        raise ConfigError(f"num_workers={opts.num_workers} must be >= 0")
-    if opts.json is not None and Path(opts.json).is_dir():
-        raise ConfigError(f"json={opts.json!r} is a folder; expected a file path")
-    from lambdanet.inference import resolve_device
-
-    opts.device = resolve_device(opts.device)
-    return opts, data_argv
-
-
-def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        _parser().print_help()
-        return 0
+@command(
+    EvalOptions,
+    ("data", DataConfig),
+    prog=PROG,
+    description="Evaluate a lambdanet training checkpoint on a dataset split. The --data.* keys default to the "
+    "checkpoint's own data settings.",
+    usage=f"{PROG} CHECKPOINT [--split test] [--json FILE] [--data.key VALUE ...]",
+)
+def main(opts: EvalOptions, data_argv: list[str]) -> int:
     import lambdanet
     from lambdanet.checkpoint import CHECKPOINT_KEY, CheckpointError, read_checkpoint
-    from lambdanet.data.datasets import DataError
+    from lambdanet.data.loader import build_splits, data_info, prepare
+    from lambdanet.inference import resolve_device
     from lambdanet.train.config import config_from_dict, resolve, to_dict
-
-    try:
-        opts, data_argv = _options(argv)
-        ckpt = read_checkpoint(opts.checkpoint, weights=opts.weights, allow_pickle=opts.unsafe_load)
-        if ckpt.kind != CHECKPOINT_KEY or "config" not in ckpt.meta:
-            raise CheckpointError(f"{opts.checkpoint} is not a lambdanet training checkpoint (it holds no run config)")
-        meta = ckpt.meta
-        cfg = resolve([to_dict(config_from_dict(meta["config"]))], data_argv)
-        model = lambdanet.create_model(str(ckpt.model_name), checkpoint=ckpt)
-        from lambdanet.data.loader import build_splits, data_info, prepare
-
-        info = data_info(cfg.data)
-        trained = int(meta.get("num_classes", info.num_classes))
-        if info.num_classes != trained:
-            raise ValueError(
-                f"checkpoint {opts.checkpoint} was trained on {trained} classes but data.name={cfg.data.name!r} "
-                f"has {info.num_classes}"
-            )
-        prepare(cfg.data)  # --data.download true fetches and verifies the CIFAR archive
-        splits = build_splits(cfg.data, cfg.seed)
-        dataset = getattr(splits, opts.split)
-        if dataset is None:
-            raise ValueError(f"data.root={cfg.data.root} has no {opts.split}/ split; use --split val")
-    except (CheckpointError, DataError, ValueError) as e:
-        return fail(PROG, e)
-
     from lambdanet.train.evaluate import evaluate
+
+    if opts.json is not None and Path(opts.json).is_dir():
+        raise ValueError(f"json={opts.json!r} is a folder; expected a file path")
+    device = resolve_device(opts.device)
+    ckpt = read_checkpoint(opts.checkpoint, weights=opts.weights, allow_pickle=opts.unsafe_load)
+    if ckpt.kind != CHECKPOINT_KEY or "config" not in ckpt.meta:
+        raise CheckpointError(f"{opts.checkpoint} is not a lambdanet training checkpoint (it holds no run config)")
+    meta = ckpt.meta
+    cfg = resolve([to_dict(config_from_dict(meta["config"]))], data_argv)
+    model = lambdanet.create_model(str(ckpt.model_name), checkpoint=ckpt)
+    info = data_info(cfg.data)
+    trained = int(meta.get("num_classes", info.num_classes))
+    if info.num_classes != trained:
+        raise ValueError(
+            f"checkpoint {opts.checkpoint} was trained on {trained} classes but data.name={cfg.data.name!r} "
+            f"has {info.num_classes}"
+        )
+    prepare(cfg.data)  # --data.download true fetches and verifies the CIFAR archive
+    dataset = getattr(build_splits(cfg.data, cfg.seed), opts.split)
+    if dataset is None:
+        raise ValueError(f"data.root={cfg.data.root} has no {opts.split}/ split; use --split val")
 
     batch = opts.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
     workers = cfg.data.num_workers if opts.num_workers is None else opts.num_workers
-    result = evaluate(model, dataset, batch, opts.device, workers, opts.max_batches, opts.channels_last)
+    result = evaluate(model, dataset, batch, device, workers, opts.max_batches, opts.channels_last)
     if not math.isfinite(result["loss"]):
         print(f"{PROG}: error: the model gives NaN or Inf (loss {result['loss']})", file=sys.stderr)
         return 1
-    result.update(
-        {
-            "checkpoint": str(opts.checkpoint),
-            "model": meta.get("model_name"),
-            "data": cfg.data.name,
-            "split": opts.split,
-            "device": str(opts.device),
-        }
-    )
+    result.update(checkpoint=str(opts.checkpoint), model=meta.get("model_name"), data=cfg.data.name)
+    result.update(split=opts.split, device=str(device))
     unit, rate = ("characters", "char/s") if "bpc" in result else ("images", "img/s")  # language models: per token
     bpc = f"  bpc {result['bpc']:.4f}" if "bpc" in result else ""
     print(
         f"{meta.get('model_name')} on {cfg.data.name}/{opts.split}: top-1 {result['top1']:.4f}  "
         f"top-5 {result['top5']:.4f}  loss {result['loss']:.4f}{bpc}  {result['images']} {unit}  "
-        f"{result['images_per_second']:.1f} {rate} ({opts.device}, batch {batch})"
+        f"{result['images_per_second']:.1f} {rate} ({device}, batch {batch})"
     )
     if opts.json:
-        path = Path(opts.json)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=2) + "\n")
+            Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(opts.json).write_text(json.dumps(result, indent=2) + "\n")
         except OSError as e:
-            return fail(PROG, f"json={opts.json!r} cannot be written: {e.strerror or e}")
+            raise ValueError(f"json={opts.json!r} cannot be written: {e.strerror or e}") from e
     return 0

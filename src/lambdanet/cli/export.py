@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lambdanet._config import build, config_parser, fail, parse
+from lambdanet._config import command
 
 __all__ = ["ExportOptions", "main"]
 
@@ -57,20 +57,13 @@ class ExportOptions:
     force: bool = False
 
 
-def main(argv: list[str]) -> int:
-    parser = config_parser(
-        ExportOptions,
-        prog=PROG,
-        description="Export a registered model to ONNX or torch.export.",
-        usage=f"{PROG} MODEL [--output FILE] [--format onnx|torch-export] [--force] [--KEY VALUE ...]",
-    )
-    if any(a in ("-h", "--help") for a in argv):
-        parser.print_help()
-        return 0
-    try:
-        args = build(ExportOptions, parse(parser, [], argv))
-    except ValueError as e:
-        return fail(PROG, e)
+@command(
+    ExportOptions,
+    prog=PROG,
+    description="Export a registered model to ONNX or torch.export.",
+    usage=f"{PROG} MODEL [--output FILE] [--format onnx|torch-export] [--force] [--KEY VALUE ...]",
+)
+def main(args: ExportOptions) -> int:
     if args.format is None:
         args.format = "torch-export" if str(args.output or "").endswith(".pt2") else "onnx"
     args.output = args.output or f"{args.model}.{'onnx' if args.format == 'onnx' else 'pt2'}"
@@ -85,51 +78,39 @@ def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)  # torch's own deprecation
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
 
-    try:
-        model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
-        stored = getattr(model, "pretrained_cfg", {}).get("input_size")  # the checkpoint's channels and size
-        size = tuple(args.input_size or stored or lambdanet.model_info(args.model).input_size)
-        if len(lambdanet.model_info(args.model).input_size) == 1:
-            raise ValueError(
-                f"model={args.model!r} is a language model (token ids in, not images); lambdanet export supports "
-                "image and video models only"
-            )
-        with torch.no_grad():
-            try:
-                model(torch.zeros(1, *size))
-            except RuntimeError as e:
-                raise ValueError(f"input_size={list(size)} does not fit {args.model}: {str(e).splitlines()[0]}") from e
-        if Path(args.output).exists() and not args.force:
-            raise ValueError(f"output={args.output!r} exists; pass --force to overwrite it")
-        spatial = False if args.static_spatial else "auto"
-        start = time.perf_counter()
-        if args.format == "onnx":
-            path = ex.export_onnx(
-                model, args.output, size, batch=args.batch, dynamic_spatial=spatial, algorithm=args.algorithm
-            )
-            run = lambda x: ex.onnx_forward(path, x)  # noqa: E731
-        else:
-            program = ex.export_program(
-                model, size, batch=args.batch, dynamic_spatial=spatial, algorithm=args.algorithm
-            )
-            path = ex.save_program(program, args.output)
-            module = ex.load_program(path).module()
-            run = module
-        seconds = time.perf_counter() - start
-    except ValueError as e:
-        return fail(PROG, e)
+    model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
+    stored = getattr(model, "pretrained_cfg", {}).get("input_size")  # the checkpoint's channels and size
+    size = tuple(args.input_size or stored or lambdanet.model_info(args.model).input_size)
+    if len(lambdanet.model_info(args.model).input_size) == 1:
+        raise ValueError(
+            f"model={args.model!r} is a language model (token ids in, not images); lambdanet export supports "
+            "image and video models only"
+        )
+    with torch.no_grad():
+        try:
+            model(torch.zeros(1, *size))
+        except RuntimeError as e:
+            raise ValueError(f"input_size={list(size)} does not fit {args.model}: {str(e).splitlines()[0]}") from e
+    if Path(args.output).exists() and not args.force:
+        raise ValueError(f"output={args.output!r} exists; pass --force to overwrite it")
+    spatial = False if args.static_spatial else "auto"
+    start = time.perf_counter()
+    how = {"batch": args.batch, "dynamic_spatial": spatial, "algorithm": args.algorithm}
+    if args.format == "onnx":
+        path = ex.export_onnx(model, args.output, size, **how)
+        run = lambda x: ex.onnx_forward(path, x)  # noqa: E731
+    else:
+        path = ex.save_program(ex.export_program(model, size, **how), args.output)
+        run = ex.load_program(path).module()
     dynamic = "batch" + ("" if args.static_spatial or ex.fixed_spatial(model) else ", height, width")
-    print(f"exported {args.model} ({args.format}, dynamic {dynamic}) to {path} in {seconds:.1f} s")
+    print(f"exported {args.model} ({args.format}, dynamic {dynamic}) to {path} in {time.perf_counter() - start:.1f} s")
     if args.check:
         x = torch.randn(args.batch + 1, *size)
         with torch.no_grad():
-            ref = model(x)
-            out = run(x)
-        err = (out - ref).abs().max().item()
-        scale = ref.abs().max().item()
-        ok = err <= 1e-4 * max(scale, 1e-3)
+            ref, out = model(x), run(x)
+        err, scale = (out - ref).abs().max().item(), ref.abs().max().item()
         print(f"check on batch {args.batch + 1}: max |exported - eager| = {err:.3g} (max |eager| = {scale:.3g})")
-        if not ok:
+        if err > 1e-4 * max(scale, 1e-3):
             print(f"{PROG}: error: exported outputs differ from eager PyTorch", file=sys.stderr)
             return 1
     return 0

@@ -9,19 +9,19 @@ and the rule, before anything runs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import functools
 import math
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path, PurePath
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import yaml
 
-from lambdanet._config import ConfigError, config_parser, parse, read_yaml_mapping
+from lambdanet._config import ConfigError, check_domains, config_parser, parse, read_yaml_mapping, within
 from lambdanet.data.loader import DataConfig
 
 __all__ = [
@@ -33,14 +33,12 @@ __all__ = [
     "SchedConfig",
     "SystemConfig",
     "TrainConfig",
-    "apply_overrides",
     "check_hardware",
     "config_from_dict",
     "find_recipe",
     "list_recipes",
     "load_config",
     "resolve",
-    "run_parser",
     "to_dict",
     "to_yaml",
 ]
@@ -80,15 +78,15 @@ class OptimConfig:
     """
 
     name: str = "sgd"
-    lr: float = 0.1
-    lr_base_batch: int | None = None
-    momentum: float = 0.9
+    lr: Annotated[float, "must be > 0"] = 0.1
+    lr_base_batch: Annotated[int | None, "must be null or >= 1 (the rate is lr * batch / this)"] = None
+    momentum: Annotated[float, "must be in [0, 1]"] = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
+    weight_decay: Annotated[float, "must be >= 0"] = 1e-4
     decay_norm_and_bias: bool = True
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    alpha: float = 0.9
+    eps: Annotated[float, "must be > 0"] = 1e-8
+    alpha: Annotated[float, "must be in [0, 1]"] = 0.9
 
 
 @dataclass
@@ -106,12 +104,12 @@ class SchedConfig:
     """
 
     name: str = "cosine"
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.0
+    warmup_epochs: Annotated[float, "must be >= 0"] = 0.0
+    warmup_start_factor: Annotated[float, "must be in [0, 1] (the warm-up rises from this fraction of lr)"] = 0.0
     milestones: list[float] = field(default_factory=list)
-    gamma: float = 0.1
-    decay_every_epochs: float = 1.0
-    min_lr_factor: float = 0.0
+    gamma: Annotated[float, "must be in (0, 1] (above 1 the rate rises, at or below 0 it is not positive)"] = 0.1
+    decay_every_epochs: Annotated[float, "must be > 0"] = 1.0
+    min_lr_factor: Annotated[float, "must be in [0, 1] (the final rate as a fraction of the peak)"] = 0.0
 
 
 @dataclass
@@ -138,20 +136,20 @@ class TrainConfig:
             another class count is dropped (fine-tuning).
     """
 
-    epochs: int = 30
+    epochs: Annotated[int, "must be >= 1"] = 30
     max_steps: int = -1
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    accumulate: int = 1
-    ema_decay: float | None = None
-    bn_momentum: float | None = None
+    label_smoothing: Annotated[float, "must be in [0, 1)"] = 0.0
+    grad_clip: Annotated[float | None, "must be null or > 0"] = None
+    accumulate: Annotated[int, "must be >= 1"] = 1
+    ema_decay: Annotated[float | None, "must be null or in (0, 1)"] = None
+    bn_momentum: Annotated[float | None, "must be null or in [0, 1]"] = None
     precision: str = "32-true"
     channels_last: bool = False
     compile: bool = False
     deterministic: bool = False
-    val_every_epochs: int = 1
+    val_every_epochs: Annotated[int, "must be >= 1"] = 1
     limit_train_batches: int | float = 1.0
-    log_every_steps: int = 10
+    log_every_steps: Annotated[int, "must be >= 1"] = 10
     test_after_fit: bool = True
     init_from: str | None = None
 
@@ -177,7 +175,7 @@ class SystemConfig:
 
     accelerator: str = "auto"
     devices: Any = "auto"
-    num_nodes: int = 1
+    num_nodes: Annotated[int, "must be >= 1"] = 1
     strategy: str = "auto"
     sync_batchnorm: bool = False
     out_dir: str = "runs"
@@ -208,55 +206,43 @@ class RunConfig:
     system: SystemConfig = field(default_factory=SystemConfig)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` (one line: key, value, rule) for a value outside its domain. See :func:`validate`."""
-        validate(self)
+        """Raise ``ConfigError`` (a ``ValueError``; one line: key, value, rule) before anything runs for a non-finite
+        number anywhere, a value outside the domain annotated on its field or a rule of :data:`RULES` (learning rates
+        and schedules that go negative, zero or rise; nothing to train; Lightning precision, strategy and device names;
+        a run name that leaves the output folder), or the data section's own rules. Hardware: :func:`check_hardware`.
+        """
+        _check_finite(to_dict(self))
+        check_domains(self)
+        for key, check, rule in RULES:
+            value = functools.reduce(getattr, key.split("."), self)
+            choices = check() if "{choices}" in rule else ()
+            try:
+                ok = value in choices if choices else bool(check(value)) if check else within(rule, value)
+            except TypeError:
+                ok = False
+            if not ok:
+                close = difflib.get_close_matches(str(value), choices, n=3) if len(choices) > 6 else []
+                raise ConfigError(f"{key}={value!r} {rule.format(choices=', '.join(close or choices[:6]))}")
+        try:
+            self.data.validate()
+        except ValueError as e:
+            raise ConfigError(" ".join(str(e).split())) from e
 
 
 # ---------------------------------------------------------------------------------------------------- validation
 
-_OPTIMIZERS = ("sgd", "adamw", "rmsprop")
-_SCHEDULES = ("cosine", "multistep", "exponential", "constant")
-_MATMUL = ("highest", "high", "medium")
-_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-
-
-def _optional(rule: Any) -> Any:
-    return lambda v: v is None or rule(v)
-
-
-def _positive(v: Any) -> bool:
-    return v > 0
-
-
-def _in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Any:
-    return lambda v: (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-
-
-def _safe_name(v: str) -> bool:
-    return bool(v) and v not in (".", "..") and "/" not in v and "\\" not in v and not PurePath(v).is_absolute()
-
 
 def _devices_ok(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, int):
-        return v >= 1 or v == -1
-    if isinstance(v, str):
-        text = v.strip()
-        if text in ("auto", "-1"):
-            return True
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        if len(parts) == 1 and parts[0].isdigit():
-            return int(parts[0]) >= 1 or text.endswith(",")  # "3" = three devices, "0," = device 0
-        return bool(parts) and all(p.isdigit() for p in parts)
+    if isinstance(v, str):  # "auto", "-1" (all), "3" (three devices), "0," or "0,2" (device ids)
+        ids = [p.strip() for p in v.split(",") if p.strip()]
+        one = len(ids) == 1 and ids[0].isdigit() and (int(ids[0]) >= 1 or v.strip().endswith(","))
+        return v.strip() in ("auto", "-1") or one or (len(ids) > 1 and all(p.isdigit() for p in ids))
     if isinstance(v, list):
-        return bool(v) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
-    return False
+        return bool(v) and all(type(i) is int and i >= 0 for i in v)
+    return type(v) is int and (v >= 1 or v == -1)
 
 
 def _precisions() -> tuple[str, ...]:
-    import typing
-
     from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
     return typing.get_args(_PRECISION_INPUT_STR) + typing.get_args(_PRECISION_INPUT_STR_ALIAS)
@@ -268,124 +254,60 @@ def _strategies() -> tuple[str, ...]:
     return ("auto", *StrategyRegistry.available_strategies())
 
 
-# (key, check, rule). Values are read by dotted key; a key that no longer exists is a test failure.
+_BATCHES = "a batch count >= 1 or a fraction in (0, 1]"
+# (key, check, rule): check(value) is true for a good value; a rule with "{choices}" takes check() = the choices; a
+# rule "must be [null or ]> 0 | >= 1 | in [0, 1) | ..." without check is checked as worded, like the rules in a
+# field's annotation (``lr: Annotated[float, "must be > 0"]``). Each key must exist.
 RULES: list[tuple[str, Any, str]] = [
-    ("seed", _in(0, 2**32 - 1), "must be in [0, 2**32 - 1]"),
-    ("optim.name", lambda v: v in _OPTIMIZERS, f"expected one of {list(_OPTIMIZERS)}"),
-    ("optim.lr", _positive, "must be > 0"),
-    ("optim.lr_base_batch", _optional(lambda v: v >= 1), "must be null or >= 1 (the rate is lr * batch / this)"),
-    ("optim.weight_decay", lambda v: v >= 0, "must be >= 0"),
-    ("optim.momentum", _in(0, 1), "must be in [0, 1]"),
+    ("seed", lambda v: 0 <= v <= 2**32 - 1, "must be in [0, 2**32 - 1]"),
+    ("optim.name", lambda: ("sgd", "adamw", "rmsprop"), "expected one of {choices}"),
     ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
-    ("optim.eps", _positive, "must be > 0"),
-    ("optim.alpha", _in(0, 1), "must be in [0, 1]"),
-    ("sched.name", lambda v: v in _SCHEDULES, f"expected one of {list(_SCHEDULES)}"),
-    ("sched.warmup_epochs", lambda v: v >= 0, "must be >= 0"),
-    ("sched.warmup_start_factor", _in(0, 1), "must be in [0, 1] (the warm-up rises from this fraction of lr)"),
+    ("sched.name", lambda: ("cosine", "multistep", "exponential", "constant"), "expected one of {choices}"),
     ("sched.milestones", lambda v: all(m >= 0 for m in v), "must be epochs >= 0"),
-    (
-        "sched.gamma",
-        _in(0, 1, lo_open=True),
-        "must be in (0, 1] (above 1 the rate rises, at or below 0 it is not positive)",
-    ),
-    ("sched.decay_every_epochs", _positive, "must be > 0"),
-    ("sched.min_lr_factor", _in(0, 1), "must be in [0, 1] (the final rate as a fraction of the peak)"),
-    ("train.epochs", lambda v: v >= 1, "must be >= 1"),
     ("train.max_steps", lambda v: v != 0, "leaves nothing to train; use -1 (no limit) or a positive step count"),
     ("train.max_steps", lambda v: v >= -1, "must be -1 (no limit) or a positive step count"),
-    (
-        "train.limit_train_batches",
-        lambda v: v != 0,
-        "leaves nothing to train; use a batch count >= 1 or a fraction in (0, 1]",
-    ),
-    (
-        "train.limit_train_batches",
-        lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1,
-        "must be a batch count >= 1 or a fraction in (0, 1]",
-    ),
-    ("train.label_smoothing", _in(0, 1, hi_open=True), "must be in [0, 1)"),
-    ("train.grad_clip", _optional(_positive), "must be null or > 0"),
-    ("train.accumulate", lambda v: v >= 1, "must be >= 1"),
-    ("train.ema_decay", _optional(_in(0, 1, lo_open=True, hi_open=True)), "must be null or in (0, 1)"),
-    ("train.bn_momentum", _optional(_in(0, 1)), "must be null or in [0, 1]"),
-    ("train.precision", lambda v: str(v) in _precisions(), "is not a Lightning precision; expected e.g. {choices}"),
-    ("train.val_every_epochs", lambda v: v >= 1, "must be >= 1"),
-    ("train.log_every_steps", lambda v: v >= 1, "must be >= 1"),
-    ("data.batch_size", lambda v: v >= 1, "must be >= 1"),
-    ("data.eval_batch_size", _optional(lambda v: v >= 1), "must be null or >= 1"),
-    ("data.image_size", _optional(lambda v: v >= 1), "must be null or >= 1"),
-    ("data.num_workers", lambda v: v >= 0, "must be >= 0"),
-    ("system.accelerator", lambda v: v in _ACCELERATORS, f"expected one of {list(_ACCELERATORS)}"),
+    ("train.limit_train_batches", lambda v: v != 0, f"leaves nothing to train; use {_BATCHES}"),
+    ("train.limit_train_batches", lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1, f"must be {_BATCHES}"),
+    ("train.precision", _precisions, "is not a Lightning precision; expected e.g. {choices}"),
+    ("data.batch_size", None, "must be >= 1"),
+    ("data.eval_batch_size", None, "must be null or >= 1"),
+    ("data.image_size", None, "must be null or >= 1"),
+    ("data.num_workers", None, "must be >= 0"),
+    ("system.accelerator", lambda: ("auto", "cpu", "gpu", "cuda", "mps", "tpu"), "expected one of {choices}"),
     ("system.devices", _devices_ok, "expected 'auto', a count >= 1 (-1: all), or a non-empty list of device ids"),
-    ("system.num_nodes", lambda v: v >= 1, "must be >= 1"),
-    ("system.strategy", lambda v: v in _strategies(), "is not a Lightning strategy; did you mean {choices}?"),
+    ("system.strategy", _strategies, "is not a Lightning strategy; did you mean {choices}?"),
     ("system.out_dir", lambda v: bool(v) and not Path(v).is_file(), "must name a folder (it is empty or a file)"),
-    ("system.run_name", _optional(_safe_name), "must be a plain folder name (no separators, '.', '..' or root)"),
-    ("system.matmul_precision", lambda v: v in _MATMUL, f"expected one of {list(_MATMUL)}"),
+    (
+        "system.run_name",
+        lambda v: v is None or (v not in ("", ".", "..") and not {"/", "\\"} & set(v)),
+        "must be a plain folder name (no separators, '.', '..' or root)",
+    ),
+    ("system.matmul_precision", lambda: ("highest", "high", "medium"), "expected one of {choices}"),
 ]
 
-_CHOICES = {"train.precision": _precisions, "system.strategy": _strategies}
 
-
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def _leaves(value: Any, key: str) -> Any:
+def _check_finite(value: Any, key: str = "") -> None:
     if isinstance(value, dict):
         for k, v in value.items():
-            yield from _leaves(v, f"{key}.{k}" if key else str(k))
+            _check_finite(v, f"{key}.{k}" if key else str(k))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            yield from _leaves(v, f"{key}[{i}]")
-    else:
-        yield key, value
-
-
-def validate(cfg: RunConfig) -> None:
-    """Check every value of ``cfg`` before anything runs.
-
-    Non-finite numbers anywhere; learning rates and schedules that go negative, zero or rise; nothing to train;
-    non-positive sizes and intervals; Lightning precision, strategy and device names; a run name that leaves the
-    output folder; the data section's own rules (:meth:`DataConfig.validate`). Hardware: :func:`check_hardware`.
-
-    Raises:
-        ConfigError: (a ``ValueError``) one line naming the key, the value and the rule.
-    """
-    for key, value in _leaves(to_dict(cfg), ""):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r} must be a finite number")
-    for key, check, rule in RULES:
-        value = _get(cfg, key)
-        try:
-            ok = bool(check(value))
-        except TypeError:
-            ok = False
-        if not ok:
-            choices = _CHOICES[key]() if key in _CHOICES else ()
-            close = difflib.get_close_matches(str(value), choices, n=3) or list(choices)[:6]
-            raise ConfigError(f"{key}={value!r} {rule.format(choices=', '.join(close))}")
-    try:
-        cfg.data.validate()
-    except ValueError as e:
-        raise ConfigError(" ".join(str(e).split())) from e
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
 
 
 def check_hardware(cfg: RunConfig) -> None:
     """Raise ``ConfigError`` when ``system.accelerator`` names hardware this machine does not have."""
     import torch
 
-    acc = cfg.system.accelerator
-    cuda = torch.cuda.is_available()
-    mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    acc, cuda, mps = cfg.system.accelerator, torch.cuda.is_available(), torch.backends.mps.is_available()
     available = {"cuda": cuda, "gpu": cuda or mps, "mps": mps}
     if acc == "tpu":
         from lightning.pytorch.accelerators import XLAAccelerator
 
         available["tpu"] = XLAAccelerator.is_available()
-    if acc in available and not available[acc]:
+    if not available.get(acc, True):
         raise ConfigError(f"system.accelerator={acc!r} but this machine has no such device; use 'cpu' or 'auto'")
     devices = cfg.system.devices
     if acc in ("cuda", "gpu") and cuda and isinstance(devices, int) and devices > torch.cuda.device_count():
@@ -395,9 +317,7 @@ def check_hardware(cfg: RunConfig) -> None:
 # ---------------------------------------------------------------------------------------------------- conversion
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as plain nested dicts/lists (YAML-safe)."""
-    return dataclasses.asdict(cfg)
+to_dict = dataclasses.asdict  # a config dataclass as plain nested dicts and lists (YAML-safe)
 
 
 def to_yaml(cfg: Any) -> str:
@@ -405,28 +325,20 @@ def to_yaml(cfg: Any) -> str:
 
 
 @functools.cache
-def run_parser() -> Any:
-    """The jsonargparse parser of :class:`RunConfig` (options ``--section.key``)."""
+def _run_parser() -> Any:
     return config_parser(RunConfig, prog="lambdanet train", description="Run configuration.")
 
 
-def _instantiate(parser: Any, ns: Any) -> RunConfig:
+def resolve(layers: list[Any], argv: list[str] | None = None, *, check: bool = True) -> RunConfig:
+    """Defaults <- each layer (a mapping or ``(source, mapping)``) <- the command line ``argv`` (``--section.key
+    value`` words). Raises ``ConfigError``: unknown key, ill-typed value or (``check``) a value outside its domain."""
+    parser = _run_parser()
+    ns = parse(parser, layers, argv)
     try:
         init = parser.instantiate(ns)
     except (TypeError, ValueError) as e:
         raise ConfigError(" ".join(str(e).split())) from e
-    return RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
-
-
-def resolve(layers: list[Any], argv: list[str] | None = None, *, parser: Any = None, check: bool = True) -> RunConfig:
-    """Defaults <- each layer (a mapping or ``(source, mapping)``) <- the command line ``argv`` (``--section.key
-    value`` words).
-
-    Raises:
-        ConfigError: unknown key, ill-typed value or (``check``) a value outside its domain.
-    """
-    parser = parser or run_parser()
-    cfg = _instantiate(parser, parse(parser, layers, argv))
+    cfg = RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
     if check:
         cfg.validate()
     return cfg
@@ -435,15 +347,12 @@ def resolve(layers: list[Any], argv: list[str] | None = None, *, parser: Any = N
 # ---------------------------------------------------------------------------------------------------- recipes
 
 
-def _recipe_dir() -> Path:
-    return Path(str(resources.files("lambdanet.train") / "recipes"))
+_RECIPES = Path(str(resources.files("lambdanet.train") / "recipes"))
 
 
 def list_recipes() -> list[str]:
     """Names of the shipped recipes (package data under ``lambdanet/train/recipes``)."""
-    with contextlib.suppress(ModuleNotFoundError, TypeError, OSError):
-        return sorted(p.stem for p in _recipe_dir().glob("*.yaml"))
-    return []
+    return sorted(p.stem for p in _RECIPES.glob("*.yaml"))
 
 
 def find_recipe(name_or_path: str) -> Path:
@@ -453,7 +362,7 @@ def find_recipe(name_or_path: str) -> Path:
         return path
     if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         raise ConfigError(f"recipe file {str(path)!r} does not exist")
-    candidate = _recipe_dir() / f"{name_or_path}.yaml"
+    candidate = _RECIPES / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate
     raise ConfigError(f"unknown recipe {name_or_path!r}: not a YAML file and not one of {list_recipes()}")
@@ -479,11 +388,6 @@ def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = No
         ValueError: unknown recipe, unknown key, ill-typed or out-of-range value (one line).
     """
     return resolve([recipe_layer(recipe or DEFAULT_RECIPE), overrides or {}])
-
-
-def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """A new validated :class:`RunConfig`: ``cfg`` with the nested ``overrides`` merged in."""
-    return resolve([to_dict(cfg), overrides])
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
