@@ -2,7 +2,8 @@
 
 Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, Sec. 3 and App. E.1. As ``torch.nn``'s ``_ConvNd``,
 :class:`_LambdaNd` holds checks, projection, norms, the N-d relative embedding, the content lambda, the float32
-island, ``reset_parameters``, ``resolve_algorithm``, ``macs`` and the channels-first forward.
+island, ``reset_parameters``, ``resolve_algorithm``, ``macs`` and the channels-first forward; :func:`lambda_output` is
+the one dispatch point of the position algorithms (plug-ins registered in :mod:`lambdanet.layers.algorithms`).
 
 Axis legend: b batch | h heads (queries) | k query/key depth |k| | v value depth |v| = dim_out / h
              u intra-depth |u| | n query positions | m context positions | S.. spatial axes
@@ -20,11 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from lambdanet.layers._common import check_flag, check_positive_int, compute_dtype, float32_island
-from lambdanet.layers.algorithms import ALGORITHMS, choose_algorithm
-from lambdanet.layers.lambda_ops import content_lambda, contiguous_grad, crop_kernel, lambda_output
+from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY, choose_algorithm
+from lambdanet.layers.algorithms._base import add_content, crop_kernel
 from lambdanet.layers.position import RelativePositionEmbedding
 
-__all__ = ["cast_output", "check_sides"]
+__all__ = ["cast_output", "check_sides", "lambda_output"]
 
 _NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _PROJECTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -211,22 +212,26 @@ class _LambdaNd(nn.Module):
             last = (0, *range(2, self.ndim + 2), 1)  # channels last: a view of the channels-last memory
             q = q.to(compute).permute(last).reshape(b, *spatial, self.heads, self.dim_k)  # b S.. h k
             v = v.to(compute).permute(last).reshape(b, *spatial, self.dim_u, self.dim_v)  # b S.. u v
-            lam_c = self._content_lambda(k.to(compute).permute(last), v) if self.content else None
-            weight = bias = None
-            if self.pos is not None:
-                weight, bias = self.pos()
-                weight, bias = weight.to(compute), None if bias is None else bias.to(compute)
-            algorithm = self.resolve_algorithm(b, spatial, x.device.type)
-            out_format = fmt if keep_format else torch.contiguous_format
-            y = lambda_output(q, v, lam_c, weight, spatial, algorithm, bias=bias, memory_format=out_format)
+            y = self._output(q, k.to(compute).permute(last), v, self.resolve_algorithm(b, spatial, x.device.type))
+            y = y.reshape(b, -1, self.dim_out).transpose(1, 2)  # b (h v) n
+            if torch.compiler.is_compiling():  # a copy, so that viewing symbolic sizes raises no layout guards
+                y = y.contiguous()
+            y = y.reshape(b, self.dim_out, *spatial)
+            y = y.contiguous(memory_format=fmt if keep_format else torch.contiguous_format)
         return cast_output(self.pool(y), out_dtype)  # pooled in float32: float16 pooling overflows too
 
-    def _content_lambda(self, keys: Tensor, v: Tensor) -> Tensor:
-        """(b, k, v) content lambda from key logits (b, S.., u k) and values (b, S.., u, v): softmax over positions."""
-        b = v.shape[0]
-        n = math.prod(v.shape[1:-2])
-        keys = keys.reshape(b, n, self.dim_u, self.dim_k).softmax(dim=1)  # b m u k
-        return content_lambda(keys.permute(0, 2, 3, 1), v.reshape(b, n, self.dim_u, self.dim_v).permute(0, 2, 3, 1))
+    def _output(self, q: Tensor, keys: Tensor, v: Tensor, algorithm: str) -> Tensor:
+        """(b, S.., h, v) output from queries (b, S.., h, k), key logits (b, S.., u k) and values (b, S.., u, v)."""
+        b, spatial = q.shape[0], tuple(q.shape[1:-2])
+        n, lam_c = math.prod(spatial), None
+        if self.content:  # keys softmax-normalised over the positions: one (b, k, v) lambda shared by every query
+            keys = keys.reshape(b, n, self.dim_u, self.dim_k).softmax(dim=1)  # b m u k
+            lam_c = torch.einsum("bmuk,bmuv->bkv", keys, v.reshape(b, n, self.dim_u, self.dim_v))
+        if self.pos is None:
+            return lambda_output(q, v, lam_c, None, spatial, algorithm)
+        weight, bias = self.pos()
+        bias = None if bias is None else bias.to(q.dtype)
+        return lambda_output(q, v, lam_c, weight.to(q.dtype), spatial, algorithm, bias=bias)
 
     # ----------------------------------------------------------------------------------------------- accounting
     def macs(self, *spatial: int) -> dict[str, int]:
@@ -244,8 +249,7 @@ class _LambdaNd(nn.Module):
         if self.content:
             parts["content"] = n * k * v * u + n * h * k * v  # lambda_c, then applying it
         if self.pos is not None:
-            kernel = crop_kernel(self.pos.weight[:1, :1], spatial).shape[2:]
-            pairs = math.prod(_pairs_in_scope(s, side) for s, side in zip(spatial, kernel))
+            pairs = math.prod(_pairs_in_scope(s, side) for s, side in zip(spatial, self.pos.kernel))
             parts["position"] = pairs * k * v * u + n * h * k * v
         return parts
 
@@ -256,6 +260,69 @@ class _LambdaNd(nn.Module):
             f"{ctx}, content={self.content}, position={self.position}, stride={self.stride}, "
             f"algorithm={self.algorithm!r}"
         )
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a gradient contiguous in a given memory format.
+
+    Works around a PyTorch CPU bug (seen in 2.13): ``BatchNorm2d`` backward returns a wrong input gradient when the
+    incoming gradient's strides do not match the input's memory format (e.g. a channels-last gradient for a
+    contiguous input and a batch of one). Some algorithms hand back gradients with arbitrary strides;
+    ``tests/test_layer.py::test_batchnorm_gradient_workaround`` pins both the bug and the workaround.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, memory_format: torch.memory_format) -> Tensor:  # type: ignore[override]
+        ctx.memory_format = memory_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad.contiguous(memory_format=ctx.memory_format), None
+
+
+def contiguous_grad(x: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """``x`` unchanged; its gradient is made contiguous in ``memory_format`` on the way back."""
+    if not x.requires_grad or torch.compiler.is_compiling() or torch.jit.is_scripting():
+        return x
+    return _ContiguousGrad.apply(x, memory_format)
+
+
+def lambda_output(
+    q: Tensor,
+    v: Tensor,
+    lam_c: Tensor | None,
+    weight: Tensor | None,
+    spatial: Sequence[int],
+    algorithm: str,
+    *,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """The lambda layer's output ``y_n = (lambda_c + lambda_p[n])^T q_n``, positions first, by ``algorithm``.
+
+    Args:
+        q: (b, S.., h, k) queries (any strides).
+        v: (b, S.., u, v) values (any strides).
+        lam_c: (b, k, v) content lambda, or None (position-only layer).
+        weight: (k, u, *kernel) relative position kernel, or None (content-only layer).
+        spatial: the map's size S...
+        algorithm: position algorithm, one of :data:`ALGORITHMS`.
+        bias: optional (k,) constant added to every position lambda entry (compatibility with implementations
+            built on a biased Conv3d; not in the paper).
+
+    Returns:
+        (b, S.., h, v); an empty batch or map gives an empty output that stays part of the graph.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
+    b, h, dv = q.shape[0], q.shape[-2], v.shape[-1]
+    if b * math.prod(spatial) == 0:
+        zero = 0 * (q.sum() + v.sum() + (0 if weight is None else weight.sum()))
+        return q.new_zeros(b, *spatial, h, dv) + zero
+    if weight is None:
+        return add_content(None, q, lam_c)
+    y = REGISTRY[algorithm].output(q, v, crop_kernel(weight, spatial), lam_c)
+    return y if bias is None else y + (q @ bias)[..., None]
 
 
 def cast_output(y: Tensor, dtype: torch.dtype) -> Tensor:

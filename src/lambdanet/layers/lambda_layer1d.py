@@ -16,16 +16,13 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from lambdanet.layers._common import check_flag, check_positive_int, compute_dtype, float32_island
-from lambdanet.layers.algorithms import choose_algorithm
 from lambdanet.layers.algorithms.logits import MAX_ELEMENTS as LOGITS_MAX_ELEMENTS
 from lambdanet.layers.algorithms.logits import MAX_WASTE as LOGITS_MAX_WASTE
 from lambdanet.layers.causal_chunk import chunk_causal_content, recurrent_causal_content
-from lambdanet.layers.core import _LambdaNd
-from lambdanet.layers.lambda_ops import content_lambda, position_output
+from lambdanet.layers.core import _LambdaNd, lambda_output
 from lambdanet.layers.position import RelativePositionEmbedding
 from lambdanet.layers.sequence_ops import CausalLambdaState, causal_kernel, masked_lambda_output
 
@@ -138,17 +135,12 @@ class LambdaLayer1d(_LambdaNd):
     def _make_projection(self, dim: int, channels: int, factory: dict) -> nn.Module:
         return nn.Linear(dim, channels, bias=False, **factory)
 
-    # ----------------------------------------------------------------------------------------------- helpers
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries and values (normalised) and key logits from the fused projection; channels last."""
-        q, k, v = torch.split(self.qkv(x), list(self.splits), dim=-1)
-        return self._normalise(self.norm_q, q), k, self._normalise(self.norm_v, v)
-
-    def _normalise(self, norm: nn.Module, x: Tensor) -> Tensor:
-        """Apply a query/value norm to (b, n, c) or (b, c) tensors."""
-        if isinstance(norm, nn.BatchNorm1d) and x.dim() == 3:
-            return norm(x.transpose(1, 2)).transpose(1, 2)
-        return norm(x)
+        """Normalised queries, key logits and normalised values of (b, n, dim) or (b, dim) inputs; channels last."""
+        q, k, v = torch.split(self.qkv(x), self.splits, dim=-1)
+        if x.dim() == 3 and self.norm == "batch":  # BatchNorm1d takes (b, c, n)
+            return self.norm_q(q.transpose(1, 2)).transpose(1, 2), k, self.norm_v(v.transpose(1, 2)).transpose(1, 2)
+        return self.norm_q(q), k, self.norm_v(v)
 
     def _check_input(self, x: Tensor) -> None:
         self._check_tensor(x, "(batch, length, dim)")
@@ -157,13 +149,7 @@ class LambdaLayer1d(_LambdaNd):
         if self.max_length is not None and x.shape[1] > self.max_length:
             raise ValueError(f"input length {x.shape[1]} exceeds max_length={self.max_length}")
 
-    def _kernel(self, compute: torch.dtype) -> Tensor | None:
-        if self.pos is None:
-            return None
-        weight = self.pos.weight.to(compute)
-        return causal_kernel(weight) if self.causal else weight
-
-    def resolve_algorithm(self, batch: int, length: int) -> str:
+    def resolve_algorithm(self, batch: int, length: int) -> str:  # type: ignore[override]
         """The position algorithm used by the unmasked paths for an input of this batch size and length.
 
         Causal layers cost only the past half of their kernel (offsets ``-(t // 2) .. 0``; every algorithm still
@@ -171,29 +157,14 @@ class LambdaLayer1d(_LambdaNd):
         ``logits`` up to :data:`CAUSAL_LOGITS_MAX_LENGTH` tokens while the past scope covers a third of the
         sequence, ``blocked`` for scopes up to ``2 * CAUSAL_BLOCKED_MAX_HALF + 1``, ``fft`` otherwise.
         """
-        if self.algorithm != "auto":
-            return self.algorithm
-        kernel = self.pos.kernel if self.pos is not None else (1,)
-        if self.causal:
-            half = min(kernel[0] // 2, length - 1)
-            past = half + 1  # in-scope context positions of the last query
-            elements = batch * self.heads * self.dim_u * length * length
-            if (
-                length <= CAUSAL_LOGITS_MAX_LENGTH
-                and length <= LOGITS_MAX_WASTE * past
-                and elements <= LOGITS_MAX_ELEMENTS
-            ):
-                return "logits"
-            return "blocked" if half <= CAUSAL_BLOCKED_MAX_HALF else "fft"
-        return choose_algorithm(
-            batch=batch,
-            spatial=(length,),
-            kernel=kernel,
-            dim_k=self.dim_k,
-            dim_v=self.dim_v,
-            dim_u=self.dim_u,
-            heads=self.heads,
-        )
+        if self.algorithm != "auto" or not self.causal:
+            return super().resolve_algorithm(batch, (length,))
+        half = min(self.pos.kernel[0] // 2 if self.pos is not None else 0, length - 1)
+        elements = batch * self.heads * self.dim_u * length * length
+        # half + 1: the in-scope context positions of the last query
+        if length <= min(CAUSAL_LOGITS_MAX_LENGTH, LOGITS_MAX_WASTE * (half + 1)) and elements <= LOGITS_MAX_ELEMENTS:
+            return "logits"
+        return "blocked" if half <= CAUSAL_BLOCKED_MAX_HALF else "fft"
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(
@@ -243,62 +214,48 @@ class LambdaLayer1d(_LambdaNd):
             if self.causal:
                 mask = mask & torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
         q, k, v = self._project(x)
-
         out_dtype = q.dtype
         compute = compute_dtype(out_dtype)
         with float32_island(x.device):
-            weight = self._kernel(compute)
-            if self.causal and mask is None:
-                y, new_state = self._causal_output(q.to(compute), k.to(compute), v.to(compute), weight, state)
-                y = y.reshape(b, n, self.dim_out)
+            q = q.to(compute).unflatten(-1, (self.heads, self.dim_k))  # b n h k
+            v = v.to(compute).unflatten(-1, (self.dim_u, self.dim_v))  # b n u v
+            k = k.to(compute)
+            if mask is not None:  # masked contexts (App. B.2): the future is masked by ``mask`` when causal
+                keys = k.unflatten(-1, (self.dim_u, self.dim_k)).permute(0, 2, 3, 1) if self.content else None
+                weight = None if self.pos is None else self.pos.weight.to(compute)
+                y = masked_lambda_output(q.permute(0, 2, 3, 1), keys, v.permute(0, 2, 3, 1), mask, weight)
+                y = y.permute(0, 3, 1, 2)  # b n h v
+            elif self.causal:
+                y, new_state = self._causal_output(q, k, v, state)
             else:
-                q = rearrange(q.to(compute), "b n (h k) -> b h k n", h=self.heads)
-                v = rearrange(v.to(compute), "b m (u v) -> b u v m", u=self.dim_u)
-                logits = rearrange(k.to(compute), "b m (u k) -> b u k m", u=self.dim_u) if self.content else None
-                if mask is not None:
-                    y = masked_lambda_output(q, logits, v, mask, weight)
-                else:
-                    y = self._position(q, v, weight, b, n)
-                    if logits is not None:
-                        y_c = torch.einsum("bhkn,bkv->bhvn", q, content_lambda(logits.softmax(dim=-1), v))
-                        y = y_c if y is None else y_c + y
-                y = rearrange(y, "b h v n -> b n (h v)")
-        y = y.to(out_dtype)
+                y = self._output(q, k, v, self.resolve_algorithm(b, n))
+        y = y.reshape(b, n, self.dim_out).to(out_dtype)
         return (y, new_state) if return_state else y
 
-    def _position(self, q: Tensor, v: Tensor, weight: Tensor | None, b: int, n: int) -> Tensor | None:
-        if weight is None:
-            return None
-        return position_output(q, v, weight, (n,), self.resolve_algorithm(b, n))
-
     def _causal_output(
-        self, q: Tensor, k: Tensor, v: Tensor, weight: Tensor | None, state: CausalLambdaState | None
+        self, q: Tensor, k: Tensor, v: Tensor, state: CausalLambdaState | None
     ) -> tuple[Tensor, CausalLambdaState]:
-        """Causal pass in the channels-last layout (b, n, h, v), continuing ``state``; returns a new state."""
-        b, n, _ = q.shape
-        q = q.view(b, n, self.heads, self.dim_k)
-        v = v.view(b, n, self.dim_u, self.dim_v)
-        start = 0 if state is None else state.length
+        """Causal output (b, n, h, v) from q (b, n, h, k), key logits (b, n, u k), v (b, n, u, v), continuing
+        ``state``; returns a new state."""
+        b, n = q.shape[:2]
         new = self.init_state()
-        new.length = start + n
+        new.length = n if state is None else state.length + n
         y = None
         if self.content:
-            logits = k.view(b, n, self.dim_u, self.dim_k)
+            logits = k.unflatten(-1, (self.dim_u, self.dim_k))
             prior = None if state is None else state.content
             y, new.content = chunk_causal_content(q, logits, v, prior, output_final_state=True, chunk_size=self.chunk)
-        if weight is not None:
-            vt = rearrange(v, "b n u v -> b u v n")
-            prefix = None if state is None else state.recent_values()
-            if prefix is not None and prefix.shape[-1]:  # earlier values the new queries still see
-                p = prefix.shape[-1]
-                vt = torch.cat([prefix.to(vt.dtype), vt], dim=-1)
-                qt = F.pad(rearrange(q, "b n h k -> b h k n"), (p, 0))
-                y_p = self._position(qt, vt, weight, b, p + n)[..., p:]
-            else:
-                y_p = self._position(rearrange(q, "b n h k -> b h k n"), vt, weight, b, n)
-            y_p = rearrange(y_p, "b h v n -> b n h v")
+        if self.pos is not None:
+            weight = causal_kernel(self.pos.weight.to(q.dtype))
+            prefix = None if state is None else state.recent_values()  # earlier values the new queries still see
+            p = 0 if prefix is None else prefix.shape[-1]
+            if p:
+                v = torch.cat([prefix.permute(0, 3, 1, 2).to(v.dtype), v], dim=1)
+                q = F.pad(q, (0, 0, 0, 0, p, 0))
+            algorithm = self.resolve_algorithm(b, p + n)
+            y_p = lambda_output(q, v, None, weight, (p + n,), algorithm)[:, p:]
             y = y_p if y is None else y + y_p
-            new.store_values(vt, new.length)
+            new.store_values(v.permute(0, 2, 3, 1), new.length)
         return y, new
 
     # ----------------------------------------------------------------------------------------------- decoding

@@ -20,7 +20,7 @@ The causal mask (``mask[n, m] = m <= n``) needs no (n, m) tensor: the content la
 softmax), computed chunk by chunk so that memory is linear in the length (the chunkwise op the layer uses lives in
 :mod:`lambdanet.layers.causal_chunk`); the position lambdas use the relative
 kernel with its future half (offsets ``m - n > 0``) set to zero, so every algorithm of
-:func:`lambdanet.layers.lambda_ops.position_output` applies unchanged.
+:func:`lambdanet.layers.core.lambda_output` applies unchanged.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lambdanet.layers._common import LOW_PRECISION
+from lambdanet.layers.algorithms._base import apply_lambdas, relative_embeddings
 from lambdanet.layers.causal_chunk import ContentState
-from lambdanet.layers.lambda_ops import apply_lambdas, relative_embeddings
 
 __all__ = [
     "CausalLambdaState",
