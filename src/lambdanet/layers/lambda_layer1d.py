@@ -24,7 +24,7 @@ from lambdanet.layers.algorithms.logits import MAX_WASTE as LOGITS_MAX_WASTE
 from lambdanet.layers.causal_chunk import chunk_causal_content, recurrent_causal_content
 from lambdanet.layers.core import _LambdaNd, lambda_output
 from lambdanet.layers.position import RelativePositionEmbedding
-from lambdanet.layers.sequence_ops import CausalLambdaState, causal_kernel, masked_lambda_output
+from lambdanet.layers.sequence_ops import CausalLambdaState, causal_kernel, check_mask, masked_lambda_output
 
 __all__ = ["NORMS", "LambdaLayer1d"]
 
@@ -200,11 +200,7 @@ class LambdaLayer1d(_LambdaNd):
         if state is not None:
             state.check_room(n, b)
         if mask is not None:
-            if mask.dtype != torch.bool or tuple(mask.shape) != (n, n):
-                raise ValueError(
-                    f"mask must be a boolean (n, m) = ({n}, {n}) tensor, got dtype {mask.dtype} shape "
-                    f"{tuple(mask.shape)}"
-                )
+            check_mask(mask, n)
             if self.norm == "batch" and self.training:
                 warnings.warn(
                     "LambdaLayer1d(norm='batch') in training mode pools batch statistics over masked positions; "
