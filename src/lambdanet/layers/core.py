@@ -220,7 +220,7 @@ class _LambdaNd(nn.Module):
             y = y.contiguous(memory_format=fmt if keep_format else torch.contiguous_format)
         return cast_output(self.pool(y), out_dtype)  # pooled in float32: float16 pooling overflows too
 
-    def _output(self, q: Tensor, keys: Tensor, v: Tensor, algorithm: str) -> Tensor:
+    def _output(self, q: Tensor, keys: Tensor | None, v: Tensor, algorithm: str) -> Tensor:
         """(b, S.., h, v) output from queries (b, S.., h, k), key logits (b, S.., u k) and values (b, S.., u, v)."""
         b, spatial = q.shape[0], tuple(q.shape[1:-2])
         n, lam_c = math.prod(spatial), None

@@ -135,12 +135,19 @@ class LambdaLayer1d(_LambdaNd):
     def _make_projection(self, dim: int, channels: int, factory: dict) -> nn.Module:
         return nn.Linear(dim, channels, bias=False, **factory)
 
-    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Normalised queries, key logits and normalised values of (b, n, dim) or (b, dim) inputs; channels last."""
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor, torch.dtype]:
+        """Normalised queries (.., h, k), key logits (.., u, k) (None without content) and normalised values
+        (.., u, v) in the compute dtype from (b, n, dim) or (b, dim) inputs; and the output dtype."""
         q, k, v = torch.split(self.qkv(x), self.splits, dim=-1)
         if x.dim() == 3 and self.norm == "batch":  # BatchNorm1d takes (b, c, n)
-            return self.norm_q(q.transpose(1, 2)).transpose(1, 2), k, self.norm_v(v.transpose(1, 2)).transpose(1, 2)
-        return self.norm_q(q), k, self.norm_v(v)
+            q, v = self.norm_q(q.transpose(1, 2)).transpose(1, 2), self.norm_v(v.transpose(1, 2)).transpose(1, 2)
+        else:
+            q, v = self.norm_q(q), self.norm_v(v)
+        out_dtype = q.dtype
+        compute = compute_dtype(out_dtype)
+        q = q.to(compute).unflatten(-1, (self.heads, self.dim_k))
+        k = k.to(compute).unflatten(-1, (self.dim_u, self.dim_k)) if self.content else None
+        return q, k, v.to(compute).unflatten(-1, (self.dim_u, self.dim_v)), out_dtype
 
     def _check_input(self, x: Tensor) -> None:
         self._check_tensor(x, "(batch, length, dim)")
@@ -209,16 +216,11 @@ class LambdaLayer1d(_LambdaNd):
                 )
             if self.causal:
                 mask = mask & torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
-        q, k, v = self._project(x)
-        out_dtype = q.dtype
-        compute = compute_dtype(out_dtype)
+        q, k, v, out_dtype = self._project(x)  # b n h k, b n u k, b n u v
         with float32_island(x.device):
-            q = q.to(compute).unflatten(-1, (self.heads, self.dim_k))  # b n h k
-            v = v.to(compute).unflatten(-1, (self.dim_u, self.dim_v))  # b n u v
-            k = k.to(compute)
             if mask is not None:  # masked contexts (App. B.2): the future is masked by ``mask`` when causal
-                keys = k.unflatten(-1, (self.dim_u, self.dim_k)).permute(0, 2, 3, 1) if self.content else None
-                weight = None if self.pos is None else self.pos.weight.to(compute)
+                keys = None if k is None else k.permute(0, 2, 3, 1)
+                weight = None if self.pos is None else self.pos.weight.to(q.dtype)
                 y = masked_lambda_output(q.permute(0, 2, 3, 1), keys, v.permute(0, 2, 3, 1), mask, weight)
                 y = y.permute(0, 3, 1, 2)  # b n h v
             elif self.causal:
@@ -231,16 +233,15 @@ class LambdaLayer1d(_LambdaNd):
     def _causal_output(
         self, q: Tensor, k: Tensor, v: Tensor, state: CausalLambdaState | None
     ) -> tuple[Tensor, CausalLambdaState]:
-        """Causal output (b, n, h, v) from q (b, n, h, k), key logits (b, n, u k), v (b, n, u, v), continuing
+        """Causal output (b, n, h, v) from q (b, n, h, k), key logits (b, n, u, k), v (b, n, u, v), continuing
         ``state``; returns a new state."""
         b, n = q.shape[:2]
         new = self.init_state()
         new.length = n if state is None else state.length + n
         y = None
-        if self.content:
-            logits = k.unflatten(-1, (self.dim_u, self.dim_k))
+        if k is not None:
             prior = None if state is None else state.content
-            y, new.content = chunk_causal_content(q, logits, v, prior, output_final_state=True, chunk_size=self.chunk)
+            y, new.content = chunk_causal_content(q, k, v, prior, output_final_state=True, chunk_size=self.chunk)
         if self.pos is not None:
             weight = causal_kernel(self.pos.weight.to(q.dtype))
             prefix = None if state is None else state.recent_values()  # earlier values the new queries still see
@@ -280,26 +281,20 @@ class LambdaLayer1d(_LambdaNd):
         if self.norm == "batch" and self.training:
             raise ValueError("step with norm='batch' needs eval mode (training-mode batch statistics span positions)")
         state.check_room(1, x.shape[0])
-        q, k, v = self._project(x)
-        out_dtype = q.dtype
-        compute = compute_dtype(out_dtype)
+        q, k, v, out_dtype = self._project(x)  # b h k, b u k, b u v
         with float32_island(x.device):
-            q = q.to(compute).unflatten(-1, (self.heads, self.dim_k))
-            v = v.to(compute).unflatten(-1, (self.dim_u, self.dim_v))
             y = None
-            if self.content:
-                logits = k.to(compute).unflatten(-1, (self.dim_u, self.dim_k))
-                y, state.content = recurrent_causal_content(q, logits, v, state.content)
+            if k is not None:
+                y, state.content = recurrent_causal_content(q, k, v, state.content)
             if self.pos is not None:  # reads offsets <= 0 only: the raw kernel, no per-token causal copy
-                y_p = state.position_output(q, v, self.pos.weight.to(compute))
+                y_p = state.position_output(q, v, self.pos.weight.to(q.dtype))
                 y = y_p if y is None else y + y_p
             state.length += 1
         return y.flatten(1).to(out_dtype)
 
     def extra_repr(self) -> str:
-        ctx = f"scope={self.scope}" if self.scope is not None else "scope=None"
         return (
             f"dim={self.dim}, dim_out={self.dim_out}, dim_k={self.dim_k}, heads={self.heads}, dim_u={self.dim_u}, "
-            f"{ctx}, max_length={self.max_length}, content={self.content}, position={self.position}, "
+            f"scope={self.scope}, max_length={self.max_length}, content={self.content}, position={self.position}, "
             f"causal={self.causal}, norm={self.norm!r}, algorithm={self.algorithm!r}"
         )
