@@ -249,7 +249,9 @@ class _LambdaNd(nn.Module):
         if self.content:
             parts["content"] = n * k * v * u + n * h * k * v  # lambda_c, then applying it
         if self.pos is not None:
-            pairs = math.prod(_pairs_in_scope(s, side) for s, side in zip(spatial, self.pos.kernel))
+            # in-scope (n, m) pairs of an axis of length S and radius c <= S - 1: S (2c + 1) - c (c + 1)
+            radii = [min(side // 2, s - 1) for s, side in zip(spatial, self.pos.kernel)]
+            pairs = math.prod(s * (2 * c + 1) - c * (c + 1) for s, c in zip(spatial, radii))
             parts["position"] = pairs * k * v * u + n * h * k * v
         return parts
 
@@ -262,30 +264,17 @@ class _LambdaNd(nn.Module):
         )
 
 
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward hands on a gradient contiguous in a given memory format.
+def contiguous_grad(x: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """``x``, whose gradient is made contiguous in ``memory_format`` on the way back (a tensor hook).
 
     Works around a PyTorch CPU bug (seen in 2.13): ``BatchNorm2d`` backward returns a wrong input gradient when the
     incoming gradient's strides do not match the input's memory format (e.g. a channels-last gradient for a
     contiguous input and a batch of one). Some algorithms hand back gradients with arbitrary strides;
     ``tests/test_layer.py::test_batchnorm_gradient_workaround`` pins both the bug and the workaround.
     """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, memory_format: torch.memory_format) -> Tensor:  # type: ignore[override]
-        ctx.memory_format = memory_format
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return grad.contiguous(memory_format=ctx.memory_format), None
-
-
-def contiguous_grad(x: Tensor, memory_format: torch.memory_format) -> Tensor:
-    """``x`` unchanged; its gradient is made contiguous in ``memory_format`` on the way back."""
-    if not x.requires_grad or torch.compiler.is_compiling() or torch.jit.is_scripting():
-        return x
-    return _ContiguousGrad.apply(x, memory_format)
+    if x.requires_grad and not torch.compiler.is_compiling():
+        x.register_hook(lambda grad: None if grad is None else grad.contiguous(memory_format=memory_format))
+    return x
 
 
 def lambda_output(
@@ -344,9 +333,3 @@ def cast_output(y: Tensor, dtype: torch.dtype) -> Tensor:
             )
         y = y.clamp(-limit, limit)
     return y.to(dtype)
-
-
-def _pairs_in_scope(size: int, side: int) -> int:
-    """Number of (n, m) pairs along one axis of length ``size`` whose offset lies inside a kernel of ``side``."""
-    c = side // 2
-    return sum(min(size - 1, i + c) - max(0, i - c) + 1 for i in range(size))
