@@ -245,18 +245,9 @@ class _BlockedLocal(torch.autograd.Function):
 
 
 def blocked_output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) -> Tensor:
-    """Local lambda output ``q^T (lambda_c + lambda_p)``, positions first: q (b, S.., h, k), v (b, S.., u, v).
-
-    Args:
-        q: (b, S.., h, k) queries (any strides).
-        v: (b, S.., u, v) values (any strides).
-        weight: (k, u, K..) relative position kernel (already cropped to the map).
-        lam_c: optional (b, k, v) content lambda, added to every position lambda (fused into the same pass).
-
-    Returns:
-        (b, S.., h, v). Uses the chunked autograd function in eager mode and :func:`blocked_output_ops` under
-        ``torch.compile``, ``torch.export`` and TorchScript.
-    """
+    """Local lambda output ``q^T (lambda_c + lambda_p)`` with the shapes above (any strides, the kernel cropped to the
+    map, ``lam_c`` optional and fused into the same pass): the chunked autograd function in eager mode,
+    :func:`blocked_output_ops` under ``torch.compile``, ``torch.export`` and TorchScript."""
     if torch.compiler.is_compiling() or torch.jit.is_scripting():
         return blocked_output_ops(q, v, weight, lam_c)
     return _BlockedLocal.apply(q, v, weight, lam_c)

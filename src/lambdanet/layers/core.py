@@ -287,21 +287,11 @@ def lambda_output(
     *,
     bias: Tensor | None = None,
 ) -> Tensor:
-    """The lambda layer's output ``y_n = (lambda_c + lambda_p[n])^T q_n``, positions first, by ``algorithm``.
-
-    Args:
-        q: (b, S.., h, k) queries (any strides).
-        v: (b, S.., u, v) values (any strides).
-        lam_c: (b, k, v) content lambda, or None (position-only layer).
-        weight: (k, u, *kernel) relative position kernel, or None (content-only layer).
-        spatial: the map's size S...
-        algorithm: position algorithm, one of :data:`ALGORITHMS`.
-        bias: optional (k,) constant added to every position lambda entry (compatibility with implementations
-            built on a biased Conv3d; not in the paper).
-
-    Returns:
-        (b, S.., h, v); an empty batch or map gives an empty output that stays part of the graph.
-    """
+    """The lambda layer's output ``y_n = (lambda_c + lambda_p[n])^T q_n`` (b, S.., h, v) by ``algorithm``, with the
+    algorithms' contract (:mod:`lambdanet.layers.algorithms._base`) on a map of size ``spatial``; ``lam_c`` is None
+    for a position-only layer, ``weight`` (k, u, *kernel) None for a content-only one; ``bias``, an optional (k,)
+    constant added to every position lambda entry (compatibility with implementations built on a biased Conv3d; not
+    in the paper). An empty batch or map gives an empty output that stays part of the graph."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
     b, h, dv = q.shape[0], q.shape[-2], v.shape[-1]

@@ -52,15 +52,9 @@ class LambdaLayer1d(_LambdaNd):
     that reproduces the full causal pass.
 
     Args:
-        dim: input channels d.
-        dim_out: output channels (default ``dim``); must be divisible by ``heads``.
-        dim_k: query/key depth |k|.
-        heads: number of queries |h| sharing each lambda.
-        dim_u: intra-depth |u|.
+        dim, dim_out, dim_k, heads, dim_u, content, position: as for :class:`lambdanet.LambdaLayer`.
         scope: odd side of the local scope; ``None`` for global relative positions up to ``max_length``.
         max_length: longest accepted sequence; required when ``scope=None`` (optional otherwise).
-        content: compute the content lambda.
-        position: compute position lambdas.
         causal: mask the future (offsets ``m - n > 0``); causal position lambdas use offsets ``-(scope // 2) .. 0``.
         norm: normalisation of queries and values: ``"batch"`` (the paper's BatchNorm over batch and length),
             ``"layer"`` (LayerNorm per position), ``"none"``, or ``"auto"``: ``"layer"`` if ``causal`` else
