@@ -1,12 +1,14 @@
-"""The N-d lambda layer core shared by :class:`LambdaLayer1d`, :class:`LambdaLayer` (2-D) and :class:`LambdaLayer3d`.
+"""The N-d lambda layer core behind :class:`LambdaLayer1d`, and the 2-D and 3-D layers :class:`LambdaLayer` and
+:class:`LambdaLayer3d`.
 
-Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, Sec. 3 and App. E.1. As ``torch.nn``'s ``_ConvNd``,
+Bello, "LambdaNetworks: Modeling Long-Range Interactions Without Attention", ICLR 2021, arXiv:2102.08602, Sec. 3
+(equations 1-2, Figures 3, 5 and 8) and App. E.1. As ``torch.nn``'s ``_ConvNd``,
 :class:`_LambdaNd` holds checks, projection, norms, the N-d relative embedding, the content lambda, the float32
 island, ``reset_parameters``, ``resolve_algorithm``, ``macs`` and the channels-first forward; :func:`lambda_output` is
 the one dispatch point of the position algorithms (plug-ins registered in :mod:`lambdanet.layers.algorithms`).
 
 Axis legend: b batch | h heads (queries) | k query/key depth |k| | v value depth |v| = dim_out / h
-             u intra-depth |u| | n query positions | m context positions | S.. spatial axes
+             u intra-depth |u| | n query positions | m context positions | S.. spatial axes: hh ww or tt hh ww
 
 Shape: (b, dim, S..) -> (b, dim_out, ceil(S / stride)..) for the 2-D and 3-D layers
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +28,7 @@ from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY, choose_algorithm
 from lambdanet.layers.algorithms._base import add_content, crop_kernel
 from lambdanet.layers.position import RelativePositionEmbedding
 
-__all__ = ["cast_output", "check_sides", "lambda_output"]
+__all__ = ["LambdaLayer", "LambdaLayer3d", "cast_output", "check_sides", "lambda_output"]
 
 _NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _PROJECTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -262,6 +265,81 @@ class _LambdaNd(nn.Module):
             f"{ctx}, content={self.content}, position={self.position}, stride={self.stride}, "
             f"algorithm={self.algorithm!r}"
         )
+
+
+class LambdaLayer(_LambdaNd):
+    """Multi-query lambda layer with content and relative position lambdas (2-D).
+
+    Queries, keys and values come from one bias-free 1x1 projection; queries and values are batch-normalised, keys
+    are softmax-normalised over the context positions separately for every key channel and intra-depth slice.
+    The |h| queries of a position share one lambda (multi-query), so the value depth is ``dim_out // heads`` and the
+    output channels are ordered (head, value), as in the paper's ``reshape([b, n, h, v] -> [b, n, d])``.
+
+    Position lambdas use learned relative embeddings: a local scope of side ``scope`` (the lambda convolution; any
+    input size) or, with ``scope=None``, global relative embeddings over a fixed ``feat_size`` map. Either way the
+    position term is translation equivariant.
+
+    Args:
+        dim: input channels d.
+        dim_out: output channels (default ``dim``); must be divisible by ``heads``.
+        dim_k: query/key depth |k|.
+        heads: number of queries |h| sharing each lambda.
+        dim_u: intra-depth |u|.
+        scope: odd side of the local scope of position lambdas; ``None`` for global relative embeddings.
+        feat_size: (H, W) of the input, required when ``scope=None``.
+        content: compute the content lambda (False reproduces the paper's position-only ablation).
+        position: compute position lambdas (False reproduces the content-only ablation).
+        stride: 1, or 2 for a 3x3 average pool with stride 2 (padding 1) after the layer, as the paper downsamples;
+            or a per-axis tuple of 1s and 2s.
+        position_bias: add a learned per-key constant to the position lambdas. Not in the paper; only for
+            compatibility with implementations built on a biased Conv3d (lambda-networks, d-li14).
+        algorithm: ``"auto"`` (fastest exact algorithm for the input shape, see ``docs/algorithms.md``) or one of
+            :data:`lambdanet.layers.ALGORITHMS` (``"einsum"``, ``"logits"``, ``"blocked"``, ``"conv"``, ``"fft"``).
+            All give the same result up to rounding.
+        pos_embed: a :class:`RelativePositionEmbedding` to share with other layers instead of owning one.
+
+    Raises:
+        ValueError: for inconsistent arguments (see the messages); TypeError for non-bool flags, and in forward for
+            non-floating inputs or a dtype other than the parameters' outside autocast.
+
+    Note:
+        Projections are initialised as in App. E.1 (fan-in normal: std d^-1/2 for keys and values, (|k| d)^-1/2
+        for queries, the attention scaling absorbed into the projection); embeddings are unit normal.
+        Under autocast or with float16/bfloat16 inputs the lambdas are computed and accumulated in float32 and the
+        output is cast back; a float16 output saturates at +-65504 (the output grows with the square of the
+        activation scale and would overflow long before a convolution's). An empty batch gives an empty output.
+        The layer computes in channels-last memory (faster on CPU, see ``docs/algorithms.md``) and returns the
+        input's memory format: contiguous for a contiguous input, channels-last for a channels-last input.
+    """
+
+    ndim = 2
+
+
+class LambdaLayer3d(_LambdaNd):
+    """Multi-query lambda layer with content and relative position lambdas over (T, H, W), for volumes and video
+    (the paper's experiments are 2-D).
+
+    The 3-D counterpart of :class:`lambdanet.LambdaLayer`, with the same arguments, structure and initialisation
+    (1x1x1 projection, BatchNorm3d, keys normalised over all T H W positions), except:
+
+    Args:
+        scope: local scope: an odd side for every axis, or one odd side per axis, e.g. ``(3, 7, 7)`` (default 7);
+            ``None`` for global relative embeddings over ``feat_size``.
+        feat_size: (T, H, W) of the input, required when ``scope=None``.
+        stride: 1, 2, or per axis, e.g. ``(1, 2, 2)``: a 3-wide average pool with stride 2 (padding 1) after the
+            layer along the axes with stride 2.
+        algorithm: ``"auto"`` or an algorithm of :data:`lambdanet.layers.ALGORITHMS` that serves three axes;
+            ``blocked`` handles per-axis scopes natively, ``conv`` is a 3-D convolution.
+        **kwargs: the other arguments of :class:`lambdanet.LambdaLayer`.
+
+    Note:
+        Computes in ``channels_last_3d`` memory and returns the input's memory format.
+    """
+
+    ndim = 3
+
+    def __init__(self, dim: int, *, scope: int | tuple[int, int, int] | None = 7, **kwargs: Any) -> None:
+        super().__init__(dim, scope=scope, **kwargs)
 
 
 def contiguous_grad(x: Tensor, memory_format: torch.memory_format) -> Tensor:
