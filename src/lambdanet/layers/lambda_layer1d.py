@@ -13,6 +13,7 @@ Shape: (b, n, dim) -> (b, n, dim_out)
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,9 @@ class LambdaLayer1d(_LambdaNd):
     that reproduces the full causal pass.
 
     Args:
-        dim, dim_out, dim_k, heads, dim_u, content, position: as for :class:`lambdanet.LambdaLayer`.
+        dim: input channels d.
+        dim_out, dim_k, heads, dim_u, content, position, device, dtype: keyword arguments as for
+            :class:`lambdanet.LambdaLayer`.
         scope: odd side of the local scope; ``None`` for global relative positions up to ``max_length``.
         max_length: longest accepted sequence; required when ``scope=None`` (optional otherwise).
         causal: mask the future (offsets ``m - n > 0``); causal position lambdas use offsets ``-(scope // 2) .. 0``.
@@ -82,48 +85,29 @@ class LambdaLayer1d(_LambdaNd):
         self,
         dim: int,
         *,
-        dim_out: int | None = None,
-        dim_k: int = 16,
-        heads: int = 4,
-        dim_u: int = 1,
         scope: int | None = 23,
         max_length: int | None = None,
-        content: bool = True,
-        position: bool = True,
         causal: bool = False,
         norm: str = "auto",
-        algorithm: str = "auto",
         chunk: int = 32,
         pos_embed: RelativePositionEmbedding | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> None:
         chunk = check_positive_int("chunk", chunk)
         if max_length is not None:
             max_length = check_positive_int("max_length", max_length)
         if norm not in NORMS:
             raise ValueError(f"norm={norm!r} must be one of {NORMS}")
-        if scope is None and position and max_length is None:
+        if scope is None and kwargs.get("position", True) and max_length is None:
             raise ValueError("scope=None (global relative position embeddings) requires max_length")
         if pos_embed is not None and pos_embed.bias is not None:
             raise ValueError("pos_embed has a bias; LambdaLayer1d supports bias-free embeddings only (the paper's)")
-        super().__init__(
-            dim,
-            dim_out=dim_out,
-            dim_k=dim_k,
-            heads=heads,
-            dim_u=dim_u,
-            scope=scope,
-            feat_size=None if max_length is None else (max_length,),
-            content=content,
-            position=position,
-            position_bias=False,
-            algorithm=algorithm,
-            pos_embed=pos_embed,
-            norm=("layer" if check_flag("causal", causal) else "batch") if norm == "auto" else norm,
-            device=device,
-            dtype=dtype,
-        )
+        if images_only := sorted(kwargs.keys() & {"feat_size", "stride", "position_bias"}):
+            raise TypeError(f"LambdaLayer1d got unexpected keyword arguments {images_only} (2-D and 3-D layers only)")
+        causal = check_flag("causal", causal)
+        norm = ("layer" if causal else "batch") if norm == "auto" else norm
+        feat_size = None if max_length is None else (max_length,)
+        super().__init__(dim, scope=scope, feat_size=feat_size, norm=norm, pos_embed=pos_embed, **kwargs)
         self.max_length, self.causal, self.chunk = max_length, causal, chunk
 
     def _make_projection(self, dim: int, channels: int, factory: dict) -> nn.Module:

@@ -57,11 +57,7 @@ def masked_content_lambdas(logits: Tensor, v: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_lambda_output(
-    q: Tensor,
-    logits: Tensor | None,
-    v: Tensor,
-    mask: Tensor,
-    weight: Tensor | None = None,
+    q: Tensor, logits: Tensor | None, v: Tensor, mask: Tensor, weight: Tensor | None = None
 ) -> Tensor:
     """Output (b, h, v, n) of a masked lambda layer: content (if ``logits``) plus position (if ``weight``) terms.
 
