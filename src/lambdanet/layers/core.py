@@ -1,5 +1,5 @@
-"""The N-d lambda layer core behind :class:`LambdaLayer1d`, and the 2-D and 3-D layers :class:`LambdaLayer` and
-:class:`LambdaLayer3d`.
+"""The N-d lambda layer core behind :class:`LambdaLayer1d`, the 2-D and 3-D layers :class:`LambdaLayer` and
+:class:`LambdaLayer3d`, and their :class:`RelativePositionEmbedding`.
 
 Bello, "LambdaNetworks: Modeling Long-Range Interactions Without Attention", ICLR 2021, arXiv:2102.08602, Sec. 3
 (equations 1-2, Figures 3, 5 and 8) and App. E.1. As ``torch.nn``'s ``_ConvNd``,
@@ -26,9 +26,8 @@ from torch import Tensor, nn
 from lambdanet.layers._common import check_flag, check_positive_int, compute_dtype, float32_island
 from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY, choose_algorithm
 from lambdanet.layers.algorithms._base import add_content, crop_kernel
-from lambdanet.layers.position import RelativePositionEmbedding
 
-__all__ = ["LambdaLayer", "LambdaLayer3d", "cast_output", "check_sides", "lambda_output"]
+__all__ = ["LambdaLayer", "LambdaLayer3d", "RelativePositionEmbedding", "cast_output", "check_sides", "lambda_output"]
 
 _NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _PROJECTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -47,6 +46,56 @@ def check_sides(
     if len(sides) != ndim or not all(isinstance(s, int) and not isinstance(s, bool) and ok(s) for s in sides):
         raise ValueError(f"{name}={value!r} must be {expected}")
     return sides
+
+
+class RelativePositionEmbedding(nn.Module):
+    """Learned relative position embeddings ``R`` indexed by the offset ``m - n`` (paper Sec. 3.3-3.4).
+
+    The learned tensor R of the paper (|r| x |k| per intra-depth slice) laid out as a convolution kernel, which the
+    lambda convolution uses as is. One module may be passed to several lambda layers to share embeddings across
+    layers (App. A: "share position embeddings across layers" to save memory).
+
+    Args:
+        dim_k: query/key depth |k|.
+        kernel: kernel side per spatial axis: ``(r, r)`` for a local scope r, ``(2H - 1, 2W - 1)`` for global
+            context over an H x W map. Sides must be odd so that offset 0 sits in the centre.
+        dim_u: intra-depth |u|.
+        bias: add a learned constant per key channel to every position lambda (not in the paper; for compatibility
+            with implementations built on a biased Conv3d).
+
+    Shape: weight (dim_k, dim_u, *kernel), bias (dim_k,)
+    """
+
+    def __init__(
+        self,
+        dim_k: int,
+        kernel: Sequence[int],
+        *,
+        dim_u: int = 1,
+        bias: bool = False,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kernel = tuple(int(s) for s in kernel)
+        if not kernel or any(s < 1 or s % 2 == 0 for s in kernel):
+            raise ValueError(f"kernel={kernel} must be a non-empty tuple of odd positive sides")
+        self.dim_k, self.dim_u, self.kernel = dim_k, dim_u, kernel
+        self.weight = nn.Parameter(torch.empty(dim_k, dim_u, *kernel, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(dim_k, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Paper, App. E.1: "initialized at random using the unit normal distribution".
+        nn.init.normal_(self.weight, mean=0.0, std=1.0)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self) -> tuple[Tensor, Tensor | None]:
+        return self.weight, self.bias
+
+    def extra_repr(self) -> str:
+        return f"dim_k={self.dim_k}, dim_u={self.dim_u}, kernel={self.kernel}, bias={self.bias is not None}"
 
 
 class _LambdaNd(nn.Module):

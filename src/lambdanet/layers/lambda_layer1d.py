@@ -23,8 +23,7 @@ from lambdanet.layers._common import check_flag, check_positive_int, compute_dty
 from lambdanet.layers.algorithms.logits import MAX_ELEMENTS as LOGITS_MAX_ELEMENTS
 from lambdanet.layers.algorithms.logits import MAX_WASTE as LOGITS_MAX_WASTE
 from lambdanet.layers.causal_chunk import chunk_causal_content, recurrent_causal_content
-from lambdanet.layers.core import _LambdaNd, lambda_output
-from lambdanet.layers.position import RelativePositionEmbedding
+from lambdanet.layers.core import RelativePositionEmbedding, _LambdaNd, lambda_output
 from lambdanet.layers.sequence_ops import CausalLambdaState, causal_kernel, check_mask, masked_lambda_output
 
 __all__ = ["NORMS", "LambdaLayer1d"]
