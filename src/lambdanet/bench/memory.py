@@ -123,9 +123,14 @@ class LayerShape:
         return self.dim // self.heads
 
     @property
+    def kernel_side(self) -> int:
+        """Side of the relative kernel after cropping to the offsets the map holds (2 side - 1 at most)."""
+        full = 2 * self.side - 1
+        return full if self.scope is None else min(self.scope, full)
+
+    @property
     def problem(self) -> Problem:
-        """The layer application as the algorithms see it (kernel cropped to the offsets the map holds)."""
-        kernel = (self.scope or 2 * self.side - 1,) * 2
+        kernel = (self.kernel_side,) * 2
         return Problem(self.batch, (self.side, self.side), kernel, self.heads, self.dim_k, self.dim_v, self.dim_u)
 
 

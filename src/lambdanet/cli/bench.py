@@ -344,10 +344,11 @@ def _auto_gib(batch: int, scope: int | None) -> float:
 
     total = 0
     for s in resnet50_layers(batch=batch, scope=scope):
+        kernel = (s.kernel_side, s.kernel_side) if scope is not None else (2 * s.side - 1,) * 2
         name = choose_algorithm(
             batch=batch,
             spatial=(s.side, s.side),
-            kernel=s.problem.kernel,
+            kernel=kernel,
             dim_k=s.dim_k,
             dim_v=s.dim_v,
             dim_u=s.dim_u,

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lambdanet.layers._common import check_flag, check_positive_int, compute_dtype, float32_island
-from lambdanet.layers.algorithms.logits import MAX_ELEMENTS as LOGITS_MAX_ELEMENTS
-from lambdanet.layers.algorithms.logits import MAX_WASTE as LOGITS_MAX_WASTE
+from lambdanet.layers.algorithms import logits
 from lambdanet.layers.causal_chunk import chunk_causal_content, recurrent_causal_content
 from lambdanet.layers.core import RelativePositionEmbedding, _LambdaNd, lambda_output
 from lambdanet.layers.sequence_ops import CausalLambdaState, causal_kernel, check_mask, masked_lambda_output
@@ -146,7 +145,7 @@ class LambdaLayer1d(_LambdaNd):
         half = min(self.pos.kernel[0] // 2 if self.pos is not None else 0, length - 1)
         elements = batch * self.heads * self.dim_u * length * length
         # half + 1: the in-scope context positions of the last query
-        if length <= min(CAUSAL_LOGITS_MAX_LENGTH, LOGITS_MAX_WASTE * (half + 1)) and elements <= LOGITS_MAX_ELEMENTS:
+        if length <= min(CAUSAL_LOGITS_MAX_LENGTH, logits.MAX_WASTE * (half + 1)) and elements <= logits.MAX_ELEMENTS:
             return "logits"
         return "blocked" if half <= CAUSAL_BLOCKED_MAX_HALF else "fft"
 
