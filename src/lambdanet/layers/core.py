@@ -233,16 +233,8 @@ class _LambdaNd(nn.Module):
         if self.algorithm != "auto":
             return self.algorithm
         kernel = self.pos.kernel if self.pos is not None else (1,) * len(spatial)
-        return choose_algorithm(
-            batch=batch,
-            spatial=tuple(spatial),
-            kernel=kernel,
-            dim_k=self.dim_k,
-            dim_v=self.dim_v,
-            dim_u=self.dim_u,
-            heads=self.heads,
-            device=device,
-        )
+        dims = {"dim_k": self.dim_k, "dim_v": self.dim_v, "dim_u": self.dim_u, "heads": self.heads}
+        return choose_algorithm(batch=batch, spatial=tuple(spatial), kernel=kernel, device=device, **dims)
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:

@@ -15,10 +15,9 @@ Masked keys are normalised only inside each query's context (per key channel and
 so every query has its own content lambda. A query with an empty context gets a zero content lambda (not NaN).
 Position embeddings are masked: ``lambda_p[n] = sum_m E[n, m] mask[n, m] v_m``.
 
-The causal mask (``mask[n, m] = m <= n``) needs no (n, m) tensor: the content lambdas are prefix sums of
-``exp(k_m - M) v_m^T`` with a running maximum ``M`` per key channel that rescales the sums when it grows (online
-softmax), computed chunk by chunk so that memory is linear in the length (:mod:`lambdanet.layers.causal_chunk`);
-the position lambdas use the relative kernel with its future half (offsets ``m - n > 0``) set to zero, so every
+The causal mask (``mask[n, m] = m <= n``) needs no (n, m) tensor: the content term is the chunkwise online-softmax
+scan of :mod:`lambdanet.layers.causal_chunk` (memory linear in the length), and the position lambdas use the
+relative kernel with its future half (offsets ``m - n > 0``) set to zero (:func:`causal_kernel`), so every
 algorithm of :func:`lambdanet.layers.core.lambda_output` applies unchanged.
 """
 
