@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lambdanet.layers.algorithms._base import add_content
+
 __all__ = ["block_size", "blocked_output", "blocked_output_ops"]
 
 #: Work-buffer size per chunk (elements of Z) on CPU: about 2 MiB of float32 keeps a chunk in a core's L2 cache.
@@ -275,8 +277,4 @@ def blocked_output_ops(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | Non
     y = torch.bmm(logits, halos).reshape(g.b, *g.counts, g.h, *g.blocks, g.dv)
     inverse = [0, *[x for i in range(d) for x in (1 + i, 2 + d + i)], 1 + d, 2 + 2 * d]
     y = g.crop(y.permute(inverse).reshape(g.b, *[c * bs for c, bs in zip(g.counts, g.blocks)], g.h, g.dv))
-    if lam_c is not None:
-        n = math.prod(g.spatial)
-        y_c = torch.einsum("bnhk,bkv->bnhv", q.reshape(g.b, n, g.h, g.k), lam_c)
-        y = (y.reshape(g.b, n, g.h, g.dv) + y_c).view(y.shape)
-    return y
+    return add_content(y, q, lam_c)

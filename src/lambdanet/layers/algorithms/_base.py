@@ -44,11 +44,6 @@ class Problem:
     def n(self) -> int:
         return math.prod(self.spatial)
 
-    @property
-    def half(self) -> int:
-        """Largest kernel radius over the axes."""
-        return max(k // 2 for k in self.kernel)
-
 
 @dataclass(frozen=True)
 class PositionAlgorithm:
