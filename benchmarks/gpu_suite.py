@@ -192,32 +192,6 @@ def _triton_ready(device: str) -> bool:
     return device == "cuda" and triton_available("cuda")
 
 
-@contextlib.contextmanager
-def _blocked_as_triton():
-    """The layer with its ``blocked`` position pass replaced by the Triton kernel (same contract), for trees where
-    ``triton`` is not yet a registered algorithm name."""
-    from lambdanet.layers import lambda_ops
-    from lambdanet.layers.triton_local import triton_position_output
-
-    old = lambda_ops.blocked_output
-    lambda_ops.blocked_output = triton_position_output
-    try:
-        yield
-    finally:
-        lambda_ops.blocked_output = old
-
-
-class _Patched:
-    """Calls ``module`` inside ``context()`` (a module whose forward needs a patched function)."""
-
-    def __init__(self, module: Any, context: Callable[[], Any]) -> None:
-        self.module, self.context = module, context
-
-    def __call__(self, x: Any) -> Any:
-        with self.context():
-            return self.module(x)
-
-
 def build_layer(name: str, dim: int, side: tuple[int, int], scope: int | None, device: str) -> Any:
     """A (b, dim, H, W) -> (b, dim, H, W) module (or callable) for contender ``name``."""
     from lambdanet.bench.layer import SDPAttention2d, build_contender
@@ -230,9 +204,6 @@ def build_layer(name: str, dim: int, side: tuple[int, int], scope: int | None, d
         algorithm = name.split(" ", 1)[1]
         if algorithm in ALGORITHMS:
             return LambdaLayer(dim, dim_k=16, heads=4, scope=scope, feat_size=feat, algorithm=algorithm).to(device)
-        if algorithm == "triton":
-            layer = LambdaLayer(dim, dim_k=16, heads=4, scope=scope, feat_size=feat, algorithm="blocked").to(device)
-            return _Patched(layer, _blocked_as_triton)
         raise RuntimeError(f"algorithm {algorithm!r} not in this tree's ALGORITHMS {ALGORITHMS}")
     if name == "timm LambdaLayer":
         from timm.layers import LambdaLayer as TimmLambda
@@ -306,14 +277,9 @@ def measure_layer(suite: Suite, module: Any, shape: tuple[int, ...], dtype: str)
 
 def layer_contenders(suite: Suite) -> list[str]:
     """Contender names; those that cannot run here are left out with a note (once)."""
-    from lambdanet.layers import ALGORITHMS, lambda_ops
+    from lambdanet.layers import ALGORITHMS
 
     names = ["lambdanet auto", *[f"lambdanet {a}" for a in ALGORITHMS]]
-    if "lambdanet triton" not in names:
-        if hasattr(lambda_ops, "blocked_output"):
-            names.append("lambdanet triton")  # the blocked pass swapped for the kernel (same contract)
-        else:
-            suite.note("lambdanet triton left out: 'triton' is not a registered algorithm in this tree")
     if "lambdanet triton" in names and not _triton_ready(suite.device):
         names.remove("lambdanet triton")
         suite.note(f"lambdanet triton left out on {suite.device}: CUDA with triton only (no interpreter timings)")
@@ -368,8 +334,8 @@ def _position_inputs(shape: tuple[int, ...], scope: int | None, device: str, dty
 def run_triton_check(suite: Suite) -> None:
     """Triton against ``blocked`` at the benchmark shapes (batch 4): forward and gradients, float32 and bfloat16."""
 
+    from lambdanet.layers.algorithms._base import crop_kernel
     from lambdanet.layers.blocked import blocked_output
-    from lambdanet.layers.lambda_ops import crop_kernel
     from lambdanet.layers.triton_local import triton_position_output
 
     if not _triton_ready(suite.device):
@@ -404,8 +370,8 @@ def run_position_op(suite: Suite) -> None:
     """The position term alone: Triton (float32, bfloat16 inputs) against ``blocked`` (float32)."""
 
     from lambdanet.bench.timing import peak_mib, synchronize
+    from lambdanet.layers.algorithms._base import crop_kernel
     from lambdanet.layers.blocked import blocked_output
-    from lambdanet.layers.lambda_ops import crop_kernel
     from lambdanet.layers.triton_local import triton_position_output
 
     if not _triton_ready(suite.device):

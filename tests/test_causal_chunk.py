@@ -22,7 +22,6 @@ from lambdanet.layers.causal_chunk import (
     naive_causal_content,
     recurrent_causal_content,
 )
-from lambdanet.layers.sequence_ops import causal_content_lambdas
 
 
 def _inputs(b, t, h, u, dk, dv, scale=3.0, dtype=torch.float64, state=False, seed=0):
@@ -185,21 +184,12 @@ def _backward_traffic(forward, length: int) -> tuple[int, int]:
     return mode.elements, mode.large
 
 
-@pytest.mark.parametrize("path", ["layer", "lambdas"])
-def test_backward_traffic_is_linear_in_length(path: str) -> None:
+def test_backward_traffic_is_linear_in_length() -> None:
     """Slicing full-length tensors per chunk zero-fills a full-length gradient per chunk in backward (O(n^2/chunk));
-    the causal paths must write O(n) elements and a number of full-length tensors that does not grow with n."""
+    the causal layer must write O(n) elements and a number of full-length tensors that does not grow with n."""
     torch.manual_seed(0)
-    if path == "layer":
-        layer = LambdaLayer1d(8, dim_k=4, heads=2, scope=None, max_length=1024, causal=True, chunk=8)
-        layer.algorithm = "fft"
-        forward = layer
-    else:
-
-        def forward(x: Tensor) -> Tensor:
-            logits, v = x[..., :4].transpose(1, 2)[:, None], x[..., 4:].transpose(1, 2)[:, None]
-            return causal_content_lambdas(logits, v, chunk=8)
-
+    forward = LambdaLayer1d(8, dim_k=4, heads=2, scope=None, max_length=1024, causal=True, chunk=8)
+    forward.algorithm = "fft"
     short, long = _backward_traffic(forward, 256), _backward_traffic(forward, 1024)
     assert long[0] <= 5 * short[0], (short, long)  # x4 length: about x4 traffic, not x16
     assert long[1] <= short[1] + 2, (short, long)  # full-length tensors: a constant number

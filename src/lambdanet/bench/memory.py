@@ -25,19 +25,8 @@ from dataclasses import dataclass
 
 from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY, Problem
 
-__all__ = [
-    "CONTENDERS",
-    "PAPER_TABLE4_GB",
-    "RESNET50_MAPS",
-    "LayerShape",
-    "lambda_saved_floats",
-    "layer_saved_bytes",
-    "paper_appendix_d2",
-    "paper_table4",
-    "resnet50_layers",
-    "resnet50_model_gib",
-    "total_mib",
-]
+__all__ = ["CONTENDERS", "PAPER_TABLE4_GB", "RESNET50_MAPS", "LayerShape", "lambda_saved_floats", "layer_saved_bytes"]
+__all__ += ["paper_appendix_d2", "paper_table4", "resnet50_layers", "resnet50_model_gib", "total_mib"]
 
 # (blocks, side) of the 3x3 convolutions of ResNet-50 at 224x224, stages c2..c5 (the paper's hidden comment).
 RESNET50_MAPS: tuple[tuple[int, int], ...] = ((3, 56), (4, 28), (6, 14), (3, 7))
@@ -159,19 +148,17 @@ def layer_saved_bytes(kind: str, s: LayerShape, *, bytes_per_float: int = 4) -> 
     if kind not in CONTENDERS:
         raise ValueError(f"kind={kind!r} must be one of {CONTENDERS}")
     b, n, d, h = s.batch, s.n, s.dim, s.heads
-    floats: dict[str, int] = {"input x (b d n)": b * d * n}
-    if kind == "conv3x3":
-        floats["weight (d d 3 3)"] = 9 * d * d
-    elif kind.startswith("attention"):
-        floats["weight (3d d)"] = 3 * d * d
-        floats["q, k, v (b 3d n)"] = 3 * b * d * n
+    if kind.startswith("lambda"):
+        floats = lambda_saved_floats(kind.split(" ", 1)[1], s.problem, d)
+    elif kind == "conv3x3":
+        floats = {"input x (b d n)": b * d * n, "weight (d d 3 3)": 9 * d * d}
+    else:
+        floats = {"input x (b d n)": b * d * n, "weight (3d d)": 3 * d * d, "q, k, v (b 3d n)": 3 * b * d * n}
         floats["output (b d n)"] = b * d * n
         if kind == "attention (materialised)":
             floats["attention map (b h n n)"] = b * h * n * n
         else:
             floats["log-sum-exp (b h n)"] = b * h * n
-    else:
-        floats = lambda_saved_floats(kind.split(" ", 1)[1], s.problem, d)
     return {name: count * bytes_per_float for name, count in floats.items()}
 
 

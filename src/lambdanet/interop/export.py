@@ -6,7 +6,7 @@ while tracing (and restored afterwards):
 - ``algorithm="auto"`` picks the position algorithm from the input shape; an exported graph must hold one, so every
   ``"auto"`` layer is set to ``algorithm`` (default ``"conv"``, the lambda convolution: linear in the number of
   positions, exact for any size). Layers set to an explicit algorithm keep it unless ``algorithm`` is given.
-- For a dynamic spatial size the layer keeps its full kernel (``lambda_ops.crop_kernel`` crops only for concrete
+- For a dynamic spatial size the layer keeps its full kernel (``crop_kernel`` of the algorithms crops only for concrete
   sizes), so the convolution's padding stays static, as ONNX ``Conv`` requires; the result is the same.
 
 Models with global relative position lambdas (``scope=None``) accept one input size only; their exports have a
@@ -26,8 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lambdanet.layers import LambdaLayer
-from lambdanet.layers.lambda_ops import ALGORITHMS
+from lambdanet.layers import ALGORITHMS, LambdaLayer
 
 __all__ = [
     "dynamic_shapes",

@@ -1,10 +1,8 @@
 """Lambda layers and their building blocks. Layers know nothing of models or training."""
 
 from lambdanet.layers.algorithms import ALGORITHMS, choose_algorithm
-from lambdanet.layers.lambda_layer import LambdaLayer
+from lambdanet.layers.core import LambdaLayer, LambdaLayer3d, RelativePositionEmbedding
 from lambdanet.layers.lambda_layer1d import LambdaLayer1d
-from lambdanet.layers.lambda_layer3d import LambdaLayer3d
-from lambdanet.layers.position import RelativePositionEmbedding
 
 __all__ = [
     "ALGORITHMS",

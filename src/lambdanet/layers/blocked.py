@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lambdanet.layers.algorithms._base import add_content
 
 __all__ = ["block_size", "blocked_output", "blocked_output_ops"]
 
@@ -60,19 +62,24 @@ class _Geometry:
         self.b, self.h, self.k = q.shape[0], q.shape[-2], q.shape[-1]
         self.u, self.dv = v.shape[-2], v.shape[-1]
         self.padded = any(c * bs != s for s, bs, c in zip(spatial, self.blocks, self.counts))
+        self.sides = [cnt * bs + 2 * c for cnt, bs, c in zip(self.counts, self.blocks, self.half)]  # padded values
+        # Strides of the halo axes in the flattened (L.., u) columns of Z, and the length of the run of Z columns
+        # from a query's first in-scope entry to its last (the same for every query).
+        self.halo_strides = [math.prod(self.halos[i + 1 :]) * self.u for i in range(self.d)]
+        self.span = sum((ks - 1) * st for ks, st in zip(self.kernel, self.halo_strides)) + self.u
         per_sample = self.nb * self.h * self.p * self.ell * self.u
         self.chunk = self.b if q.device.type != "cpu" else max(1, min(self.b, CHUNK_ELEMENTS // per_sample))
         # (b, n1, B1, n2, B2, .., h, c) -> (b, n.., h, B.., c)
         d = self.d
         self.block_order = [0, *[1 + 2 * i for i in range(d)], 1 + 2 * d, *[2 + 2 * i for i in range(d)], 2 + 2 * d]
 
-    def pad_to_blocks(self, x: Tensor) -> Tensor:
-        """(b, S.., h, c) -> (b, nB.., h, c), zeros after the map."""
-        if not self.padded:
+    def pad(self, x: Tensor, halo: int = 0) -> Tensor:
+        """(b, S.., _, _) -> zeros after the map up to whole blocks, and with ``halo=1`` c zeros before and after."""
+        if not (halo or self.padded):
             return x
         pads = [0, 0, 0, 0]
-        for s, bs, c in zip(reversed(self.spatial), reversed(self.blocks), reversed(self.counts)):
-            pads += [0, bs * c - s]
+        for s, bs, cnt, c in reversed(list(zip(self.spatial, self.blocks, self.counts, self.half))):
+            pads += [halo * c, halo * c + bs * cnt - s]
         return F.pad(x, pads)
 
     def crop(self, x: Tensor) -> Tensor:
@@ -90,45 +97,32 @@ class _Geometry:
         stride = (st[0], *[bs * st[1 + i] for i, bs in enumerate(self.blocks)], *st[1 : 1 + self.d], st[-1])
         return vp.as_strided(size, stride, vp.storage_offset())
 
-    @property
-    def _halo_strides(self) -> list[int]:
-        """Strides of the halo axes in the flattened (L.., u) columns of Z."""
-        return [math.prod(self.halos[i + 1 :]) * self.u for i in range(self.d)]
-
-    @property
-    def span(self) -> int:
-        """Length of the run of Z columns from a query's first in-scope entry to its last (same for every query)."""
-        return sum((ks - 1) * st for ks, st in zip(self.kernel, self._halo_strides)) + self.u
-
     def span_view(self, z: Tensor, rows: int) -> Tensor:
         """Each Z row's run of ``span`` columns starting at its query's offset: (rows, h, B.., span).
 
         Query i of a block has its kernel at halo offsets i + t, so its in-scope entries lie in one run of columns
         starting at ``sum_d i_d * stride_d``; the rest of the run holds out-of-scope (zero) entries.
         """
-        lstr = self._halo_strides
+        lstr = self.halo_strides
         pstr = [math.prod(self.blocks[i + 1 :]) * self.ell * self.u for i in range(self.d)]
         row = self.p * self.ell * self.u
         size = (rows, self.h, *self.blocks, self.span)
         stride = (self.h * row, row, *[a + c for a, c in zip(pstr, lstr)], 1)
         return z.as_strided(size, stride, z.storage_offset())
 
-    def span_embedding(self, weight: Tensor) -> Tensor:
-        """(k, u, K..) kernel -> (k, span): entry ``sum_d t_d stride_d + u`` holds weight[:, u, t..], zeros between."""
-        emb = weight.new_zeros(self.k, self.span)
-        emb.as_strided((self.k, *self.kernel, self.u), (self.span, *self._halo_strides, 1)).copy_(
-            weight.permute(0, *range(2, 2 + self.d), 1)
-        )
-        return emb
+    def span_taps(self, emb: Tensor) -> Tensor:
+        """(k, span) run embedding -> view (k, K.., u) of its in-scope entries (entry ``sum_d t_d stride_d + u``)."""
+        return emb.as_strided((self.k, *self.kernel, self.u), (self.span, *self.halo_strides, 1))
 
-    def span_to_kernel(self, emb: Tensor) -> Tensor:
-        """Inverse of :meth:`span_embedding` (reads the in-scope entries; used for the gradient)."""
-        view = emb.as_strided((self.k, *self.kernel, self.u), (self.span, *self._halo_strides, 1))
-        return view.permute(0, 1 + self.d, *range(1, 1 + self.d))
+    def span_embedding(self, weight: Tensor) -> Tensor:
+        """(k, u, K..) kernel -> (k, span) run embedding, zeros between the kernel's rows."""
+        emb = weight.new_zeros(self.k, self.span)
+        self.span_taps(emb).copy_(weight.permute(0, *range(2, 2 + self.d), 1))
+        return emb
 
     def halo_index(self, samples: int, device: torch.device) -> Tensor:
         """Flat position in ``samples`` padded maps (b, P.., c) of every halo entry (b, n.., L..), for index_add."""
-        sides = [cnt * bs + 2 * c for cnt, bs, c in zip(self.counts, self.blocks, self.half)]
+        sides = self.sides
         index = torch.arange(samples, device=device).view(-1, *[1] * (2 * self.d)) * math.prod(sides)
         for i, (cnt, bs, hl) in enumerate(zip(self.counts, self.blocks, self.halos)):
             shape = [1] * (1 + 2 * self.d)
@@ -139,77 +133,51 @@ class _Geometry:
 
     def padded_values(self, v: Tensor) -> Tensor:
         """(b, S.., u, v) -> (b, P.., u v) with c zeros before and c (+ block rounding) after every axis."""
-        pads = [0, 0, 0, 0]
-        for s, bs, cnt, c in reversed(list(zip(self.spatial, self.blocks, self.counts, self.half))):
-            pads += [c, c + bs * cnt - s]
-        sides = [cnt * bs + 2 * c for cnt, bs, c in zip(self.counts, self.blocks, self.half)]
-        return F.pad(v, pads).reshape(v.shape[0], *sides, self.u * self.dv)
+        return self.pad(v, halo=1).reshape(v.shape[0], *self.sides, self.u * self.dv)
 
 
-class _Workspace:
-    """Per-call buffers for one chunk, allocated once and reused (fresh large allocations cost page faults).
+class _Chunk:
+    """Work buffers of a chunk of ``samples`` samples (``rows`` blocks) and the views the loop body uses, built once
+    per call (fresh large allocations cost page faults on CPU); a smaller last chunk takes slices of ``full``'s."""
 
-    :meth:`views` hands out the views of the buffers that a chunk of ``samples`` samples uses, built once per chunk
-    size (the loop body then issues only the arithmetic).
-    """
-
-    def __init__(self, g: _Geometry, like: Tensor, backward: bool) -> None:
-        rows = g.chunk * g.nb
-        hp = g.h * g.p
-        self.g, self.backward = g, backward
-        self.z = like.new_zeros(rows, hp, g.ell * g.u)  # zeros outside the scope stay zero for every chunk
-        self.q = like.new_empty(rows * hp, g.k)
-        self.rel = like.new_empty(rows * hp, g.span)
-        self.halo = like.new_empty(rows, g.ell * g.u, g.dv)
-        self.y = like.new_empty(rows, hp, g.dv)
-        if backward:
-            self.gz = like.new_empty(rows, hp, g.ell * g.u)
-            self.grel = like.new_empty(rows * hp, g.span)
-            self.gq = like.new_empty(rows * hp, g.k)
-            self.ghalo = like.new_empty(rows, g.ell * g.u, g.dv)
-            self.index = g.halo_index(g.chunk, like.device)
-        self._views: dict[int, _ChunkViews] = {}
-
-    def views(self, samples: int) -> _ChunkViews:
-        if samples not in self._views:
-            self._views[samples] = _ChunkViews(self, samples)
-        return self._views[samples]
-
-
-class _ChunkViews:
-    """Views of the workspace for a chunk of ``samples`` samples (``rows`` blocks)."""
-
-    def __init__(self, ws: _Workspace, samples: int) -> None:
-        g = ws.g
+    def __init__(self, g: _Geometry, like: Tensor, samples: int, backward: bool, full: _Chunk | None = None) -> None:
         rows = samples * g.nb
         n_q = rows * g.h * g.p
-        self.rows = rows
-        self.q = ws.q[:n_q]
+
+        def buffer(name: str, *shape: int) -> Tensor:
+            return like.new_empty(*shape) if full is None else getattr(full, name)[: shape[0]]
+
+        # Z: the entries outside the runs stay zero for every chunk
+        self.z = like.new_zeros(rows, g.h * g.p, g.ell * g.u) if full is None else full.z[:rows]
+        self.q, self.rel = buffer("q", n_q, g.k), buffer("rel", n_q, g.span)
+        self.halo, self.y = buffer("halo", rows, g.ell * g.u, g.dv), buffer("y", rows, g.h * g.p, g.dv)
+        self.z_runs = g.span_view(self.z, rows)
         self.q_blocks = self.q.view(samples, *g.counts, g.h, *g.blocks, g.k)
         self.q_samples = self.q.view(samples, -1, g.k)
-        self.rel = ws.rel[:n_q]
         self.rel_runs = self.rel.view(rows, g.h, *g.blocks, g.span)
-        self.z = ws.z[:rows]
-        self.z_runs = g.span_view(ws.z, rows)
-        self.halo = ws.halo[:rows]
         self.halo_blocks = self.halo.view(samples, *g.counts, *g.halos, g.u * g.dv)
-        self.y = ws.y[:rows]
         self.y_samples = self.y.view(samples, -1, g.dv)
         self.y_blocks = self.y.view(samples, *g.counts, g.h, *g.blocks, g.dv)
-        if ws.backward:
-            self.gz = ws.gz[:rows]
-            self.gz_runs = g.span_view(ws.gz, rows)
-            self.grel = ws.grel[:n_q]
+        if backward:
+            self.gz, self.grel = buffer("gz", *self.z.shape), buffer("grel", n_q, g.span)
+            self.gq, self.ghalo = buffer("gq", n_q, g.k), buffer("ghalo", *self.halo.shape)
+            self.gz_runs = g.span_view(self.gz, rows)
             self.grel_runs = self.grel.view(rows, g.h, *g.blocks, g.span)
-            self.gq = ws.gq[:n_q]
             self.gq_samples = self.gq.view(samples, -1, g.k)
             self.gq_blocks = self.gq.view(samples, *g.counts, g.h, *g.blocks, g.k)
-            self.ghalo = ws.ghalo[:rows]
             self.ghalo_rows = self.ghalo.view(rows * g.ell, g.u * g.dv)
-            self.index = ws.index[: rows * g.ell]
+            self.index = g.halo_index(samples, like.device) if full is None else full.index[: rows * g.ell]
 
 
-def _load_chunk(g: _Geometry, c: _ChunkViews, qp: Tensor, vp: Tensor, emb: Tensor, s: int, e: int) -> None:
+def _chunks(g: _Geometry, like: Tensor, backward: bool) -> Iterator[tuple[int, int, _Chunk]]:
+    """(start, end, buffers) of every chunk of samples."""
+    full = _Chunk(g, like, g.chunk, backward)
+    for s in range(0, g.b, g.chunk):
+        e = min(g.b, s + g.chunk)
+        yield s, e, full if e - s == g.chunk else _Chunk(g, like, e - s, backward, full)
+
+
+def _load_chunk(g: _Geometry, c: _Chunk, qp: Tensor, vp: Tensor, emb: Tensor, s: int, e: int) -> None:
     """Queries, logits (copied into Z run by run) and halos of samples s:e into the chunk's buffers."""
     c.q_blocks.copy_(g.block_view(qp[s:e]))
     torch.mm(c.q, emb, out=c.rel)
@@ -236,13 +204,10 @@ class _BlockedLocal(torch.autograd.Function):
     def forward(ctx, q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None) -> Tensor:  # type: ignore[override]
         d = q.dim() - 3
         g = _Geometry(q.shape[1 : 1 + d], weight.shape[2:], q, v)
-        qp, vp = g.pad_to_blocks(q), g.padded_values(v)
+        qp, vp = g.pad(q), g.padded_values(v)
         emb = g.span_embedding(weight)  # k span
-        ws = _Workspace(g, q, backward=False)
         y = q.new_empty(g.b, *[c * bs for c, bs in zip(g.counts, g.blocks)], g.h, g.dv)
-        for s in range(0, g.b, g.chunk):
-            e = min(g.b, s + g.chunk)
-            c = ws.views(e - s)
+        for s, e, c in _chunks(g, q, backward=False):
             _load_chunk(g, c, qp, vp, emb, s, e)
             torch.bmm(c.z, c.halo, out=c.y)
             if lam_c is not None:  # the content lambda is shared by every position of a sample
@@ -256,16 +221,13 @@ class _BlockedLocal(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:  # type: ignore[override]
         qp, vp, emb, lam_c = ctx.saved_tensors
         g: _Geometry = ctx.geometry
-        gp = g.pad_to_blocks(grad)
-        ws = _Workspace(g, qp, backward=True)
+        gp = g.pad(grad)
         grad_q = qp.new_empty(qp.shape)
         grad_emb = torch.zeros_like(emb)
         grad_lam = None if lam_c is None else torch.empty_like(lam_c)
         grad_vp = vp.new_zeros(vp.shape)  # halo gradients go back onto the padded map, one index_add per chunk
         grad_vp_rows = grad_vp.view(g.b, -1, g.u * g.dv)
-        for s in range(0, g.b, g.chunk):
-            e = min(g.b, s + g.chunk)
-            c = ws.views(e - s)
+        for s, e, c in _chunks(g, qp, backward=True):
             _load_chunk(g, c, qp, vp, emb, s, e)
             c.y_blocks.copy_(g.block_view(gp[s:e]))  # c.y holds the output gradient of the chunk
             torch.bmm(c.y, c.halo.transpose(1, 2), out=c.gz)
@@ -280,23 +242,14 @@ class _BlockedLocal(torch.autograd.Function):
             _accumulate_rows(grad_vp_rows[s:e].view(-1, g.u * g.dv), c.index, c.ghalo_rows)
         grad_v = grad_vp[(slice(None), *[slice(c, c + s) for c, s in zip(g.half, g.spatial)])]
         grad_v = grad_v.reshape(g.b, *g.spatial, g.u, g.dv)
-        grad_w = g.span_to_kernel(grad_emb)
+        grad_w = g.span_taps(grad_emb).permute(0, 1 + g.d, *range(1, 1 + g.d))
         return g.crop(grad_q), grad_v, grad_w, grad_lam
 
 
 def blocked_output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) -> Tensor:
-    """Local lambda output ``q^T (lambda_c + lambda_p)``, positions first: q (b, S.., h, k), v (b, S.., u, v).
-
-    Args:
-        q: (b, S.., h, k) queries (any strides).
-        v: (b, S.., u, v) values (any strides).
-        weight: (k, u, K..) relative position kernel (already cropped to the map).
-        lam_c: optional (b, k, v) content lambda, added to every position lambda (fused into the same pass).
-
-    Returns:
-        (b, S.., h, v). Uses the chunked autograd function in eager mode and :func:`blocked_output_ops` under
-        ``torch.compile``, ``torch.export`` and TorchScript.
-    """
+    """Local lambda output ``q^T (lambda_c + lambda_p)`` with the shapes above (any strides, the kernel cropped to the
+    map, ``lam_c`` optional and fused into the same pass): the chunked autograd function in eager mode,
+    :func:`blocked_output_ops` under ``torch.compile``, ``torch.export`` and TorchScript."""
     if torch.compiler.is_compiling() or torch.jit.is_scripting():
         return blocked_output_ops(q, v, weight, lam_c)
     return _BlockedLocal.apply(q, v, weight, lam_c)
@@ -312,7 +265,7 @@ def blocked_output_ops(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | Non
         table[(slice(None), slice(None), *idx, *[slice(i, i + ks) for i, ks in zip(idx, g.kernel)])] = weight
     table = table.permute(*range(2, 2 + d), 0, *range(2 + d, 2 + 2 * d), 1).reshape(g.p, g.k, g.ell * g.u)
 
-    qb = g.block_view(g.pad_to_blocks(q))  # b n.. h B.. k
+    qb = g.block_view(g.pad(q))  # b n.. h B.. k
     qb = qb.permute(*range(2 + d, 2 + 2 * d), *range(0, 2 + d), 2 + 2 * d).reshape(g.p, g.b * g.nb * g.h, g.k)
     logits = torch.bmm(qb, table)  # p (b nb h) (L.. u)
     logits = logits.reshape(g.p, g.b * g.nb, g.h, g.ell * g.u).permute(1, 2, 0, 3).reshape(g.b * g.nb, g.h * g.p, -1)
@@ -324,8 +277,4 @@ def blocked_output_ops(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | Non
     y = torch.bmm(logits, halos).reshape(g.b, *g.counts, g.h, *g.blocks, g.dv)
     inverse = [0, *[x for i in range(d) for x in (1 + i, 2 + d + i)], 1 + d, 2 + 2 * d]
     y = g.crop(y.permute(inverse).reshape(g.b, *[c * bs for c, bs in zip(g.counts, g.blocks)], g.h, g.dv))
-    if lam_c is not None:
-        n = math.prod(g.spatial)
-        y_c = torch.einsum("bnhk,bkv->bnhv", q.reshape(g.b, n, g.h, g.k), lam_c)
-        y = (y.reshape(g.b, n, g.h, g.dv) + y_c).view(y.shape)
-    return y
+    return add_content(y, q, lam_c)

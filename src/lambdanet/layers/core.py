@@ -1,11 +1,14 @@
-"""The N-d lambda layer core shared by :class:`LambdaLayer1d`, :class:`LambdaLayer` (2-D) and :class:`LambdaLayer3d`.
+"""The N-d lambda layer core behind :class:`LambdaLayer1d`, the 2-D and 3-D layers :class:`LambdaLayer` and
+:class:`LambdaLayer3d`, and their :class:`RelativePositionEmbedding`.
 
-Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602, Sec. 3 and App. E.1. As ``torch.nn``'s ``_ConvNd``,
+Bello, "LambdaNetworks: Modeling Long-Range Interactions Without Attention", ICLR 2021, arXiv:2102.08602, Sec. 3
+(equations 1-2, Figures 3, 5 and 8) and App. E.1. As ``torch.nn``'s ``_ConvNd``,
 :class:`_LambdaNd` holds checks, projection, norms, the N-d relative embedding, the content lambda, the float32
-island, ``reset_parameters``, ``resolve_algorithm``, ``macs`` and the channels-first forward.
+island, ``reset_parameters``, ``resolve_algorithm``, ``macs`` and the channels-first forward; :func:`lambda_output` is
+the one dispatch point of the position algorithms (plug-ins registered in :mod:`lambdanet.layers.algorithms`).
 
 Axis legend: b batch | h heads (queries) | k query/key depth |k| | v value depth |v| = dim_out / h
-             u intra-depth |u| | n query positions | m context positions | S.. spatial axes
+             u intra-depth |u| | n query positions | m context positions | S.. spatial axes: hh ww or tt hh ww
 
 Shape: (b, dim, S..) -> (b, dim_out, ceil(S / stride)..) for the 2-D and 3-D layers
 """
@@ -15,16 +18,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lambdanet.layers._common import check_flag, check_positive_int, compute_dtype, float32_island
-from lambdanet.layers.algorithms import ALGORITHMS, choose_algorithm
-from lambdanet.layers.lambda_ops import content_lambda, contiguous_grad, crop_kernel, lambda_output
-from lambdanet.layers.position import RelativePositionEmbedding
+from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY, choose_algorithm
+from lambdanet.layers.algorithms._base import add_content, crop_kernel
 
-__all__ = ["cast_output", "check_sides"]
+__all__ = ["LambdaLayer", "LambdaLayer3d", "RelativePositionEmbedding", "cast_output", "check_sides", "lambda_output"]
 
 _NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _PROJECTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -43,6 +46,56 @@ def check_sides(
     if len(sides) != ndim or not all(isinstance(s, int) and not isinstance(s, bool) and ok(s) for s in sides):
         raise ValueError(f"{name}={value!r} must be {expected}")
     return sides
+
+
+class RelativePositionEmbedding(nn.Module):
+    """Learned relative position embeddings ``R`` indexed by the offset ``m - n`` (paper Sec. 3.3-3.4).
+
+    The learned tensor R of the paper (|r| x |k| per intra-depth slice) laid out as a convolution kernel, which the
+    lambda convolution uses as is. One module may be passed to several lambda layers to share embeddings across
+    layers (App. A: "share position embeddings across layers" to save memory).
+
+    Args:
+        dim_k: query/key depth |k|.
+        kernel: kernel side per spatial axis: ``(r, r)`` for a local scope r, ``(2H - 1, 2W - 1)`` for global
+            context over an H x W map. Sides must be odd so that offset 0 sits in the centre.
+        dim_u: intra-depth |u|.
+        bias: add a learned constant per key channel to every position lambda (not in the paper; for compatibility
+            with implementations built on a biased Conv3d).
+
+    Shape: weight (dim_k, dim_u, *kernel), bias (dim_k,)
+    """
+
+    def __init__(
+        self,
+        dim_k: int,
+        kernel: Sequence[int],
+        *,
+        dim_u: int = 1,
+        bias: bool = False,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kernel = tuple(int(s) for s in kernel)
+        if not kernel or any(s < 1 or s % 2 == 0 for s in kernel):
+            raise ValueError(f"kernel={kernel} must be a non-empty tuple of odd positive sides")
+        self.dim_k, self.dim_u, self.kernel = dim_k, dim_u, kernel
+        self.weight = nn.Parameter(torch.empty(dim_k, dim_u, *kernel, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(dim_k, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Paper, App. E.1: "initialized at random using the unit normal distribution".
+        nn.init.normal_(self.weight, mean=0.0, std=1.0)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self) -> tuple[Tensor, Tensor | None]:
+        return self.weight, self.bias
+
+    def extra_repr(self) -> str:
+        return f"dim_k={self.dim_k}, dim_u={self.dim_u}, kernel={self.kernel}, bias={self.bias is not None}"
 
 
 class _LambdaNd(nn.Module):
@@ -180,16 +233,8 @@ class _LambdaNd(nn.Module):
         if self.algorithm != "auto":
             return self.algorithm
         kernel = self.pos.kernel if self.pos is not None else (1,) * len(spatial)
-        return choose_algorithm(
-            batch=batch,
-            spatial=tuple(spatial),
-            kernel=kernel,
-            dim_k=self.dim_k,
-            dim_v=self.dim_v,
-            dim_u=self.dim_u,
-            heads=self.heads,
-            device=device,
-        )
+        dims = {"dim_k": self.dim_k, "dim_v": self.dim_v, "dim_u": self.dim_u, "heads": self.heads}
+        return choose_algorithm(batch=batch, spatial=tuple(spatial), kernel=kernel, device=device, **dims)
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -211,22 +256,26 @@ class _LambdaNd(nn.Module):
             last = (0, *range(2, self.ndim + 2), 1)  # channels last: a view of the channels-last memory
             q = q.to(compute).permute(last).reshape(b, *spatial, self.heads, self.dim_k)  # b S.. h k
             v = v.to(compute).permute(last).reshape(b, *spatial, self.dim_u, self.dim_v)  # b S.. u v
-            lam_c = self._content_lambda(k.to(compute).permute(last), v) if self.content else None
-            weight = bias = None
-            if self.pos is not None:
-                weight, bias = self.pos()
-                weight, bias = weight.to(compute), None if bias is None else bias.to(compute)
-            algorithm = self.resolve_algorithm(b, spatial, x.device.type)
-            out_format = fmt if keep_format else torch.contiguous_format
-            y = lambda_output(q, v, lam_c, weight, spatial, algorithm, bias=bias, memory_format=out_format)
+            y = self._output(q, k.to(compute).permute(last), v, self.resolve_algorithm(b, spatial, x.device.type))
+            y = y.reshape(b, -1, self.dim_out).transpose(1, 2)  # b (h v) n
+            if torch.compiler.is_compiling():  # a copy, so that viewing symbolic sizes raises no layout guards
+                y = y.contiguous()
+            y = y.reshape(b, self.dim_out, *spatial)
+            y = y.contiguous(memory_format=fmt if keep_format else torch.contiguous_format)
         return cast_output(self.pool(y), out_dtype)  # pooled in float32: float16 pooling overflows too
 
-    def _content_lambda(self, keys: Tensor, v: Tensor) -> Tensor:
-        """(b, k, v) content lambda from key logits (b, S.., u k) and values (b, S.., u, v): softmax over positions."""
-        b = v.shape[0]
-        n = math.prod(v.shape[1:-2])
-        keys = keys.reshape(b, n, self.dim_u, self.dim_k).softmax(dim=1)  # b m u k
-        return content_lambda(keys.permute(0, 2, 3, 1), v.reshape(b, n, self.dim_u, self.dim_v).permute(0, 2, 3, 1))
+    def _output(self, q: Tensor, keys: Tensor | None, v: Tensor, algorithm: str) -> Tensor:
+        """(b, S.., h, v) output from queries (b, S.., h, k), key logits (b, S.., u k) and values (b, S.., u, v)."""
+        b, spatial = q.shape[0], tuple(q.shape[1:-2])
+        n, lam_c = math.prod(spatial), None
+        if self.content:  # keys softmax-normalised over the positions: one (b, k, v) lambda shared by every query
+            keys = keys.reshape(b, n, self.dim_u, self.dim_k).softmax(dim=1)  # b m u k
+            lam_c = torch.einsum("bmuk,bmuv->bkv", keys, v.reshape(b, n, self.dim_u, self.dim_v))
+        if self.pos is None:
+            return lambda_output(q, v, lam_c, None, spatial, algorithm)
+        weight, bias = self.pos()
+        bias = None if bias is None else bias.to(q.dtype)
+        return lambda_output(q, v, lam_c, weight.to(q.dtype), spatial, algorithm, bias=bias)
 
     # ----------------------------------------------------------------------------------------------- accounting
     def macs(self, *spatial: int) -> dict[str, int]:
@@ -244,8 +293,9 @@ class _LambdaNd(nn.Module):
         if self.content:
             parts["content"] = n * k * v * u + n * h * k * v  # lambda_c, then applying it
         if self.pos is not None:
-            kernel = crop_kernel(self.pos.weight[:1, :1], spatial).shape[2:]
-            pairs = math.prod(_pairs_in_scope(s, side) for s, side in zip(spatial, kernel))
+            # in-scope (n, m) pairs of an axis of length S and radius c <= S - 1: S (2c + 1) - c (c + 1)
+            radii = [min(side // 2, s - 1) for s, side in zip(spatial, self.pos.kernel)]
+            pairs = math.prod(s * (2 * c + 1) - c * (c + 1) for s, c in zip(spatial, radii))
             parts["position"] = pairs * k * v * u + n * h * k * v
         return parts
 
@@ -256,6 +306,121 @@ class _LambdaNd(nn.Module):
             f"{ctx}, content={self.content}, position={self.position}, stride={self.stride}, "
             f"algorithm={self.algorithm!r}"
         )
+
+
+class LambdaLayer(_LambdaNd):
+    """Multi-query lambda layer with content and relative position lambdas (2-D).
+
+    Queries, keys and values come from one bias-free 1x1 projection; queries and values are batch-normalised, keys
+    are softmax-normalised over the context positions separately for every key channel and intra-depth slice.
+    The |h| queries of a position share one lambda (multi-query), so the value depth is ``dim_out // heads`` and the
+    output channels are ordered (head, value), as in the paper's ``reshape([b, n, h, v] -> [b, n, d])``.
+
+    Position lambdas use learned relative embeddings: a local scope of side ``scope`` (the lambda convolution; any
+    input size) or, with ``scope=None``, global relative embeddings over a fixed ``feat_size`` map. Either way the
+    position term is translation equivariant.
+
+    Args:
+        dim: input channels d.
+        dim_out: output channels (default ``dim``); must be divisible by ``heads``.
+        dim_k: query/key depth |k|.
+        heads: number of queries |h| sharing each lambda.
+        dim_u: intra-depth |u|.
+        scope: odd side of the local scope of position lambdas; ``None`` for global relative embeddings.
+        feat_size: (H, W) of the input, required when ``scope=None``.
+        content: compute the content lambda (False reproduces the paper's position-only ablation).
+        position: compute position lambdas (False reproduces the content-only ablation).
+        stride: 1, or 2 for a 3x3 average pool with stride 2 (padding 1) after the layer, as the paper downsamples;
+            or a per-axis tuple of 1s and 2s.
+        position_bias: add a learned per-key constant to the position lambdas. Not in the paper; only for
+            compatibility with implementations built on a biased Conv3d (lambda-networks, d-li14).
+        algorithm: ``"auto"`` (fastest exact algorithm for the input shape, see ``docs/algorithms.md``) or one of
+            :data:`lambdanet.layers.ALGORITHMS` (``"einsum"``, ``"logits"``, ``"blocked"``, ``"conv"``, ``"fft"``).
+            All give the same result up to rounding.
+        pos_embed: a :class:`RelativePositionEmbedding` to share with other layers instead of owning one.
+
+    Raises:
+        ValueError: for inconsistent arguments (see the messages); TypeError for non-bool flags, and in forward for
+            non-floating inputs or a dtype other than the parameters' outside autocast.
+
+    Note:
+        Projections are initialised as in App. E.1 (fan-in normal: std d^-1/2 for keys and values, (|k| d)^-1/2
+        for queries, the attention scaling absorbed into the projection); embeddings are unit normal.
+        Under autocast or with float16/bfloat16 inputs the lambdas are computed and accumulated in float32 and the
+        output is cast back; a float16 output saturates at +-65504 (the output grows with the square of the
+        activation scale and would overflow long before a convolution's). An empty batch gives an empty output.
+        The layer computes in channels-last memory (faster on CPU, see ``docs/algorithms.md``) and returns the
+        input's memory format: contiguous for a contiguous input, channels-last for a channels-last input.
+    """
+
+    ndim = 2
+
+
+class LambdaLayer3d(_LambdaNd):
+    """Multi-query lambda layer with content and relative position lambdas over (T, H, W), for volumes and video
+    (the paper's experiments are 2-D).
+
+    The 3-D counterpart of :class:`lambdanet.LambdaLayer`, with the same arguments, structure and initialisation
+    (1x1x1 projection, BatchNorm3d, keys normalised over all T H W positions), except:
+
+    Args:
+        scope: local scope: an odd side for every axis, or one odd side per axis, e.g. ``(3, 7, 7)`` (default 7);
+            ``None`` for global relative embeddings over ``feat_size``.
+        feat_size: (T, H, W) of the input, required when ``scope=None``.
+        stride: 1, 2, or per axis, e.g. ``(1, 2, 2)``: a 3-wide average pool with stride 2 (padding 1) after the
+            layer along the axes with stride 2.
+        algorithm: ``"auto"`` or an algorithm of :data:`lambdanet.layers.ALGORITHMS` that serves three axes;
+            ``blocked`` handles per-axis scopes natively, ``conv`` is a 3-D convolution.
+        **kwargs: the other arguments of :class:`lambdanet.LambdaLayer`.
+
+    Note:
+        Computes in ``channels_last_3d`` memory and returns the input's memory format.
+    """
+
+    ndim = 3
+
+    def __init__(self, dim: int, *, scope: int | tuple[int, int, int] | None = 7, **kwargs: Any) -> None:
+        super().__init__(dim, scope=scope, **kwargs)
+
+
+def contiguous_grad(x: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """``x``, whose gradient is made contiguous in ``memory_format`` on the way back (a tensor hook).
+
+    Works around a PyTorch CPU bug (seen in 2.13): ``BatchNorm2d`` backward returns a wrong input gradient when the
+    incoming gradient's strides do not match the input's memory format (e.g. a channels-last gradient for a
+    contiguous input and a batch of one). Some algorithms hand back gradients with arbitrary strides;
+    ``tests/test_layer.py::test_batchnorm_gradient_workaround`` pins both the bug and the workaround.
+    """
+    if x.requires_grad and not torch.compiler.is_compiling():
+        x.register_hook(lambda grad: None if grad is None else grad.contiguous(memory_format=memory_format))
+    return x
+
+
+def lambda_output(
+    q: Tensor,
+    v: Tensor,
+    lam_c: Tensor | None,
+    weight: Tensor | None,
+    spatial: Sequence[int],
+    algorithm: str,
+    *,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """The lambda layer's output ``y_n = (lambda_c + lambda_p[n])^T q_n`` (b, S.., h, v) by ``algorithm``, with the
+    algorithms' contract (:mod:`lambdanet.layers.algorithms._base`) on a map of size ``spatial``; ``lam_c`` is None
+    for a position-only layer, ``weight`` (k, u, *kernel) None for a content-only one; ``bias``, an optional (k,)
+    constant added to every position lambda entry (compatibility with implementations built on a biased Conv3d; not
+    in the paper). An empty batch or map gives an empty output that stays part of the graph."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
+    b, h, dv = q.shape[0], q.shape[-2], v.shape[-1]
+    if b * math.prod(spatial) == 0:
+        zero = 0 * (q.sum() + v.sum() + (0 if weight is None else weight.sum()))
+        return q.new_zeros(b, *spatial, h, dv) + zero
+    if weight is None:
+        return add_content(None, q, lam_c)
+    y = REGISTRY[algorithm].output(q, v, crop_kernel(weight, spatial), lam_c)
+    return y if bias is None else y + (q @ bias)[..., None]
 
 
 def cast_output(y: Tensor, dtype: torch.dtype) -> Tensor:
@@ -277,9 +442,3 @@ def cast_output(y: Tensor, dtype: torch.dtype) -> Tensor:
             )
         y = y.clamp(-limit, limit)
     return y.to(dtype)
-
-
-def _pairs_in_scope(size: int, side: int) -> int:
-    """Number of (n, m) pairs along one axis of length ``size`` whose offset lies inside a kernel of ``side``."""
-    c = side // 2
-    return sum(min(size - 1, i + c) - max(0, i - c) + 1 for i in range(size))

@@ -13,21 +13,17 @@ Shape: (b, n, dim) -> (b, n, dim_out)
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from lambdanet.layers._common import check_flag, check_positive_int, compute_dtype, float32_island
-from lambdanet.layers.algorithms import choose_algorithm
-from lambdanet.layers.algorithms.logits import MAX_ELEMENTS as LOGITS_MAX_ELEMENTS
-from lambdanet.layers.algorithms.logits import MAX_WASTE as LOGITS_MAX_WASTE
+from lambdanet.layers.algorithms import logits
 from lambdanet.layers.causal_chunk import chunk_causal_content, recurrent_causal_content
-from lambdanet.layers.core import _LambdaNd
-from lambdanet.layers.lambda_ops import content_lambda, position_output
-from lambdanet.layers.position import RelativePositionEmbedding
-from lambdanet.layers.sequence_ops import CausalLambdaState, causal_kernel, masked_lambda_output
+from lambdanet.layers.core import RelativePositionEmbedding, _LambdaNd, lambda_output
+from lambdanet.layers.sequence_ops import CausalLambdaState, causal_kernel, check_mask, masked_lambda_output
 
 __all__ = ["NORMS", "LambdaLayer1d"]
 
@@ -56,14 +52,10 @@ class LambdaLayer1d(_LambdaNd):
 
     Args:
         dim: input channels d.
-        dim_out: output channels (default ``dim``); must be divisible by ``heads``.
-        dim_k: query/key depth |k|.
-        heads: number of queries |h| sharing each lambda.
-        dim_u: intra-depth |u|.
+        dim_out, dim_k, heads, dim_u, content, position, device, dtype: keyword arguments as for
+            :class:`lambdanet.LambdaLayer`.
         scope: odd side of the local scope; ``None`` for global relative positions up to ``max_length``.
         max_length: longest accepted sequence; required when ``scope=None`` (optional otherwise).
-        content: compute the content lambda.
-        position: compute position lambdas.
         causal: mask the future (offsets ``m - n > 0``); causal position lambdas use offsets ``-(scope // 2) .. 0``.
         norm: normalisation of queries and values: ``"batch"`` (the paper's BatchNorm over batch and length),
             ``"layer"`` (LayerNorm per position), ``"none"``, or ``"auto"``: ``"layer"`` if ``causal`` else
@@ -91,64 +83,47 @@ class LambdaLayer1d(_LambdaNd):
         self,
         dim: int,
         *,
-        dim_out: int | None = None,
-        dim_k: int = 16,
-        heads: int = 4,
-        dim_u: int = 1,
         scope: int | None = 23,
         max_length: int | None = None,
-        content: bool = True,
-        position: bool = True,
         causal: bool = False,
         norm: str = "auto",
-        algorithm: str = "auto",
         chunk: int = 32,
         pos_embed: RelativePositionEmbedding | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> None:
         chunk = check_positive_int("chunk", chunk)
         if max_length is not None:
             max_length = check_positive_int("max_length", max_length)
         if norm not in NORMS:
             raise ValueError(f"norm={norm!r} must be one of {NORMS}")
-        if scope is None and position and max_length is None:
+        if scope is None and kwargs.get("position", True) and max_length is None:
             raise ValueError("scope=None (global relative position embeddings) requires max_length")
         if pos_embed is not None and pos_embed.bias is not None:
             raise ValueError("pos_embed has a bias; LambdaLayer1d supports bias-free embeddings only (the paper's)")
-        super().__init__(
-            dim,
-            dim_out=dim_out,
-            dim_k=dim_k,
-            heads=heads,
-            dim_u=dim_u,
-            scope=scope,
-            feat_size=None if max_length is None else (max_length,),
-            content=content,
-            position=position,
-            position_bias=False,
-            algorithm=algorithm,
-            pos_embed=pos_embed,
-            norm=("layer" if check_flag("causal", causal) else "batch") if norm == "auto" else norm,
-            device=device,
-            dtype=dtype,
-        )
+        if images_only := sorted(kwargs.keys() & {"feat_size", "stride", "position_bias"}):
+            raise TypeError(f"LambdaLayer1d got unexpected keyword arguments {images_only} (2-D and 3-D layers only)")
+        causal = check_flag("causal", causal)
+        norm = ("layer" if causal else "batch") if norm == "auto" else norm
+        feat_size = None if max_length is None else (max_length,)
+        super().__init__(dim, scope=scope, feat_size=feat_size, norm=norm, pos_embed=pos_embed, **kwargs)
         self.max_length, self.causal, self.chunk = max_length, causal, chunk
 
     def _make_projection(self, dim: int, channels: int, factory: dict) -> nn.Module:
         return nn.Linear(dim, channels, bias=False, **factory)
 
-    # ----------------------------------------------------------------------------------------------- helpers
-    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries and values (normalised) and key logits from the fused projection; channels last."""
-        q, k, v = torch.split(self.qkv(x), list(self.splits), dim=-1)
-        return self._normalise(self.norm_q, q), k, self._normalise(self.norm_v, v)
-
-    def _normalise(self, norm: nn.Module, x: Tensor) -> Tensor:
-        """Apply a query/value norm to (b, n, c) or (b, c) tensors."""
-        if isinstance(norm, nn.BatchNorm1d) and x.dim() == 3:
-            return norm(x.transpose(1, 2)).transpose(1, 2)
-        return norm(x)
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor, torch.dtype]:
+        """Normalised queries (.., h, k), key logits (.., u, k) (None without content) and normalised values
+        (.., u, v) in the compute dtype from (b, n, dim) or (b, dim) inputs; and the output dtype."""
+        q, k, v = torch.split(self.qkv(x), self.splits, dim=-1)
+        if x.dim() == 3 and self.norm == "batch":  # BatchNorm1d takes (b, c, n)
+            q, v = self.norm_q(q.transpose(1, 2)).transpose(1, 2), self.norm_v(v.transpose(1, 2)).transpose(1, 2)
+        else:
+            q, v = self.norm_q(q), self.norm_v(v)
+        out_dtype = q.dtype
+        compute = compute_dtype(out_dtype)
+        q = q.to(compute).unflatten(-1, (self.heads, self.dim_k))
+        k = k.to(compute).unflatten(-1, (self.dim_u, self.dim_k)) if self.content else None
+        return q, k, v.to(compute).unflatten(-1, (self.dim_u, self.dim_v)), out_dtype
 
     def _check_input(self, x: Tensor) -> None:
         self._check_tensor(x, "(batch, length, dim)")
@@ -157,13 +132,7 @@ class LambdaLayer1d(_LambdaNd):
         if self.max_length is not None and x.shape[1] > self.max_length:
             raise ValueError(f"input length {x.shape[1]} exceeds max_length={self.max_length}")
 
-    def _kernel(self, compute: torch.dtype) -> Tensor | None:
-        if self.pos is None:
-            return None
-        weight = self.pos.weight.to(compute)
-        return causal_kernel(weight) if self.causal else weight
-
-    def resolve_algorithm(self, batch: int, length: int) -> str:
+    def resolve_algorithm(self, batch: int, length: int) -> str:  # type: ignore[override]
         """The position algorithm used by the unmasked paths for an input of this batch size and length.
 
         Causal layers cost only the past half of their kernel (offsets ``-(t // 2) .. 0``; every algorithm still
@@ -171,29 +140,14 @@ class LambdaLayer1d(_LambdaNd):
         ``logits`` up to :data:`CAUSAL_LOGITS_MAX_LENGTH` tokens while the past scope covers a third of the
         sequence, ``blocked`` for scopes up to ``2 * CAUSAL_BLOCKED_MAX_HALF + 1``, ``fft`` otherwise.
         """
-        if self.algorithm != "auto":
-            return self.algorithm
-        kernel = self.pos.kernel if self.pos is not None else (1,)
-        if self.causal:
-            half = min(kernel[0] // 2, length - 1)
-            past = half + 1  # in-scope context positions of the last query
-            elements = batch * self.heads * self.dim_u * length * length
-            if (
-                length <= CAUSAL_LOGITS_MAX_LENGTH
-                and length <= LOGITS_MAX_WASTE * past
-                and elements <= LOGITS_MAX_ELEMENTS
-            ):
-                return "logits"
-            return "blocked" if half <= CAUSAL_BLOCKED_MAX_HALF else "fft"
-        return choose_algorithm(
-            batch=batch,
-            spatial=(length,),
-            kernel=kernel,
-            dim_k=self.dim_k,
-            dim_v=self.dim_v,
-            dim_u=self.dim_u,
-            heads=self.heads,
-        )
+        if self.algorithm != "auto" or not self.causal:
+            return super().resolve_algorithm(batch, (length,))
+        half = min(self.pos.kernel[0] // 2 if self.pos is not None else 0, length - 1)
+        elements = batch * self.heads * self.dim_u * length * length
+        # half + 1: the in-scope context positions of the last query
+        if length <= min(CAUSAL_LOGITS_MAX_LENGTH, logits.MAX_WASTE * (half + 1)) and elements <= logits.MAX_ELEMENTS:
+            return "logits"
+        return "blocked" if half <= CAUSAL_BLOCKED_MAX_HALF else "fft"
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(
@@ -229,11 +183,7 @@ class LambdaLayer1d(_LambdaNd):
         if state is not None:
             state.check_room(n, b)
         if mask is not None:
-            if mask.dtype != torch.bool or tuple(mask.shape) != (n, n):
-                raise ValueError(
-                    f"mask must be a boolean (n, m) = ({n}, {n}) tensor, got dtype {mask.dtype} shape "
-                    f"{tuple(mask.shape)}"
-                )
+            check_mask(mask, n)
             if self.norm == "batch" and self.training:
                 warnings.warn(
                     "LambdaLayer1d(norm='batch') in training mode pools batch statistics over masked positions; "
@@ -242,63 +192,43 @@ class LambdaLayer1d(_LambdaNd):
                 )
             if self.causal:
                 mask = mask & torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
-        q, k, v = self._project(x)
-
-        out_dtype = q.dtype
-        compute = compute_dtype(out_dtype)
+        q, k, v, out_dtype = self._project(x)  # b n h k, b n u k, b n u v
         with float32_island(x.device):
-            weight = self._kernel(compute)
-            if self.causal and mask is None:
-                y, new_state = self._causal_output(q.to(compute), k.to(compute), v.to(compute), weight, state)
-                y = y.reshape(b, n, self.dim_out)
+            if mask is not None:  # masked contexts (App. B.2): the future is masked by ``mask`` when causal
+                keys = None if k is None else k.permute(0, 2, 3, 1)
+                weight = None if self.pos is None else self.pos.weight.to(q.dtype)
+                y = masked_lambda_output(q.permute(0, 2, 3, 1), keys, v.permute(0, 2, 3, 1), mask, weight)
+                y = y.permute(0, 3, 1, 2)  # b n h v
+            elif self.causal:
+                y, new_state = self._causal_output(q, k, v, state)
             else:
-                q = rearrange(q.to(compute), "b n (h k) -> b h k n", h=self.heads)
-                v = rearrange(v.to(compute), "b m (u v) -> b u v m", u=self.dim_u)
-                logits = rearrange(k.to(compute), "b m (u k) -> b u k m", u=self.dim_u) if self.content else None
-                if mask is not None:
-                    y = masked_lambda_output(q, logits, v, mask, weight)
-                else:
-                    y = self._position(q, v, weight, b, n)
-                    if logits is not None:
-                        y_c = torch.einsum("bhkn,bkv->bhvn", q, content_lambda(logits.softmax(dim=-1), v))
-                        y = y_c if y is None else y_c + y
-                y = rearrange(y, "b h v n -> b n (h v)")
-        y = y.to(out_dtype)
+                y = self._output(q, k, v, self.resolve_algorithm(b, n))
+        y = y.reshape(b, n, self.dim_out).to(out_dtype)
         return (y, new_state) if return_state else y
 
-    def _position(self, q: Tensor, v: Tensor, weight: Tensor | None, b: int, n: int) -> Tensor | None:
-        if weight is None:
-            return None
-        return position_output(q, v, weight, (n,), self.resolve_algorithm(b, n))
-
     def _causal_output(
-        self, q: Tensor, k: Tensor, v: Tensor, weight: Tensor | None, state: CausalLambdaState | None
+        self, q: Tensor, k: Tensor, v: Tensor, state: CausalLambdaState | None
     ) -> tuple[Tensor, CausalLambdaState]:
-        """Causal pass in the channels-last layout (b, n, h, v), continuing ``state``; returns a new state."""
-        b, n, _ = q.shape
-        q = q.view(b, n, self.heads, self.dim_k)
-        v = v.view(b, n, self.dim_u, self.dim_v)
-        start = 0 if state is None else state.length
+        """Causal output (b, n, h, v) from q (b, n, h, k), key logits (b, n, u, k), v (b, n, u, v), continuing
+        ``state``; returns a new state."""
+        b, n = q.shape[:2]
         new = self.init_state()
-        new.length = start + n
+        new.length = n if state is None else state.length + n
         y = None
-        if self.content:
-            logits = k.view(b, n, self.dim_u, self.dim_k)
+        if k is not None:
             prior = None if state is None else state.content
-            y, new.content = chunk_causal_content(q, logits, v, prior, output_final_state=True, chunk_size=self.chunk)
-        if weight is not None:
-            vt = rearrange(v, "b n u v -> b u v n")
-            prefix = None if state is None else state.recent_values()
-            if prefix is not None and prefix.shape[-1]:  # earlier values the new queries still see
-                p = prefix.shape[-1]
-                vt = torch.cat([prefix.to(vt.dtype), vt], dim=-1)
-                qt = F.pad(rearrange(q, "b n h k -> b h k n"), (p, 0))
-                y_p = self._position(qt, vt, weight, b, p + n)[..., p:]
-            else:
-                y_p = self._position(rearrange(q, "b n h k -> b h k n"), vt, weight, b, n)
-            y_p = rearrange(y_p, "b h v n -> b n h v")
+            y, new.content = chunk_causal_content(q, k, v, prior, output_final_state=True, chunk_size=self.chunk)
+        if self.pos is not None:
+            weight = causal_kernel(self.pos.weight.to(q.dtype))
+            prefix = None if state is None else state.recent_values()  # earlier values the new queries still see
+            p = 0 if prefix is None else prefix.shape[-1]
+            if p:
+                v = torch.cat([prefix.permute(0, 3, 1, 2).to(v.dtype), v], dim=1)
+                q = F.pad(q, (0, 0, 0, 0, p, 0))
+            algorithm = self.resolve_algorithm(b, p + n)
+            y_p = lambda_output(q, v, None, weight, (p + n,), algorithm)[:, p:]
             y = y_p if y is None else y + y_p
-            new.store_values(vt, new.length)
+            new.store_values(v.permute(0, 2, 3, 1), new.length)
         return y, new
 
     # ----------------------------------------------------------------------------------------------- decoding
@@ -327,26 +257,20 @@ class LambdaLayer1d(_LambdaNd):
         if self.norm == "batch" and self.training:
             raise ValueError("step with norm='batch' needs eval mode (training-mode batch statistics span positions)")
         state.check_room(1, x.shape[0])
-        q, k, v = self._project(x)
-        out_dtype = q.dtype
-        compute = compute_dtype(out_dtype)
+        q, k, v, out_dtype = self._project(x)  # b h k, b u k, b u v
         with float32_island(x.device):
-            q = q.to(compute).unflatten(-1, (self.heads, self.dim_k))
-            v = v.to(compute).unflatten(-1, (self.dim_u, self.dim_v))
             y = None
-            if self.content:
-                logits = k.to(compute).unflatten(-1, (self.dim_u, self.dim_k))
-                y, state.content = recurrent_causal_content(q, logits, v, state.content)
+            if k is not None:
+                y, state.content = recurrent_causal_content(q, k, v, state.content)
             if self.pos is not None:  # reads offsets <= 0 only: the raw kernel, no per-token causal copy
-                y_p = state.position_output(q, v, self.pos.weight.to(compute))
+                y_p = state.position_output(q, v, self.pos.weight.to(q.dtype))
                 y = y_p if y is None else y + y_p
             state.length += 1
         return y.flatten(1).to(out_dtype)
 
     def extra_repr(self) -> str:
-        ctx = f"scope={self.scope}" if self.scope is not None else "scope=None"
         return (
             f"dim={self.dim}, dim_out={self.dim_out}, dim_k={self.dim_k}, heads={self.heads}, dim_u={self.dim_u}, "
-            f"{ctx}, max_length={self.max_length}, content={self.content}, position={self.position}, "
+            f"scope={self.scope}, max_length={self.max_length}, content={self.content}, position={self.position}, "
             f"causal={self.causal}, norm={self.norm!r}, algorithm={self.algorithm!r}"
         )

@@ -15,12 +15,10 @@ Masked keys are normalised only inside each query's context (per key channel and
 so every query has its own content lambda. A query with an empty context gets a zero content lambda (not NaN).
 Position embeddings are masked: ``lambda_p[n] = sum_m E[n, m] mask[n, m] v_m``.
 
-The causal mask (``mask[n, m] = m <= n``) needs no (n, m) tensor: the content lambdas are prefix sums of
-``exp(k_m - M) v_m^T`` with a running maximum ``M`` per key channel that rescales the sums when it grows (online
-softmax), computed chunk by chunk so that memory is linear in the length (the chunkwise op the layer uses lives in
-:mod:`lambdanet.layers.causal_chunk`); the position lambdas use the relative
-kernel with its future half (offsets ``m - n > 0``) set to zero, so every algorithm of
-:func:`lambdanet.layers.lambda_ops.position_output` applies unchanged.
+The causal mask (``mask[n, m] = m <= n``) needs no (n, m) tensor: the content term is the chunkwise online-softmax
+scan of :mod:`lambdanet.layers.causal_chunk` (memory linear in the length), and the position lambdas use the
+relative kernel with its future half (offsets ``m - n > 0``) set to zero (:func:`causal_kernel`), so every
+algorithm of :func:`lambdanet.layers.core.lambda_output` applies unchanged.
 """
 
 from __future__ import annotations
@@ -29,64 +27,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lambdanet.layers._common import LOW_PRECISION
+from lambdanet.layers.algorithms._base import apply_lambdas, relative_embeddings
 from lambdanet.layers.causal_chunk import ContentState
-from lambdanet.layers.lambda_ops import apply_lambdas, relative_embeddings
 
-__all__ = [
-    "CausalLambdaState",
-    "causal_content_lambdas",
-    "causal_kernel",
-    "masked_content_lambdas",
-    "masked_key_weights",
-    "masked_lambda_output",
-    "masked_position_lambdas",
-]
+__all__ = ["CausalLambdaState", "causal_kernel", "check_mask", "masked_content_lambdas", "masked_lambda_output"]
 
 
-def _check_mask(mask: Tensor, n: int) -> None:
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a boolean tensor, got dtype {mask.dtype}")
-    if tuple(mask.shape) != (n, n):
-        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected (n, m) = ({n}, {n}) for a length-{n} input")
+def check_mask(mask: Tensor, n: int) -> None:
+    """Raise unless ``mask`` is a boolean (n, n) tensor."""
+    if mask.dtype != torch.bool or tuple(mask.shape) != (n, n):
+        raise ValueError(
+            f"mask must be a boolean (n, m) = ({n}, {n}) tensor, got dtype {mask.dtype} shape {tuple(mask.shape)}"
+        )
 
 
-def masked_key_weights(logits: Tensor, mask: Tensor) -> Tensor:
-    """Keys softmax-normalised within each query's context: ``kbar`` (b, u, k, n, m); empty contexts give zeros.
+def masked_content_lambdas(logits: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """Per-query content lambdas (b, k, v, n) under a shared (n, m) mask (paper App. B.2) from key logits
+    (b, u, k, m) (before any softmax), normalised within each query's context; empty contexts give zeros.
 
-    Args:
-        logits: (b, u, k, m) key logits (before any softmax).
-        mask: (n, m) boolean, True where query n sees context position m.
+    Memory Θ(b u k n m) for the normalised keys; the causal mask needs none (:mod:`lambdanet.layers.causal_chunk`).
     """
     x = logits[:, :, :, None, :].masked_fill(~mask, float("-inf"))  # b u k n m
     top = x.amax(dim=-1, keepdim=True).detach()  # the softmax is shift invariant: no gradient through the shift
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # empty context: any finite shift
     e = torch.exp(x - top)  # masked entries: exp(-inf) = 0
     # A non-empty context holds its maximum, whose term is exp(0) = 1, so clamping at 1 only touches empty rows.
-    return e / e.sum(dim=-1, keepdim=True).clamp_min(1.0)
-
-
-def masked_content_lambdas(logits: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """Per-query content lambdas (b, k, v, n) under a shared (n, m) mask (paper App. B.2).
-
-    Memory Θ(b u k n m) for the normalised keys; for the causal mask use :func:`causal_content_lambdas`.
-    """
-    return torch.einsum("buknm,buvm->bkvn", masked_key_weights(logits, mask), v)
-
-
-def masked_position_lambdas(v: Tensor, weight: Tensor, mask: Tensor) -> Tensor:
-    """Position lambdas (b, k, v, n) with the relative embeddings masked: ``sum_m E[n, m] mask[n, m] v_m``."""
-    n = v.shape[-1]
-    e = relative_embeddings(weight, (n,)) * mask.to(v.dtype)  # k u n m
-    return torch.einsum("kunm,buvm->bkvn", e, v)
+    return torch.einsum("buknm,buvm->bkvn", e / e.sum(dim=-1, keepdim=True).clamp_min(1.0), v)
 
 
 def masked_lambda_output(
-    q: Tensor,
-    logits: Tensor | None,
-    v: Tensor,
-    mask: Tensor,
-    weight: Tensor | None = None,
+    q: Tensor, logits: Tensor | None, v: Tensor, mask: Tensor, weight: Tensor | None = None
 ) -> Tensor:
     """Output (b, h, v, n) of a masked lambda layer: content (if ``logits``) plus position (if ``weight``) terms.
 
@@ -100,12 +70,13 @@ def masked_lambda_output(
     Raises:
         ValueError: a mask of the wrong dtype or shape, or neither term requested.
     """
-    _check_mask(mask, v.shape[-1])
+    check_mask(mask, v.shape[-1])
     if logits is None and weight is None:
         raise ValueError("masked_lambda_output needs logits (content term) or weight (position term), got neither")
     lam = masked_content_lambdas(logits, v, mask) if logits is not None else None
-    if weight is not None:
-        lam_p = masked_position_lambdas(v, weight, mask)
+    if weight is not None:  # masked position embeddings: lambda_p[n] = sum_m E[n, m] mask[n, m] v_m
+        e = relative_embeddings(weight, (v.shape[-1],)) * mask.to(v.dtype)  # k u n m
+        lam_p = torch.einsum("kunm,buvm->bkvn", e, v)
         lam = lam_p if lam is None else lam + lam_p
     return apply_lambdas(q, lam)
 
@@ -114,56 +85,6 @@ def causal_kernel(weight: Tensor) -> Tensor:
     """The relative kernel (k, u, t) with its future half (offsets ``m - n > 0``) set to zero; same shape."""
     c = weight.shape[-1] // 2
     return F.pad(weight[..., : c + 1], (0, c))
-
-
-def causal_content_lambdas(logits: Tensor, v: Tensor, chunk: int = 64) -> Tensor:
-    """Causal content lambdas ``lambda_c[n] = sum_{m <= n} softmax_{m' <= n}(k)_m v_m^T`` as (b, k, v, n).
-
-    Prefix sums with a running maximum per key channel (online softmax): inside a chunk of ``chunk`` positions the
-    (chunk x chunk) lower-triangular weights ``exp(k_m - M_n)`` are formed explicitly (each <= 1, so nothing
-    overflows); the sums carried from earlier chunks are rescaled by ``exp(M_old - M_n) <= 1``. Memory is
-    Θ(b u k (v + chunk) n): linear in the length, forward and backward. The layer itself never forms these
-    per-position lambdas: it contracts them with the queries chunk by chunk
-    (:func:`lambdanet.layers.causal_chunk.chunk_causal_content`). float16/bfloat16 inputs are accumulated in
-    float32 and the result is cast back.
-
-    Args:
-        logits: (b, u, k, n) key logits.
-        v: (b, u, v, n) values.
-        chunk: positions per block of the scan.
-
-    Raises:
-        ValueError: for a non-positive ``chunk`` or mismatched lengths.
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk} must be a positive integer")
-    if logits.shape[-1] != v.shape[-1]:
-        raise ValueError(f"logits have length {logits.shape[-1]} but values have length {v.shape[-1]}")
-    out_dtype = logits.dtype
-    if out_dtype in LOW_PRECISION:
-        logits, v = logits.float(), v.float()
-    tri = torch.ones(chunk, chunk, dtype=torch.bool, device=logits.device).tril()  # n >= m
-    out: list[Tensor] = []
-    num_prev = den_prev = top_prev = None
-    # ``split`` (not slicing): in backward the chunks' gradients are concatenated once, where slices of the
-    # full-length tensors would each zero-fill a full-length gradient (O(n^2 / chunk) traffic).
-    for kc, vc in zip(logits.split(chunk, dim=-1), v.split(chunk, dim=-1), strict=True):
-        size = kc.shape[-1]
-        # Running maximum up to each position; shift invariance lets it be a constant for autograd.
-        top = kc.detach().cummax(dim=-1).values  # b u k n
-        if top_prev is not None:
-            top = torch.maximum(top, top_prev[..., None])
-        diff = (kc[:, :, :, None, :] - top[..., None]).masked_fill(~tri[:size, :size], float("-inf"))
-        w = torch.exp(diff)  # b u k n m, zero above the diagonal
-        num = torch.einsum("buknm,buvm->bukvn", w, vc)
-        den = w.sum(dim=-1)  # b u k n
-        if top_prev is not None:
-            scale = torch.exp(top_prev[..., None] - top)  # b u k n
-            num = num + num_prev[..., None] * scale[:, :, :, None, :]
-            den = den + den_prev[..., None] * scale
-        out.append((num / den[:, :, :, None, :]).sum(dim=1))  # b k v n
-        num_prev, den_prev, top_prev = num[..., -1], den[..., -1], top[..., -1]
-    return torch.cat(out, dim=-1).to(out_dtype)
 
 
 class CausalLambdaState:

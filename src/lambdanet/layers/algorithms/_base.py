@@ -44,11 +44,6 @@ class Problem:
     def n(self) -> int:
         return math.prod(self.spatial)
 
-    @property
-    def half(self) -> int:
-        """Largest kernel radius over the axes."""
-        return max(k // 2 for k in self.kernel)
-
 
 @dataclass(frozen=True)
 class PositionAlgorithm:
@@ -90,18 +85,26 @@ def relative_embeddings(weight: Tensor, spatial: Sequence[int]) -> Tensor:
     offset the map holds, then each axis is skewed (:func:`skew_last`), so the backward pass is plain copies.
     """
     x = full_kernel(weight, spatial)
-    k, u = x.shape[:2]
+    k, u, n = *x.shape[:2], math.prod(spatial)
+    x = x.reshape(k, u, *[1] * len(spatial), *x.shape[2:])  # k u 1.. t..: every n axis broadcast
+    return skew_axes(x, "k u", spatial, "").reshape(k, u, n, n)  # k u n m
+
+
+def skew_axes(x: Tensor, lead: str, spatial: Sequence[int], middle: str) -> Tensor:
+    """Offsets to context positions on every spatial axis: x (lead.., n.., middle.., t..), with n axes of size S
+    or 1 (broadcast) and offset axes of side 2S - 1 -> (lead.., n.., middle.., m..), ``out[n, m] = x[n, m - n + S - 1]``
+    per axis (:func:`skew_last`, one axis at a time: slices and reshapes only)."""
     ndim = len(spatial)
-    labels = ["k", "u", *[f"t{d}" for d in range(ndim)]]
+    labels = [*lead.split(), *[f"n{d}" for d in range(ndim)], *middle.split(), *[f"t{d}" for d in range(ndim)]]
     for d, size in enumerate(spatial):
-        i = labels.index(f"t{d}")
-        order = [*[j for j in range(len(labels)) if j != i], i]
+        last = (labels.index(f"n{d}"), labels.index(f"t{d}"))
+        order = [i for i in range(len(labels)) if i not in last] + list(last)
         x = x.permute(order)
-        labels = [*[labels[j] for j in order][:-1], f"n{d}", f"m{d}"]
-        x = skew_last(x.unsqueeze(-2).expand(*x.shape[:-1], size, x.shape[-1]).contiguous(), size)
-    final = ["k", "u", *[f"n{d}" for d in range(ndim)], *[f"m{d}" for d in range(ndim)]]
-    n = math.prod(spatial)
-    return x.permute([labels.index(name) for name in final]).reshape(k, u, n, n)  # k u n m
+        x = skew_last(x.expand(*x.shape[:-2], size, x.shape[-1]).contiguous(), size)
+        labels = [labels[i] for i in order]
+        labels[-1] = f"m{d}"
+    final = [*lead.split(), *[f"n{d}" for d in range(ndim)], *middle.split(), *[f"m{d}" for d in range(ndim)]]
+    return x.permute([labels.index(name) for name in final])
 
 
 def skew_last(x: Tensor, size: int) -> Tensor:
@@ -174,6 +177,14 @@ def lambdas_output(q: Tensor, lam_c: Tensor | None, lam_p: Callable[[Tensor], Te
     if lam_c is not None:
         y = y + torch.einsum("bhkn,bkv->bhvn", qc, lam_c)
     return y.permute(0, 3, 1, 2).reshape(b, *spatial, h, dv)
+
+
+def lambdas_saved_floats(p: Problem) -> dict[str, int]:
+    """What :func:`lambdas_output` keeps for backward: the (b, h, k, n) and (b, u, v, n) copies and the lambdas."""
+    return {
+        "(b, h, k, n) and (b, u, v, n) copies of q, v": p.batch * (p.heads * p.dim_k + p.dim_u * p.dim_v) * p.n,
+        "position lambdas (b k v n)": p.batch * p.dim_k * p.dim_v * p.n,
+    }
 
 
 def add_content(y: Tensor | None, q: Tensor, lam_c: Tensor | None) -> Tensor:

@@ -28,7 +28,8 @@ MAX_TAPS_3D = 27
 def cost(p: Problem, device: str) -> float | None:
     if len(p.spatial) == 3:
         return 2.0 if math.prod(p.kernel) <= MAX_TAPS_3D else None
-    return 2.0 if p.half <= MAX_HALF or (p.half <= WIDE_MAX_HALF and p.dim_v >= WIDE_MIN_DIM_V) else None
+    half = max(k // 2 for k in p.kernel)  # the largest kernel radius over the axes
+    return 2.0 if half <= MAX_HALF or (half <= WIDE_MAX_HALF and p.dim_v >= WIDE_MIN_DIM_V) else None
 
 
 def saved_floats(p: Problem) -> dict[str, int]:

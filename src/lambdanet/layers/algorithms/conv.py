@@ -14,7 +14,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor
 
-from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem, lambdas_output
+from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem, lambdas_output, lambdas_saved_floats
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -31,13 +31,6 @@ def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) ->
     return lambdas_output(q, lam_c, lambda vc: lambda_p(vc, weight, tuple(q.shape[1:-2])), v)
 
 
-def saved_floats(p: Problem) -> dict[str, int]:
-    return {
-        "(b, h, k, n) and (b, u, v, n) copies of q, v": p.batch * (p.heads * p.dim_k + p.dim_u * p.dim_v) * p.n,
-        "position lambdas (b k v n)": p.batch * p.dim_k * p.dim_v * p.n,
-    }
-
-
 #: In 3-D the lambda convolution (Conv3d) beats ``fft`` up to this many kernel taps (3x7x7) on CPU.
 MAX_TAPS_3D = 160
 SMALL_3D = 1024
@@ -49,4 +42,4 @@ def cost(p: Problem, device: str) -> float | None:
     return 2.5 if len(p.spatial) == 3 and (math.prod(p.kernel) <= MAX_TAPS_3D or p.n <= SMALL_3D) else None
 
 
-ALGORITHM = PositionAlgorithm("conv", output, cost=cost, saved_floats=saved_floats)
+ALGORITHM = PositionAlgorithm("conv", output, cost=cost, saved_floats=lambdas_saved_floats)

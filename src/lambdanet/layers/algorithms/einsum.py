@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem, lambdas_output, relative_embeddings
+from lambdanet.layers.algorithms._base import (
+    PositionAlgorithm,
+    Problem,
+    lambdas_output,
+    lambdas_saved_floats,
+    relative_embeddings,
+)
 
 
 def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) -> Tensor:
@@ -23,11 +29,7 @@ def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) ->
 
 
 def saved_floats(p: Problem) -> dict[str, int]:
-    return {
-        "(b, h, k, n) and (b, u, v, n) copies of q, v": p.batch * (p.heads * p.dim_k + p.dim_u * p.dim_v) * p.n,
-        "embeddings E (k u n m)": p.dim_k * p.dim_u * p.n * p.n,
-        "position lambdas (b k v n)": p.batch * p.dim_k * p.dim_v * p.n,
-    }
+    return {**lambdas_saved_floats(p), "embeddings E (k u n m)": p.dim_k * p.dim_u * p.n * p.n}
 
 
 ALGORITHM = PositionAlgorithm("einsum", output, cost=lambda p, device: None, saved_floats=saved_floats)

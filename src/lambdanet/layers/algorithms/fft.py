@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem, lambdas_output
+from lambdanet.layers.algorithms._base import PositionAlgorithm, Problem, lambdas_output, lambdas_saved_floats
 
 
 def fft_size(size: int, half_kernel: int) -> int:
@@ -62,10 +62,9 @@ def saved_floats(p: Problem) -> dict[str, int]:
     sizes = [fft_size(s, k // 2) for s, k in zip(p.spatial, p.kernel)]
     freqs = math.prod(sizes[:-1]) * (sizes[-1] // 2 + 1)
     return {
-        "(b, h, k, n) and (b, u, v, n) copies of q, v": p.batch * (p.heads * p.dim_k + p.dim_u * p.dim_v) * p.n,
+        **lambdas_saved_floats(p),
         "value spectrum (b u v P, complex)": 2 * p.batch * p.dim_u * p.dim_v * freqs,
         "kernel spectrum (k u P, complex)": 2 * p.dim_k * p.dim_u * freqs,
-        "position lambdas (b k v n)": p.batch * p.dim_k * p.dim_v * p.n,
     }
 
 

@@ -22,7 +22,7 @@ from lambdanet.layers.algorithms._base import (
     add_content,
     full_kernel,
     relative_embeddings,
-    skew_last,
+    skew_axes,
 )
 
 #: Largest (b h u n m) position-logits tensor ``auto`` lets ``logits`` build (floats): 2^24 = 64 MiB in float32.
@@ -63,17 +63,7 @@ def position_logits(q: Tensor, weight: Tensor, spatial: Sequence[int], construct
         offset = x.storage_offset() + sum((size - 1) * st[2 + ndim + d] for d, size in enumerate(spatial))
         view = x.as_strided((b * h, *spatial, u, *spatial), (st[0], *n_strides, st[1 + ndim], *m_strides), offset)
         return view.reshape(b, h, n, u, n)  # b h n u m
-    # Export-friendly form of the same skew (slices and reshapes only), one axis at a time.
-    labels = ["B", *[f"n{d}" for d in range(ndim)], "u", *[f"t{d}" for d in range(ndim)]]
-    for d, size in enumerate(spatial):
-        last = (labels.index(f"n{d}"), labels.index(f"t{d}"))
-        order = [i for i in range(len(labels)) if i not in last] + list(last)
-        x = skew_last(x.permute(order).contiguous(), size)
-        labels = [labels[i] for i in order]
-        labels[-1] = f"m{d}"
-    final = ["B", *[f"n{d}" for d in range(ndim)], "u", *[f"m{d}" for d in range(ndim)]]
-    x = x.permute([labels.index(name) for name in final])
-    return x.reshape(b, h, n, u, n)  # b h n u m
+    return skew_axes(x, "B", spatial, "u").reshape(b, h, n, u, n)  # b h n u m: the export-friendly form
 
 
 def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) -> Tensor:
