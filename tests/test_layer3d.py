@@ -121,6 +121,36 @@ def test_output_shapes_stride_and_shared_embedding() -> None:
         LambdaLayer3d(8, dim_k=4, heads=2, scope=5, pos_embed=shared)
 
 
+@pytest.mark.parametrize("size", [(1, 6, 5), (2, 1, 3), (5, 4, 7)])
+def test_stride_two_is_a_zero_padded_three_wide_mean_on_any_size(size: tuple[int, int, int]) -> None:
+    """Stride 2 averages each 3x3x3 window around even positions, zeros outside counted (float64 explicit sum),
+    also on axes shorter than the window (a single frame)."""
+    torch.manual_seed(0)
+    strided = LambdaLayer3d(8, dim_k=4, heads=2, scope=3, stride=2).double().eval()
+    full = LambdaLayer3d(8, dim_k=4, heads=2, scope=3).double().eval()
+    full.load_state_dict(strided.state_dict())
+    x = torch.randn(2, 8, *size, dtype=torch.float64)
+    y, dense = strided(x), full(x)
+    expected = torch.zeros(y.shape, dtype=torch.float64)
+    for o in itertools.product(*(range(-(-s // 2)) for s in size)):
+        window = [range(max(0, 2 * i - 1), min(s, 2 * i + 2)) for i, s in zip(o, size)]
+        for p in itertools.product(*window):
+            expected[(..., *o)] += dense[(..., *p)] / 27
+    assert y.shape == (2, 8, *(-(-s // 2) for s in size))
+    assert torch.allclose(y, expected, atol=1e-12)
+
+
+def test_norm_choices_per_dimension() -> None:
+    from lambdanet import LambdaLayer, LambdaLayer1d
+
+    with pytest.raises(ValueError, match=r"norm='bogus' must be one of \('batch', 'none'\) for LambdaLayer3d"):
+        LambdaLayer3d(8, dim_k=4, heads=2, scope=3, norm="bogus")
+    with pytest.raises(ValueError, match=r"norm='layer' must be one of \('batch', 'none'\) for LambdaLayer"):
+        LambdaLayer(8, dim_k=4, heads=2, scope=3, norm="layer")  # LayerNorm over the channels is 1-D only
+    assert isinstance(LambdaLayer(8, dim_k=4, heads=2, scope=3, norm="none").norm_q, torch.nn.Identity)
+    assert isinstance(LambdaLayer1d(8, dim_k=4, heads=2, scope=3, norm="layer").norm_q, torch.nn.LayerNorm)
+
+
 def test_macs_count_only_in_scope_pairs() -> None:
     layer = LambdaLayer3d(8, dim_k=4, heads=2, scope=(1, 3, 3))
     pairs = sum(

@@ -32,6 +32,7 @@ __all__ = ["LambdaLayer", "LambdaLayer3d", "RelativePositionEmbedding", "cast_ou
 _NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _PROJECTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
 _POOLS = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_PADS = {2: nn.ConstantPad2d, 3: nn.ConstantPad3d}
 _MEMORY_FORMATS = {2: torch.channels_last, 3: torch.channels_last_3d}
 _AXES = {1: "(N,)", 2: "(H, W)", 3: "(T, H, W)"}
 
@@ -139,6 +140,9 @@ class _LambdaNd(nn.Module):
             )
         if not (content or position):
             raise ValueError("content=False and position=False leave nothing to compute; enable at least one")
+        norms = ("batch", "layer", "none") if self.ndim == 1 else ("batch", "none")
+        if norm not in norms:
+            raise ValueError(f"norm={norm!r} must be one of {norms} for {type(self).__name__}")
         if algorithm != "auto" and algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={algorithm!r} must be 'auto' or one of {ALGORITHMS}")
         if pos_embed is not None and not isinstance(pos_embed, RelativePositionEmbedding):
@@ -173,9 +177,11 @@ class _LambdaNd(nn.Module):
                     f"expected {(dim_k, dim_u, kernel)}"
                 )
             self.pos = pos_embed
-        if max(strides) > 1:  # 3-wide average pool with stride 2 on the strided axes
-            pool = [(3 if s == 2 else 1, s, s - 1) for s in strides]
-            self.pool: nn.Module = _POOLS[self.ndim](*[tuple(p[i] for p in pool) for i in range(3)])
+        if max(strides) > 1:  # 3-wide average pool with stride 2 on the strided axes, zero padding counted
+            # The padding is explicit: avg_pool3d refuses an axis shorter than its kernel even when padded.
+            pads = [p for s in reversed(strides) for p in (s - 1, s - 1)]
+            kernel = tuple(3 if s == 2 else 1 for s in strides)
+            self.pool: nn.Module = nn.Sequential(_PADS[self.ndim](pads, 0.0), _POOLS[self.ndim](kernel, strides))
         else:
             self.pool = nn.Identity()
         self.reset_parameters()
