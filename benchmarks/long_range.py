@@ -8,18 +8,20 @@ Rows (all ``lambda_net_tiny`` from the registry, same data and schedule: the ``p
 - ``lambda_scope3``: the lambda network with a 3x3 position scope (its content lambda stays global);
 - ``lambda_content``: the lambda network without position lambdas (``position=False``).
 
-Protocol, per row: train at ``--difficulty`` with every learning rate on the first seed; pick the rate with the best
-validation accuracy; train the other seeds at that rate. Each run's best checkpoint (by validation) is then tested on
-the test split of every difficulty in ``--eval-difficulties`` (``--eval-samples`` images each; the training
-difficulty's test images are a prefix of the same stream, never seen in training). ``--full-grid`` trains every
-rate on every seed instead and picks the rate by the mean over seeds.
+Protocol, per row: train with every learning rate on the first seed at ``--sweep-difficulty`` (medium) and keep the
+rate with the best validation accuracy; at that rate, train every seed at every difficulty of ``--difficulties``.
+Every run's best checkpoint (by validation) is tested on ``--eval-samples`` test images of each difficulty (a test
+stream the training images never come from). Reported: per row and difficulty, the test accuracy of the networks
+trained at that difficulty, mean and standard deviation over the seeds; and how the networks trained at the sweep
+difficulty do on the other two (a transfer check, dashed in the plot).
 
-Each invocation merges its rows into ``<out>/results.json`` (runs of other rows are kept), so one command per row
-builds up the whole comparison; the summary and ``accuracy_vs_difficulty.png`` cover every row recorded so far.
+Each invocation merges its runs into ``<out>/results.json`` (other rows' runs are kept, and a repeated command goes
+on where it stopped), so one command per row builds the whole comparison; the summary and
+``accuracy_vs_difficulty.png`` cover every row recorded so far.
 
 Usage::
 
-    python benchmarks/long_range.py --rows lambda_global --out runs/long_range        # one row, ~20 CPU-minutes
+    python benchmarks/long_range.py --rows lambda_global --out runs/long_range        # one row: 11 runs
     python benchmarks/long_range.py --minimal --out runs/long_range_minimal           # 1 epoch on 512 images
 """
 
@@ -77,16 +79,18 @@ def _config(args: argparse.Namespace, recipe: str, over: dict[str, Any], difficu
     )
 
 
-def _train(args: argparse.Namespace, row: str, lr: float, seed: int, test_sets: dict[str, Any]) -> dict[str, Any]:
+def _train(
+    args: argparse.Namespace, row: str, difficulty: str, lr: float, seed: int, test_sets: dict[str, Any]
+) -> dict[str, Any]:
     recipe, extra = ROWS[row]
     over = _overrides(recipe, extra, args.image_size)
-    name = f"{row}-{args.difficulty}-lr{lr:g}-s{seed}"
+    name = f"{row}-{difficulty}-lr{lr:g}-s{seed}"
     run_dir = Path(args.out) / "runs" / name
     cfg = _config(
         args,
         recipe,
         over,
-        args.difficulty,
+        difficulty,
         args.samples,
         optim={"lr": lr},
         train={"epochs": args.epochs},
@@ -100,7 +104,7 @@ def _train(args: argparse.Namespace, row: str, lr: float, seed: int, test_sets: 
     tests = {d: evaluate(model, ds, batch_size=256)["top1"] for d, ds in test_sets.items()}
     return {
         "row": row,
-        "difficulty": args.difficulty,
+        "difficulty": difficulty,
         "lr": lr,
         "seed": seed,
         "best_val_acc1": _best_val(run_dir),
@@ -125,66 +129,81 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    runs: list[dict[str, Any]] = []
+    same = ("samples", "epochs", "image_size", "eval_samples")
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if old and any(old["args"][k] != vars(args)[k] for k in same):
+        raise SystemExit(f"--out {out} holds runs with other {', '.join(same)}; choose another --out")
+    done = {_key(r): r for r in old.get("runs", [])}
     rows: dict[str, dict[str, Any]] = {}
-    recipe = ROWS[args.rows[0]][0]
     test_sets = {
-        d: build_splits(_config(args, recipe, {}, d, 10 * args.eval_samples).data).test for d in args.eval_difficulties
+        d: build_splits(_config(args, ROWS[args.rows[0]][0], {}, d, 10 * args.eval_samples).data).test
+        for d in DIFFICULTIES
     }
 
-    def save() -> None:  # merge with the rows other invocations wrote (they may run at the same time)
+    def save() -> None:  # merge with what other invocations wrote (they may run at the same time)
         with open(out / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             old = json.loads(path.read_text()) if path.is_file() else {}
-            all_runs = [r for r in old.get("runs", []) if r["row"] not in args.rows] + runs
-            all_rows = {**{k: v for k, v in old.get("rows", {}).items() if k not in args.rows}, **rows}
-            summary = _summarise(all_runs, args.full_grid)
-            payload = {"args": vars(args), "rows": all_rows, "runs": all_runs, "summary": summary}
+            runs = list({**{_key(r): r for r in old.get("runs", [])}, **done}.values())
+            payload = {"args": vars(args), "rows": {**old.get("rows", {}), **rows}, "runs": runs}
+            payload["summary"] = _summarise(runs, args)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(payload, indent=2) + "\n")
             tmp.replace(path)
 
+    def get(row: str, difficulty: str, lr: float, seed: int) -> dict[str, Any]:
+        if (row, difficulty, lr, seed) not in done:  # a repeated command goes on where it stopped
+            done[row, difficulty, lr, seed] = _train(args, row, difficulty, lr, seed, test_sets)
+            save()
+        return done[row, difficulty, lr, seed]
+
     for row in args.rows:
-        start = time.perf_counter()
         rows[row] = _row_info(args, row)
-        sweep_seeds = args.seeds if args.full_grid else args.seeds[:1]
-        mine = [_train(args, row, lr, seed, test_sets) for lr in args.lrs for seed in sweep_seeds]
-        runs.extend(mine)
-        save()
-        if not args.full_grid:
-            best = max(mine, key=lambda r: r["best_val_acc1"] or 0.0)["lr"]
-            for seed in args.seeds[1:]:
-                runs.append(_train(args, row, best, seed, test_sets))
-                save()
-        rows[row]["seconds"] = round(time.perf_counter() - start, 1)
-        rows[row]["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in runs if r["row"] == row), 1)
+        sweep = [get(row, args.sweep_difficulty, lr, args.seeds[0]) for lr in args.lrs]
+        best = max(sweep, key=lambda r: r["best_val_acc1"] or 0.0)["lr"]
+        mine = sweep + [get(row, d, best, seed) for d in args.difficulties for seed in args.seeds]
+        mine = list({_key(r): r for r in mine}.values())
+        rows[row]["seconds"] = round(sum(r["seconds"] for r in mine), 1)
+        rows[row]["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in mine), 1)
         save()
     results = json.loads(path.read_text())
     _plot(results, out / "accuracy_vs_difficulty.png")
     return results
 
 
-def _summarise(runs: list[dict[str, Any]], full_grid: bool) -> dict[str, dict[str, Any]]:
-    """Per row: the learning rate chosen on validation and its test accuracy per difficulty over the seeds."""
+def _key(r: dict[str, Any]) -> tuple[str, str, float, int]:
+    return r["row"], r["difficulty"], r["lr"], r["seed"]
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per row: the learning rate with the best validation accuracy in the sweep (first seed, sweep difficulty);
+    at that rate, per training difficulty, the test accuracy on the same difficulty over the seeds, and how the
+    networks trained at the sweep difficulty do on the other difficulties."""
     summary: dict[str, dict[str, Any]] = {}
     for row in sorted({r["row"] for r in runs}):
-        mine = [r for r in runs if r["row"] == row]
-        by_lr: dict[float, list[dict[str, Any]]] = {}
-        for r in mine if full_grid else [r for r in mine if r["seed"] == mine[0]["seed"]]:
-            by_lr.setdefault(r["lr"], []).append(r)
-        lr = max(by_lr, key=lambda k: statistics.fmean(r["best_val_acc1"] or 0.0 for r in by_lr[k]))
-        chosen = [r for r in mine if r["lr"] == lr]
-        cells = {}
-        for d in chosen[0]["test_acc1_by_difficulty"]:
-            accs = [r["test_acc1_by_difficulty"][d] for r in chosen]
-            cells[d] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+        sweep = {r["lr"]: r for r in runs if _key(r)[:2] == (row, args.sweep_difficulty) and r["seed"] == args.seeds[0]}
+        if not sweep:
+            continue
+        lr = max(sweep, key=lambda k: sweep[k]["best_val_acc1"] or 0.0)
+        chosen = [r for r in runs if r["row"] == row and r["lr"] == lr and r["seed"] in args.seeds]
+        trained = {r["difficulty"] for r in chosen}
+        transfer = [r for r in chosen if r["difficulty"] == args.sweep_difficulty]
         summary[row] = {
             "lr": lr,
-            "seeds": len(chosen),
-            "val_acc1_mean": statistics.fmean(r["best_val_acc1"] or 0.0 for r in chosen),
-            "test_acc1": cells,
-            "sweep": {f"{k:g}": statistics.fmean(r["best_val_acc1"] or 0.0 for r in v) for k, v in by_lr.items()},
-        }
+            "sweep_val_acc1": {f"{k:g}": r["best_val_acc1"] for k, r in sorted(sweep.items())},
+            "test_acc1": {
+                d: {**_mean_std([r["test_acc1_by_difficulty"][d] for r in chosen if r["difficulty"] == d]),
+                    "seeds": sum(r["difficulty"] == d for r in chosen)}
+                for d in DIFFICULTIES if d in trained
+            },
+            f"trained_on_{args.sweep_difficulty}": {
+                d: _mean_std([r["test_acc1_by_difficulty"][d] for r in transfer]) for d in DIFFICULTIES
+            },
+        }  # fmt: skip
     return summary
 
 
@@ -195,17 +214,20 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     args = results["args"]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for row, cell in results["summary"].items():
+    sweep = args["sweep_difficulty"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (row, cell) in enumerate(results["summary"].items()):
         diffs = [d for d in DIFFICULTIES if d in cell["test_acc1"]]
         means = [cell["test_acc1"][d]["mean"] for d in diffs]
         stds = [cell["test_acc1"][d]["std"] for d in diffs]
         label = f"{row} ({results['rows'][row]['params'] / 1e3:.0f}k params, lr {cell['lr']:g})"
-        ax.errorbar(diffs, means, yerr=stds, marker="o", capsize=3, label=label)
+        ax.errorbar(diffs, means, yerr=stds, marker="o", capsize=3, label=label, color=f"C{i}")
+        transfer = cell[f"trained_on_{sweep}"]
+        ax.plot(list(transfer), [c["mean"] for c in transfer.values()], linestyle="--", color=f"C{i}", alpha=0.5)
     ax.axhline(0.5, color="grey", linestyle=":", label="chance")
-    ax.set_xlabel("test difficulty (curve length 10 / 16 / 22 pixels at 32x32)")
+    ax.set_xlabel(f"difficulty, trained and tested (dashed: trained on {sweep}); curves 10 / 16 / 22 px at 32x32")
     ax.set_ylabel(f"test accuracy (mean, std over {len(args['seeds'])} seeds)")
-    ax.set_title(f"Pathfinder-style {args['image_size']}px, trained on {args['difficulty']}, {args['samples']} images")
+    ax.set_title(f"Pathfinder-style {args['image_size']}px, {args['samples']} training images, {args['epochs']} epochs")
     ax.set_ylim(0.4, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -216,12 +238,11 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    p.add_argument("--difficulty", default="medium", choices=DIFFICULTIES, help="training difficulty")
-    p.add_argument("--eval-difficulties", nargs="+", default=list(DIFFICULTIES), choices=DIFFICULTIES)
-    p.add_argument("--eval-samples", type=int, default=2000, help="test images per evaluation difficulty")
+    p.add_argument("--difficulties", nargs="+", default=list(DIFFICULTIES), choices=DIFFICULTIES, help="trained")
+    p.add_argument("--sweep-difficulty", default="medium", choices=DIFFICULTIES, help="where the rate is chosen")
+    p.add_argument("--eval-samples", type=int, default=2000, help="test images per difficulty")
     p.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 2e-3, 4e-3])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--full-grid", action="store_true", help="every learning rate on every seed")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--samples", type=int, default=4000, help="training images (val and test get a tenth each)")
     p.add_argument("--image-size", type=int, default=32)
@@ -232,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.minimal:
         args.epochs, args.samples, args.lrs, args.seeds, args.eval_samples = 1, 512, [2e-3], [0], 64
+        args.difficulties = [args.sweep_difficulty]
     torch.set_num_threads(args.threads)
     results = run(args)
     for row, cell in results["summary"].items():
-        accs = ", ".join(f"{d} {c['mean']:.3f}+-{c['std']:.3f}" for d, c in cell["test_acc1"].items())
+        accs = ", ".join(f"{d} {c['mean']:.3f}+-{c['std']:.3f} ({c['seeds']})" for d, c in cell["test_acc1"].items())
         info = results["rows"][row]
-        print(f"{row}: lr {cell['lr']:g}, {accs} ({info.get('seconds', 0) / 60:.1f} min, {info['params']} params)")
+        print(f"{row}: lr {cell['lr']:g}, {accs} ({info['cpu_seconds'] / 60:.1f} CPU-min, {info['params']} params)")
     return 0
 
 

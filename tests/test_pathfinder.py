@@ -194,23 +194,37 @@ def _long_range_module():
 
 
 def test_long_range_summary_picks_the_rate_on_validation_and_averages_seeds() -> None:
+    import argparse
+
     L = _long_range_module()
+    args = argparse.Namespace(sweep_difficulty="medium", seeds=[0, 1, 2])
 
-    def run(lr: float, seed: int, val: float, test: float) -> dict:
-        return {"row": "r", "lr": lr, "seed": seed, "best_val_acc1": val, "test_acc1_by_difficulty": {"hard": test}}
+    def run(d: str, lr: float, seed: int, val: float, tests: tuple[float, float, float]) -> dict:
+        acc = dict(zip(L.DIFFICULTIES, tests))
+        return {
+            "row": "r",
+            "difficulty": d,
+            "lr": lr,
+            "seed": seed,
+            "best_val_acc1": val,
+            "test_acc1_by_difficulty": acc,
+        }
 
-    # Sweep on seed 0: 2e-3 has the best validation accuracy (its test accuracy is not what picks it).
-    sweep = [run(1e-3, 0, 0.70, 0.99), run(2e-3, 0, 0.80, 0.60), run(4e-3, 0, 0.75, 0.90)]
-    s = L._summarise([*sweep, run(2e-3, 1, 0.5, 0.70), run(2e-3, 2, 0.5, 0.80)], full_grid=False)["r"]
-    assert s["lr"] == 2e-3 and s["seeds"] == 3
-    assert s["test_acc1"]["hard"]["mean"] == pytest.approx(0.70)
-    assert s["test_acc1"]["hard"]["std"] == pytest.approx(0.1)
-    # Full grid: the rate with the best mean validation accuracy over seeds.
-    grid = [*sweep, run(1e-3, 1, 0.95, 0.5), run(2e-3, 1, 0.5, 0.5), run(4e-3, 1, 0.7, 0.5)]
-    assert L._summarise(grid, full_grid=True)["r"]["lr"] == 1e-3
+    # Sweep on seed 0 at medium: 2e-3 has the best validation accuracy (its test accuracy is not what picks it).
+    runs = [run("medium", 1e-3, 0, 0.70, (0, 0.99, 0)), run("medium", 2e-3, 0, 0.80, (0.1, 0.60, 0.2))]
+    runs += [run("medium", 4e-3, 0, 0.75, (0, 0.9, 0)), run("medium", 2e-3, 1, 0.5, (0.3, 0.70, 0.4))]
+    runs += [run("medium", 2e-3, 2, 0.5, (0.5, 0.80, 0.6)), run("hard", 2e-3, 0, 0.5, (0, 0, 0.55))]
+    runs += [run("hard", 2e-3, 1, 0.9, (0, 0, 0.65)), run("hard", 4e-3, 1, 0.99, (0, 0, 0.99))]  # not the chosen rate
+    s = L._summarise(runs, args)["r"]
+    assert s["lr"] == 2e-3
+    assert s["test_acc1"]["medium"] == pytest.approx({"mean": 0.70, "std": 0.1, "seeds": 3})
+    assert s["test_acc1"]["hard"] == pytest.approx({"mean": 0.60, "std": 0.1 / 2**0.5, "seeds": 2})
+    assert set(s["test_acc1"]) == {"medium", "hard"}
+    assert s["trained_on_medium"]["easy"]["mean"] == pytest.approx(0.3)  # the medium networks tested on easy
+    assert s["trained_on_medium"]["hard"]["mean"] == pytest.approx(0.4)
 
 
-def test_long_range_runner_minimal_rows_merge(tmp_path: Path) -> None:
+def test_long_range_runner_minimal_rows_merge_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     L = _long_range_module()
     common = ["--minimal", "--threads", "1", "--eval-samples", "16", "--data-root", str(tmp_path / "data")]
     out = ["--out", str(tmp_path / "out")]
@@ -220,6 +234,11 @@ def test_long_range_runner_minimal_rows_merge(tmp_path: Path) -> None:
     assert set(results["summary"]) == set(results["rows"]) == {"lambda_scope3", "conv_matched"}
     assert results["rows"]["conv_matched"]["params"] > 200_000
     for row in results["summary"].values():
-        assert set(row["test_acc1"]) == {"easy", "medium", "hard"}
-        assert all(0.0 <= c["mean"] <= 1.0 for c in row["test_acc1"].values())
+        assert set(row["test_acc1"]) == {"medium"} and set(row["trained_on_medium"]) == set(L.DIFFICULTIES)
+        assert 0.0 <= row["test_acc1"]["medium"]["mean"] <= 1.0
     assert (tmp_path / "out" / "accuracy_vs_difficulty.png").stat().st_size > 1000
+    # The same command again trains nothing: every run is on record.
+    monkeypatch.setattr(L, "fit", lambda cfg: pytest.fail("trained a run that was on record"))
+    L.main([*common, *out, "--rows", "lambda_scope3", "conv_matched"])
+    with pytest.raises(SystemExit, match="other samples, epochs, image_size"):
+        L.main([*common, *out, "--rows", "lambda_scope3", "--image-size", "40"])
