@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import lambdanet
-from lambdanet.checkpoint import CHECKPOINT_KEY, seal
+from lambdanet.checkpoint import CHECKPOINT_KEY, load_checkpoint_into, seal
 from lambdanet.data.loader import CLASSIFICATION, LANGUAGE_MODEL, DataInfo
 from lambdanet.inference import inference_metadata
 from lambdanet.train.callbacks import NonFiniteLossError
@@ -93,9 +93,7 @@ def build_model(cfg: RunConfig, info: DataInfo) -> nn.Module:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = cfg.train.bn_momentum
     if cfg.train.init_from:
-        from lambdanet.checkpoint import init_from
-
-        init_from(model, cfg.train.init_from)
+        load_checkpoint_into(model, cfg.train.init_from, fresh_head=True)
     return model
 
 

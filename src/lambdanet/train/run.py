@@ -76,19 +76,18 @@ def _env_info() -> dict[str, Any]:
     import lambdanet
 
     try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-        sha = git.stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
-    cuda = torch.cuda.is_available()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "lambdanet": lambdanet.__version__,
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cuda": torch.version.cuda if cuda else None,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "cuda": torch.version.cuda if gpus else None,
+        "gpus": gpus,
         "cpu_threads": torch.get_num_threads(),
         "git_sha": sha or None,
     }
@@ -111,9 +110,8 @@ _HARMLESS = (  # framework warnings known to be harmless here
     r".*WeightAveraging callback with a model that overrides the configure_model.*",  # not sharded here
     r".*callbacks used to create the checkpoint need to be provided.*",  # the final test leaves out the EMA
     r".*LeafSpec.*",
-    r".*is smaller than the logging interval.*",
     r".*does not have many workers which may be a bottleneck.*",
-    r".*The number of training batches .* is smaller than.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*could not find the monitored key in the returned metrics.*",  # stopped before validation: our note says so
 )
@@ -171,10 +169,7 @@ def fit(
     """Train ``cfg`` (optionally resuming a checkpoint), test the best checkpoint and write the run directory.
 
     Model and data are checked against each other before anything is written; a run that fails before its first
-    checkpoint removes the directory it created. Run directory: ``config.yaml``, ``argv.txt``, ``env.json``,
-    ``metrics.csv`` (merged from ``logs/version_*``, one per attempt, without the rows a killed attempt logged after
-    its last checkpoint), ``tb/`` (TensorBoard), ``checkpoints/{best,last}.ckpt``, ``curves.png`` and
-    ``results.json``.
+    checkpoint removes the directory it created. The run directory's files are listed in docs/training.md.
 
     Returns:
         The results written to ``results.json`` (final metrics, model, data, times, paths).
@@ -194,6 +189,7 @@ def fit(
     from lambdanet.train.module import LambdaModule, ema_callback
 
     ckpt_path, run_dir = resolve_resume(resume) if resume is not None else (None, run_dir_for(cfg))
+    ckpts = run_dir / "checkpoints"
     _console(cfg.quiet)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.system.matmul_precision)
@@ -214,7 +210,7 @@ def fit(
         flops = 0
     module.flops_per_batch = 3 * flops * cfg.data.batch_size  # forward + backward, read by ThroughputMonitor
     lm = info.task == LANGUAGE_MODEL
-    common = {"dirpath": run_dir / "checkpoints", "auto_insert_metric_name": False, "enable_version_counter": False}
+    common = {"dirpath": ckpts, "auto_insert_metric_name": False, "enable_version_counter": False}
     checkpoint = cb.FiniteModelCheckpoint(  # first: Trainer.checkpoint_callback, whose best_model_path is "best"
         filename="best", monitor="val/loss" if lm else "val/acc1", mode="min" if lm else "max", **common
     )
@@ -286,10 +282,9 @@ def fit(
             if not trainer.received_sigterm:
                 return out
             signal_name = "SIGTERM"
-        last = run_dir / "checkpoints" / "last.ckpt"
         line = f"{signal_name} stopped {phase} at epoch {trainer.current_epoch} step {trainer.global_step}"
-        if last.is_file():
-            line += f"; last good checkpoint {last}; resume with: lambdanet train --resume {run_dir}"
+        if (ckpts / "last.ckpt").is_file():
+            line += f"; last good checkpoint {ckpts / 'last.ckpt'}; resume with: lambdanet train --resume {run_dir}"
         else:
             line += ", before the first checkpoint; nothing to resume"
         if trainer.is_global_zero:
@@ -301,13 +296,12 @@ def fit(
     try:
         run("training", trainer.fit, module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except BaseException as e:
-        empty = not any((run_dir / "checkpoints").glob("*.ckpt"))
-        if created and empty and trainer.is_global_zero and not isinstance(e, RunInterrupted):
+        if created and not any(ckpts.glob("*.ckpt")) and trainer.is_global_zero and not isinstance(e, RunInterrupted):
             shutil.rmtree(run_dir, ignore_errors=True)  # failed during set-up: leave nothing behind
         raise
     results: dict[str, Any] = {"recipe": cfg.recipe, "model": cfg.model.name, "data": cfg.data.name, "task": info.task}
     results["fit_seconds"] = round(time.perf_counter() - start, 2)
-    best = str(run_dir / "checkpoints" / Path(checkpoint.best_model_path).name) if checkpoint.best_model_path else ""
+    best = str(ckpts / Path(checkpoint.best_model_path).name) if checkpoint.best_model_path else None
     say = print if trainer.is_global_zero else lambda *args, **kwargs: None
     if cfg.train.test_after_fit:
         use = best if best and Path(best).is_file() else None
@@ -322,17 +316,10 @@ def fit(
         tested = run(
             f"the final {split} evaluation", evaluate, module, datamodule=datamodule, ckpt_path=use, verbose=False
         )
-        results.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
-        results.update({"final_split": split, "tested_checkpoint": use or "final weights"})
-    results.update(
-        {
-            "global_step": int(trainer.global_step),
-            "epochs": int(trainer.current_epoch),
-            "best_checkpoint": best or None,
-            "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-            "total_seconds": round(time.perf_counter() - start, 2),
-        }
-    )
+        results.update({k: float(v) for k, v in (tested[0] if tested else {}).items()}, final_split=split)
+        results["tested_checkpoint"] = use or "final weights"
+    results.update(global_step=int(trainer.global_step), epochs=int(trainer.current_epoch), best_checkpoint=best)
+    results.update(last_checkpoint=str(ckpts / "last.ckpt"), total_seconds=round(time.perf_counter() - start, 2))
     if trainer.is_global_zero:
         rows = _merge_csv(sorted((run_dir / "logs").glob("version_*/metrics.csv")), run_dir / "metrics.csv")
         if rows:
