@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary,
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from lambdanet.checkpoint import atomic_save, load_checkpoint, non_finite_keys, remove_stray_temp_files
+from lambdanet.checkpoint import _listing, atomic_save, load_checkpoint, non_finite_keys, remove_stray_temp_files
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -64,8 +64,7 @@ class FiniteModelCheckpoint(ModelCheckpoint):
         states += [{f"average.{k}": v for k, v in a.state_dict().items()} for a in averages if isinstance(a, nn.Module)]
         bad = [key for state in states for key in non_finite_keys(state)]
         if bad:
-            shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
-            warnings.warn(f"not saving {filepath}: NaN or Inf in {shown}", stacklevel=2)
+            warnings.warn(f"not saving {filepath}: NaN or Inf in {_listing(bad)}", stacklevel=2)
             return
         super()._save_checkpoint(trainer, filepath)
 
@@ -79,20 +78,9 @@ class ModelSummaryWithMacs(ModelSummary):
         super().__init__(max_depth=max_depth)
         self.flops_per_sample = flops_per_sample
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        summary = self._summary(trainer, pl_module)
-        data = [column for column in summary._get_summary_data() if column[0] != "FLOPs"]
-        self.summarize(
-            data,
-            summary.total_parameters,
-            summary.trainable_parameters,
-            summary.model_size,
-            summary.total_training_modes,
-            total_flops=self.flops_per_sample,
-            **self._summarize_kwargs,
-        )
+    def summarize(self, summary_data: list[tuple[str, list[str]]], *args: Any, **kwargs: Any) -> None:
+        kwargs["total_flops"] = self.flops_per_sample
+        super().summarize([column for column in summary_data if column[0] != "FLOPs"], *args, **kwargs)
 
 
 class StartStepMarker(Callback):

@@ -1,12 +1,8 @@
 """``LambdaModule``: the one LightningModule that trains any registered model on any registered dataset.
 
-Two tasks share it, picked by the data (:class:`lambdanet.data.loader.DataInfo`): ``classification`` (an image
-batch ``(b, c, h, w)`` -> ``(b, classes)`` logits, one label per image) and ``language_model`` (token ids ``(b, n)``
--> ``(b, n, vocab)`` logits, the next token at every position). Both use cross-entropy with label smoothing, top-1 /
-top-5 accuracy and, for text, bits per character (``loss / ln 2``); warm-up plus cosine / step / exponential
-schedules stepped per optimizer step, channels_last and torch.compile. The EMA of the weights is Lightning's
-``EMAWeightAveraging`` callback (:func:`ema_callback`). Every checkpoint carries ``lambdanet`` metadata: model name
-and overrides, task, class names or vocabulary, resolved config and RNG state (:data:`CHECKPOINT_KEY`).
+The data picks the task (:class:`lambdanet.data.loader.DataInfo`): ``classification`` (images ``(b, c, h, w)`` ->
+``(b, classes)`` logits) or ``language_model`` (token ids ``(b, n)`` -> ``(b, n, vocab)`` logits, the next token at
+every position, also scored in bits per character, ``loss / ln 2``).
 """
 
 from __future__ import annotations
@@ -29,9 +25,7 @@ from lambdanet.train.config import RunConfig, to_dict
 from lambdanet.train.distributed import convert_global_batchnorm
 from lambdanet.train.optim import build_optimizer, lr_lambda
 
-__all__ = ["CHECKPOINT_KEY", "LambdaModule", "build_model", "ema_callback", "model_overrides"]
-
-_LN2 = math.log(2.0)
+__all__ = ["LambdaModule", "build_model", "ema_callback", "model_overrides"]
 
 
 def model_overrides(cfg: RunConfig, info: DataInfo) -> dict[str, Any]:
@@ -124,10 +118,7 @@ class LambdaModule(pl.LightningModule):
 
     def __init__(self, cfg: RunConfig, info: DataInfo, classes: list[str] | None = None, global_gbn: bool = False):
         super().__init__()
-        self.cfg = cfg
-        self.info = info
-        self.task = info.task
-        self.num_classes = info.num_classes
+        self.cfg, self.info, self.task, self.num_classes = cfg, info, info.task, info.num_classes
         self.classes = list(classes or [])
         self.model = build_model(cfg, info)
         if global_gbn:
@@ -186,7 +177,7 @@ class LambdaModule(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         self.log(f"{split}/loss", loss, batch_size=len(y), sync_dist=True, prog_bar=split == "val")
         if self.task == LANGUAGE_MODEL:  # bits per character
-            self.log(f"{split}/bpc", loss / _LN2, batch_size=len(y), sync_dist=True, prog_bar=split == "val")
+            self.log(f"{split}/bpc", loss / math.log(2.0), batch_size=len(y), sync_dist=True, prog_bar=split == "val")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)

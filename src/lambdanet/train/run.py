@@ -93,10 +93,6 @@ def _env_info() -> dict[str, Any]:
     }
 
 
-def _uses_cuda(cfg: RunConfig) -> bool:
-    return cfg.system.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
 _NOISE = (  # Lightning's advertisements and the lines that only say what is not used
     "Tip:",
     "available: False",
@@ -197,11 +193,12 @@ def fit(
     # ---- checks: nothing is written until data, model and Trainer settings are known to fit
     info = data_info(cfg.data)
     splits = None
-    if os.environ.get("LOCAL_RANK", "0") == "0":  # other ranks build their splits after rank 0's prepare_data
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # other ranks build theirs in setup, after the process group starts
         prepare(cfg.data)
         splits = build_splits(cfg.data, cfg.seed)
-    # CPU processes share batch statistics through GlobalBatchNorm2d (plain BatchNorm2d in a single process)
-    global_bn = cfg.system.sync_batchnorm and not _uses_cuda(cfg)
+    # synchronised batch norm: torch's SyncBatchNorm on CUDA, GlobalBatchNorm2d for CPU processes
+    cuda = cfg.system.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    global_bn = cfg.system.sync_batchnorm and not cuda
     module = LambdaModule(cfg, info, splits.classes if splits else None, global_gbn=global_bn)
     datamodule = LambdaDataModule(cfg.data, cfg.seed, splits)
     try:  # forward FLOPs of one sample, 0 when they cannot be counted
@@ -235,7 +232,7 @@ def fit(
             devices=cfg.system.devices,
             num_nodes=cfg.system.num_nodes,
             strategy=cfg.system.strategy,
-            sync_batchnorm=cfg.system.sync_batchnorm and _uses_cuda(cfg),
+            sync_batchnorm=cfg.system.sync_batchnorm and cuda,
             precision=cfg.train.precision,
             gradient_clip_val=cfg.train.grad_clip,
             accumulate_grad_batches=cfg.train.accumulate,
