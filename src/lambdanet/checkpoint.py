@@ -327,12 +327,12 @@ def read_pretrained(source: str | os.PathLike[str]) -> LoadedCheckpoint:
         CheckpointError: not such a directory, a failed download (e.g. offline), a damaged or non-finite file.
     """
     p, text = Path(source), str(source)
-    if not p.exists() and (not re.fullmatch(r"[\w.-]+/[\w.-]+", text) or text.startswith((".", "/"))):
-        raise CheckpointError(
-            f"{text!r} does not exist; expected a checkpoint file, a directory with {PRETRAINED_CONFIG} and "
-            f"{PRETRAINED_WEIGHTS}, or a Hugging Face Hub id (owner/name)"
-        )
     if not p.exists():
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", text) or text.startswith((".", "/")):
+            raise CheckpointError(
+                f"{text!r} does not exist; expected a checkpoint file, a directory with {PRETRAINED_CONFIG} and "
+                f"{PRETRAINED_WEIGHTS}, or a Hugging Face Hub id (owner/name)"
+            )
         try:
             from huggingface_hub import snapshot_download
 
@@ -378,11 +378,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        (k, tuple(v.shape), tuple(expected[k].shape))
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
+    shapes = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state_dict.items() if k in expected}
+    mismatched = [(k, ours, theirs) for k, (ours, theirs) in shapes.items() if ours != theirs]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)
     model.load_state_dict(dict(state_dict), strict=True)

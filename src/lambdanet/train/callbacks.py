@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary,
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from lambdanet.checkpoint import _listing, atomic_save, load_checkpoint, non_finite_keys, remove_stray_temp_files
+from lambdanet.checkpoint import _listing, atomic_save, load_checkpoint, non_finite_keys
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -48,14 +48,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class FiniteModelCheckpoint(ModelCheckpoint):
     """A ``ModelCheckpoint`` that never writes a checkpoint with NaN or Inf in any floating tensor of the module's
     state dict (parameters, BatchNorm statistics and the EMA copy), so ``last.ckpt`` stays the last good one.
-
-    When the run starts it deletes the temp files that interrupted writes left in its folder.
     """
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if trainer.is_global_zero and self.dirpath:
-            remove_stray_temp_files(self.dirpath)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         # the module's state dict and that of every averaged copy a callback holds (Lightning's EMA)

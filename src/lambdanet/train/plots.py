@@ -47,8 +47,7 @@ def plot_curves(rows: Iterable[Mapping[str, str]], png_path: str | Path, title: 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 2.5
         ax.grid(alpha=0.3)
         ax.legend()
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

@@ -7,7 +7,9 @@ directory serve both.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib.util
 import json
 import logging
 import os
@@ -21,10 +23,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+import lambdanet
+from lambdanet.checkpoint import remove_stray_temp_files
 from lambdanet.data.loader import LANGUAGE_MODEL, build_splits, data_info, prepare
+from lambdanet.stats import model_stats
+from lambdanet.train import callbacks as cb
 from lambdanet.train.config import RunConfig, to_dict, to_yaml
+from lambdanet.train.datamodules import LambdaDataModule
+from lambdanet.train.module import LambdaModule, ema_callback
 from lambdanet.train.plots import plot_curves
 
 __all__ = ["RUN_DIR_ENV", "RunInterrupted", "fit", "resolve_resume", "run_dir_for"]
@@ -66,15 +79,10 @@ def resolve_resume(path: str | os.PathLike[str]) -> tuple[Path, Path]:
         return ckpt, p
     if not p.is_file():
         raise ValueError(f"--resume {p}: no such checkpoint file or run directory")
-    run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
-    return p, run_dir
+    return p, p.parent.parent if p.parent.name == "checkpoints" else p.parent
 
 
 def _env_info() -> dict[str, Any]:
-    import lightning
-
-    import lambdanet
-
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -125,23 +133,18 @@ def _console(quiet: bool) -> None:
     emitters = [f"{n}.utilities.rank_zero" for n in names] + ["lightning.pytorch.trainer.connectors.signal_connector"]
     handlers = [h for name in names for h in logging.getLogger(name).handlers]
     for target in [*map(logging.getLogger, emitters), *handlers]:  # logger filters act where a record is emitted
-        if _not_noise not in target.filters:
-            target.addFilter(_not_noise)
+        target.addFilter(_not_noise)  # once: addFilter skips a filter it holds
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _loggers(cfg: RunConfig, run_dir: Path) -> list[Any]:
     """The loggers of ``system.loggers``; a missing optional package is a one-line error."""
-    import importlib.util
-
-    from lightning.pytorch import loggers
-
     makers = {  # csv: logs/version_<n>/metrics.csv, one per (resumed) attempt
-        "csv": lambda: loggers.CSVLogger(run_dir, name="logs", flush_logs_every_n_steps=cfg.train.log_every_steps),
-        "tensorboard": lambda: loggers.TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False),
-        "wandb": lambda: loggers.WandbLogger(name=run_dir.name, save_dir=str(run_dir), project="lambdanet"),
-        "mlflow": lambda: loggers.MLFlowLogger(experiment_name="lambdanet", run_name=run_dir.name),
+        "csv": lambda: CSVLogger(run_dir, name="logs", flush_logs_every_n_steps=cfg.train.log_every_steps),
+        "tensorboard": lambda: TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False),
+        "wandb": lambda: WandbLogger(name=run_dir.name, save_dir=str(run_dir), project="lambdanet"),
+        "mlflow": lambda: MLFlowLogger(experiment_name="lambdanet", run_name=run_dir.name),
     }
     for name in cfg.system.loggers:
         if name not in makers:
@@ -175,15 +178,6 @@ def fit(
         NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint stays in place).
         RunInterrupted: SIGTERM (exit status 143) or SIGINT (130); no ``results.json`` is written.
     """
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ThroughputMonitor
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    from lambdanet.stats import model_stats
-    from lambdanet.train import callbacks as cb
-    from lambdanet.train.datamodules import LambdaDataModule
-    from lambdanet.train.module import LambdaModule, ema_callback
-
     ckpt_path, run_dir = resolve_resume(resume) if resume is not None else (None, run_dir_for(cfg))
     ckpts = run_dir / "checkpoints"
     _console(cfg.quiet)
@@ -257,6 +251,7 @@ def fit(
     created = not run_dir.exists()
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stray_temp_files(ckpts)  # left by writes that a killed attempt interrupted
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         with open(run_dir / "argv.txt", "a") as f:
             f.write(" ".join(["lambdanet", "train", *argv]) + "\n")
@@ -271,14 +266,11 @@ def fit(
     def run(phase: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         """``call``; a signal during it (Lightning exits on SIGTERM, and on SIGINT after its graceful shutdown) prints
         where it stopped the run and how to resume it, and raises :class:`RunInterrupted`."""
-        try:
+        with contextlib.suppress(SystemExit):
             out = call(*args, **kwargs)
-        except SystemExit:
-            signal_name = "SIGTERM" if trainer.received_sigterm else "SIGINT"
-        else:
             if not trainer.received_sigterm:
                 return out
-            signal_name = "SIGTERM"
+        signal_name = "SIGTERM" if trainer.received_sigterm else "SIGINT"
         line = f"{signal_name} stopped {phase} at epoch {trainer.current_epoch} step {trainer.global_step}"
         if (ckpts / "last.ckpt").is_file():
             line += f"; last good checkpoint {ckpts / 'last.ckpt'}; resume with: lambdanet train --resume {run_dir}"
