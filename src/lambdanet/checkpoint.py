@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 __all__ = [
     "CHECKPOINT_KEY",
-    "CHECKSUM_KEY",
     "CheckpointError",
     "CheckpointMismatchError",
     "LoadedCheckpoint",
@@ -62,7 +61,6 @@ CHECKSUM_KEY = "state_dict_sha256"
 PRETRAINED_CONFIG = "config.json"
 PRETRAINED_WEIGHTS = "model.safetensors"
 _DLI_RENAMES = ((".conv_qkv.", ".qkv."), (".lambda_conv.", ".pos."))
-_LIST_LIMIT = 20
 _TEMP = re.compile(r"^\..+\.\d+\.tmp$")  # temp files of atomic_save: .<name>.<pid>.tmp
 _log = logging.getLogger(__name__)
 
@@ -88,9 +86,8 @@ class CheckpointMismatchError(CheckpointError):
         super().__init__(f"weights from {source} do not fit the model; " + "; ".join(parts))
 
 
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_LIST_LIMIT])
-    return shown + (f", ... ({len(items) - _LIST_LIMIT} more)" if len(items) > _LIST_LIMIT else "")
+def _listing(items: list[str], limit: int = 20) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 # ---------------------------------------------------------------------------------------------- reading safely
@@ -149,8 +146,7 @@ def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
     Sorted, so that formats that reorder keys (safetensors) give the same checksum as the model's state dict.
     """
     h = hashlib.sha256()
-    for key in sorted(state_dict):
-        value = state_dict[key]
+    for key, value in sorted(state_dict.items(), key=lambda item: item[0]):
         h.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
         h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -333,12 +329,10 @@ def read_pretrained(source: str | os.PathLike[str]) -> LoadedCheckpoint:
                 f"{text!r} does not exist; expected a checkpoint file, a directory with {PRETRAINED_CONFIG} and "
                 f"{PRETRAINED_WEIGHTS}, or a Hugging Face Hub id (owner/name)"
             )
-        try:
+        try:  # without huggingface_hub installed, the error names the module
             from huggingface_hub import snapshot_download
 
             p = Path(snapshot_download(text, allow_patterns=[PRETRAINED_CONFIG, PRETRAINED_WEIGHTS]))
-        except ImportError as e:
-            raise CheckpointError(f"pretrained={text!r} needs huggingface_hub (pip install huggingface_hub)") from e
         except Exception as e:
             raise CheckpointError(
                 f"{text!r} is no local path, and fetching it from the Hugging Face Hub failed ({type(e).__name__}: "

@@ -95,9 +95,8 @@ def ema_callback(cfg: RunConfig) -> Any:
     """Lightning's ``EMAWeightAveraging`` for ``train.ema_decay`` (None when off): ``e <- decay e + (1 - decay) p``
     after every optimizer step, over parameters and buffers; the first update copies the weights.
 
-    Validation (hence ``best.ckpt``), the final test and checkpoints' ``state_dict`` hold the averaged weights; the
-    trained weights are in ``checkpoint["current_model_state"]`` and the average's update count in
-    ``checkpoint["averaging_state"]``. Resuming restores both, bit for bit (``tests/test_train_resume.py``).
+    Validation, the final test and checkpoints' ``state_dict`` hold the average; the trained weights are in
+    ``checkpoint["current_model_state"]`` (docs/training.md, "EMA checkpoints").
     """
     if not cfg.train.ema_decay:
         return None
@@ -188,9 +187,8 @@ class LambdaModule(pl.LightningModule):
     # -------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         trainer, accumulate = self.trainer, self.cfg.train.accumulate
-        optimizer = build_optimizer(
-            self.model, self.cfg.optim, self.cfg.data.batch_size * trainer.world_size * accumulate
-        )
+        global_batch = self.cfg.data.batch_size * trainer.world_size * accumulate
+        optimizer = build_optimizer(self.model, self.cfg.optim, global_batch)
         estimated = trainer.estimated_stepping_batches  # min(max_steps, epochs x steps per epoch)
         total = max(1, int(estimated)) if math.isfinite(estimated) else 1
         batches = trainer.num_training_batches  # per epoch, after limit_train_batches (set by the estimate above)

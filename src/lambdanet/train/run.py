@@ -1,8 +1,6 @@
 """Assemble and run a training job on Lightning: checks, run directory, Trainer, fit, test, plot and summary.
 
-One path for every task: the data (:data:`lambdanet.data.loader.DATASETS`) decides whether the run classifies images
-or models text, and the same :class:`~lambdanet.train.module.LambdaModule`, data module, callbacks, loggers and run
-directory serve both.
+One path for every task: images and text share the module, data module, callbacks, loggers and run directory.
 """
 
 from __future__ import annotations
@@ -60,11 +58,9 @@ def run_dir_for(cfg: RunConfig) -> Path:
         return Path(cfg.system.out_dir) / cfg.system.run_name
     if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":  # a process the launcher started
         return Path(os.environ[RUN_DIR_ENV])
-    stem = f"{cfg.recipe}-{cfg.model.name}"
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
-    if job and job != "none":
-        return Path(cfg.system.out_dir) / f"{stem}-job{job}"
-    return Path(cfg.system.out_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    suffix = f"job{job}" if job and job != "none" else time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.system.out_dir) / f"{cfg.recipe}-{cfg.model.name}-{suffix}"
 
 
 def resolve_resume(path: str | os.PathLike[str]) -> tuple[Path, Path]:
