@@ -20,10 +20,9 @@ from torch import nn
 import lambdanet
 from lambdanet.checkpoint import (
     CheckpointError,
-    init_from,
     load_checkpoint,
+    load_checkpoint_into,
     read_checkpoint,
-    read_weights,
     remove_stray_temp_files,
     seal,
     state_dict_sha256,
@@ -45,12 +44,10 @@ class Payload:
         return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-def _training_checkpoint(model: nn.Module | None = None, ema: nn.Module | None = None) -> dict[str, Any]:
-    """A lambdanet training checkpoint as ``lambdanet train`` writes it (metadata, model. and ema.module. keys)."""
+def _training_checkpoint(model: nn.Module | None = None) -> dict[str, Any]:
+    """A lambdanet training checkpoint as ``lambdanet train`` writes it (metadata and model. keys)."""
     model = model or lambdanet.create_model("lambda_net_tiny", num_classes=4, **TINY)
     state = {"model." + k: v for k, v in model.state_dict().items()}
-    if ema is not None:
-        state.update({"ema.module." + k: v for k, v in ema.state_dict().items()})
     cfg = load_config(
         "synthetic_smoke",
         {
@@ -99,9 +96,8 @@ def _python_entry_points(path: Path) -> list[Callable[[], Any]]:
         lambda: lambdanet.create_model("lambda_net_tiny", checkpoint=path),
         lambda: lambdanet.load_for_inference(path),
         lambda: read_checkpoint(path),
-        lambda: read_weights(path),
         lambda: load_checkpoint(path),
-        lambda: init_from(lambdanet.create_model("lambda_net_tiny", **TINY), path),
+        lambda: load_checkpoint_into(lambdanet.create_model("lambda_net_tiny", **TINY), path, fresh_head=True),
         lambda: AtomicCheckpointIO().load_checkpoint(path),
     ]
 

@@ -125,15 +125,17 @@ def test_lambdanet_checkpoint_round_trip_and_wrong_model(tmp_path: Path) -> None
     fresh = lambdanet.create_model("lambda_net_tiny", num_classes=5)
     load_checkpoint_into(fresh, tmp_path / "run.ckpt")
     assert torch.equal(fresh.fc.weight, model.fc.weight)
+    with pytest.raises(ValueError, match=r"run\.ckpt has no EMA weights"):
+        lambdanet.create_model("lambda_net_tiny", checkpoint=tmp_path / "run.ckpt", weights="ema")
 
 
 def test_lambdanet_checkpoint_with_ema_loads_the_ema_copy(tmp_path: Path) -> None:
     raw = lambdanet.create_model("lambda_net_tiny", num_classes=5)
     ema = lambdanet.create_model("lambda_net_tiny", num_classes=5)  # other random weights
-    state = {"model." + k: v for k, v in raw.state_dict().items()}
-    state.update({"ema.module." + k: v for k, v in ema.state_dict().items()})
+    state = {"model." + k: v for k, v in ema.state_dict().items()}  # Lightning's EMA: state_dict is the average
+    trained = {"model." + k: v for k, v in raw.state_dict().items()}
     meta = {"model_name": "lambda_net_tiny", "model_overrides": {"num_classes": 5}}
-    torch.save(seal({"lambdanet": meta, "state_dict": state}), tmp_path / "ema.ckpt")
+    torch.save(seal({"lambdanet": meta, "state_dict": state, "current_model_state": trained}), tmp_path / "ema.ckpt")
     for weights, expected in (("auto", ema), ("ema", ema), ("model", raw)):
         loaded = lambdanet.create_model("lambda_net_tiny", checkpoint=tmp_path / "ema.ckpt", weights=weights)
         for (k, a), b in zip(loaded.state_dict().items(), expected.state_dict().values()):

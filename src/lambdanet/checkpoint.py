@@ -12,13 +12,8 @@ One set of rules for every entry point that reads weights (``lambdanet eval``, `
    metadata; a file whose tensors do not match it (a flipped bit) is refused, naming the path.
 3. **Finite weights.** A state dict with NaN or Inf in any floating tensor is refused, naming the tensors.
 
-The d-li14 checkpoint (Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602; 14,995,848 parameters, 78.208% top-1)
-is a ``torch.save``d dict with a ``state_dict`` (usually with DataParallel's ``module.`` prefix) next to ``epoch``,
-``arch``, ``best_acc1`` and ``optimizer``. Its ResNet names are ours; only the lambda layer's internals are renamed:
-``conv2.conv_qkv.weight`` -> ``conv2.qkv.weight`` (same channel order (h k) | (u k) | (u v)),
-``conv2.lambda_conv.weight`` (k, u, 1, r, r) -> ``conv2.pos.weight`` (k, u, r, r), ``conv2.lambda_conv.bias`` ->
-``conv2.pos.bias`` (needs ``position_bias=True``). Its Conv3d is a cross-correlation whose tap for context position m
-and query n is ``m - n + r // 2``, our relative-position convention, so the kernel is copied as is.
+The d-li14 Lambda-ResNet-50 checkpoint (Bello, "LambdaNetworks", ICLR 2021, arXiv:2102.08602) is read with its
+lambda layers' names converted (:func:`convert_dli_state_dict`; docs/interop.md gives the mapping).
 """
 
 from __future__ import annotations
@@ -42,20 +37,17 @@ from torch import Tensor, nn
 
 __all__ = [
     "CHECKPOINT_KEY",
-    "CHECKSUM_KEY",
     "CheckpointError",
     "CheckpointMismatchError",
     "LoadedCheckpoint",
     "atomic_save",
     "convert_dli_state_dict",
-    "init_from",
     "load_checkpoint",
     "load_checkpoint_into",
     "load_state_dict_checked",
     "non_finite_keys",
     "read_checkpoint",
     "read_pretrained",
-    "read_weights",
     "remove_stray_temp_files",
     "save_pretrained",
     "seal",
@@ -69,7 +61,6 @@ CHECKSUM_KEY = "state_dict_sha256"
 PRETRAINED_CONFIG = "config.json"
 PRETRAINED_WEIGHTS = "model.safetensors"
 _DLI_RENAMES = ((".conv_qkv.", ".qkv."), (".lambda_conv.", ".pos."))
-_LIST_LIMIT = 20
 _TEMP = re.compile(r"^\..+\.\d+\.tmp$")  # temp files of atomic_save: .<name>.<pid>.tmp
 _log = logging.getLogger(__name__)
 
@@ -95,9 +86,8 @@ class CheckpointMismatchError(CheckpointError):
         super().__init__(f"weights from {source} do not fit the model; " + "; ".join(parts))
 
 
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_LIST_LIMIT])
-    return shown + (f", ... ({len(items) - _LIST_LIMIT} more)" if len(items) > _LIST_LIMIT else "")
+def _listing(items: list[str], limit: int = 20) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 # ---------------------------------------------------------------------------------------------- reading safely
@@ -156,8 +146,7 @@ def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
     Sorted, so that formats that reorder keys (safetensors) give the same checksum as the model's state dict.
     """
     h = hashlib.sha256()
-    for key in sorted(state_dict):
-        value = state_dict[key]
+    for key, value in sorted(state_dict.items(), key=lambda item: item[0]):
         h.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
         h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -165,10 +154,8 @@ def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
 
 def non_finite_keys(state_dict: Mapping[str, Any]) -> list[str]:
     """Keys of the floating (or complex) tensors of ``state_dict`` that hold a NaN or an Inf."""
-    numbers = {
-        k: v for k, v in state_dict.items() if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex())
-    }
-    return [k for k, v in numbers.items() if not bool(torch.isfinite(v).all())]
+    numbers = [k for k, v in state_dict.items() if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex())]
+    return [k for k in numbers if not bool(torch.isfinite(state_dict[k]).all())]
 
 
 def seal(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -220,10 +207,10 @@ class LoadedCheckpoint:
     Attributes:
         path: the file or directory.
         kind: ``"lambdanet"`` (written by ``lambdanet train`` or ``convert``: ``lambdanet`` metadata and a
-            ``state_dict`` under ``model.``, the EMA copy under ``ema.module.`` or, from Lightning's EMA, as
-            ``state_dict`` with the trained weights in ``current_model_state``), ``"pretrained"`` (a directory or
-            Hugging Face Hub id written by :func:`save_pretrained`), ``"dli"`` (the d-li14 checkpoint or any state
-            dict with its names) or ``"state_dict"`` (a plain state dict, bare or under a ``state_dict`` key).
+            ``state_dict`` under ``model.``; with Lightning's EMA that is the average, and the trained weights are
+            in ``current_model_state``), ``"pretrained"`` (a directory or Hugging Face Hub id written by
+            :func:`save_pretrained`), ``"dli"`` (the d-li14 checkpoint or any state dict with its names) or
+            ``"state_dict"`` (a plain state dict, bare or under a ``state_dict`` key).
         state_dict: weights under lambdanet names, prefixes removed.
         model_name: the model the file names (lambdanet and pretrained files).
         overrides: builder overrides the weights need: the stored ``model_overrides``, or ``position_bias=True``
@@ -269,13 +256,14 @@ def convert_dli_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
 
 
 def read_checkpoint(
-    path: str | os.PathLike[str], *, weights: str = "auto", allow_pickle: bool = False
+    source: str | os.PathLike[str], *, weights: str = "auto", allow_pickle: bool = False
 ) -> LoadedCheckpoint:
-    """Read a checkpoint file (lambdanet, published d-li14 or a plain state dict), check it, convert to our names.
+    """Read any weights source, check it and convert it to our names: a checkpoint file (lambdanet, published d-li14
+    or a plain state dict), a run directory (its ``checkpoints/best.ckpt``), a pretrained directory or a Hub id.
 
     Args:
-        path: the file.
-        weights: for lambdanet files: ``"auto"`` (the EMA copy when the file has one), ``"ema"`` or ``"model"``.
+        source: the file, directory or Hugging Face Hub id.
+        weights: for lambdanet files: ``"auto"`` (the EMA average when the file has one), ``"ema"`` or ``"model"``.
         allow_pickle: see :func:`torch_load` (only for files you trust).
 
     Raises:
@@ -283,25 +271,29 @@ def read_checkpoint(
     """
     if weights not in ("auto", "ema", "model"):
         raise ValueError(f"weights={weights!r}; expected 'auto', 'ema' or 'model'")
-    p = Path(path)
+    p = Path(source)
+    if p.is_dir() and not (p / PRETRAINED_CONFIG).is_file():
+        p = p / "checkpoints" / "best.ckpt"
+        if not p.is_file():
+            raise CheckpointError(
+                f"{source} is neither a pretrained directory ({PRETRAINED_CONFIG} + {PRETRAINED_WEIGHTS}) nor a run "
+                "directory with checkpoints/best.ckpt"
+            )
+    if not p.is_file():
+        return read_pretrained(source)
     obj = torch_load(p, allow_pickle=allow_pickle)
     if _is_lambdanet(obj):
         meta, state = dict(obj[CHECKPOINT_KEY]), obj["state_dict"]
         _verify(state, meta.get(CHECKSUM_KEY), str(p))
-        # Lightning's EMAWeightAveraging stores the average as state_dict and the trained weights beside it;
-        # older lambdanet files keep the EMA copy under ema.module.
-        averaged = _tensor_dict(obj.get("current_model_state"))
-        has_ema = averaged or any(k.startswith("ema.module.") for k in state)
-        if weights == "ema" and not has_ema:
+        trained = obj.get("current_model_state")  # beside the average of Lightning's EMAWeightAveraging
+        if weights == "ema" and not _tensor_dict(trained):
             raise CheckpointError(f"checkpoint {p} has no EMA weights (trained without train.ema_decay)")
-        use_ema = weights == "ema" or (weights == "auto" and has_ema)
-        if averaged and not use_ema:
-            state = obj["current_model_state"]
+        if weights == "model" and _tensor_dict(trained):
+            state = trained
             _verify(state, None, str(p))
-        prefix = "ema.module." if use_ema and not averaged else "model."
-        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        sub = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
         if not sub:
-            raise CheckpointError(f"checkpoint {p} has lambdanet metadata but no weights under the prefix {prefix!r}")
+            raise CheckpointError(f"checkpoint {p} has lambdanet metadata but no weights under the prefix 'model.'")
         meta.pop("torch_rng_state", None)
         name = None if meta.get("model_name") is None else str(meta["model_name"])
         return LoadedCheckpoint(str(p), "lambdanet", sub, name, dict(meta.get("model_overrides") or {}), meta)
@@ -331,18 +323,16 @@ def read_pretrained(source: str | os.PathLike[str]) -> LoadedCheckpoint:
         CheckpointError: not such a directory, a failed download (e.g. offline), a damaged or non-finite file.
     """
     p, text = Path(source), str(source)
-    if not p.exists() and (not re.fullmatch(r"[\w.-]+/[\w.-]+", text) or text.startswith((".", "/"))):
-        raise CheckpointError(
-            f"{text!r} does not exist; expected a checkpoint file, a directory with {PRETRAINED_CONFIG} and "
-            f"{PRETRAINED_WEIGHTS}, or a Hugging Face Hub id (owner/name)"
-        )
     if not p.exists():
-        try:
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", text) or text.startswith((".", "/")):
+            raise CheckpointError(
+                f"{text!r} does not exist; expected a checkpoint file, a directory with {PRETRAINED_CONFIG} and "
+                f"{PRETRAINED_WEIGHTS}, or a Hugging Face Hub id (owner/name)"
+            )
+        try:  # without huggingface_hub installed, the error names the module
             from huggingface_hub import snapshot_download
 
             p = Path(snapshot_download(text, allow_patterns=[PRETRAINED_CONFIG, PRETRAINED_WEIGHTS]))
-        except ImportError as e:
-            raise CheckpointError(f"pretrained={text!r} needs huggingface_hub (pip install huggingface_hub)") from e
         except Exception as e:
             raise CheckpointError(
                 f"{text!r} is no local path, and fetching it from the Hugging Face Hub failed ({type(e).__name__}: "
@@ -372,24 +362,6 @@ def read_pretrained(source: str | os.PathLike[str]) -> LoadedCheckpoint:
     return LoadedCheckpoint(str(p), "pretrained", state, meta["model_name"], overrides, meta)
 
 
-def read_weights(
-    source: str | os.PathLike[str], *, weights: str = "auto", allow_pickle: bool = False
-) -> LoadedCheckpoint:
-    """Read any weights source: a checkpoint file, a run directory (its ``checkpoints/best.ckpt``), a pretrained
-    directory or a Hugging Face Hub id."""
-    p = Path(source)
-    if p.is_dir() and not (p / PRETRAINED_CONFIG).is_file():
-        p = p / "checkpoints" / "best.ckpt"
-        if not p.is_file():
-            raise CheckpointError(
-                f"{source} is neither a pretrained directory ({PRETRAINED_CONFIG} + {PRETRAINED_WEIGHTS}) nor a run "
-                "directory with checkpoints/best.ckpt"
-            )
-    if p.is_file():
-        return read_checkpoint(p, weights=weights, allow_pickle=allow_pickle)
-    return read_pretrained(source)
-
-
 # ---------------------------------------------------------------------------------------------- into a model
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state_dict") -> None:
     """Load ``state_dict`` into ``model`` after checking every key and shape.
@@ -400,56 +372,44 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        (k, tuple(v.shape), tuple(expected[k].shape))
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
+    shapes = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state_dict.items() if k in expected}
+    mismatched = [(k, ours, theirs) for k, (ours, theirs) in shapes.items() if ours != theirs]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)
     model.load_state_dict(dict(state_dict), strict=True)
 
 
 def load_checkpoint_into(
-    model: nn.Module, checkpoint: str | os.PathLike[str] | LoadedCheckpoint, *, allow_pickle: bool = False
+    model: nn.Module,
+    checkpoint: str | os.PathLike[str] | LoadedCheckpoint,
+    *,
+    allow_pickle: bool = False,
+    fresh_head: bool = False,
 ) -> nn.Module:
-    """Load weights (any source :func:`read_weights` reads) into ``model``, strictly; returns ``model``."""
-    if not isinstance(checkpoint, LoadedCheckpoint):
-        checkpoint = read_weights(checkpoint, allow_pickle=allow_pickle)
-    load_state_dict_checked(model, checkpoint.state_dict, source=f"checkpoint {checkpoint.path} ({checkpoint.kind})")
-    return model
+    """Load weights (any source :func:`read_checkpoint` reads) into ``model``, strictly; returns ``model``.
 
-
-def init_from(
-    model: nn.Module, source: str | os.PathLike[str] | LoadedCheckpoint, *, allow_pickle: bool = False
-) -> list[str]:
-    """Fine-tuning start: load weights into ``model``, dropping a classifier head whose shape does not fit.
-
-    The head is the module of the model's last parameter (``fc``, ``classifier.1``, ...). When the shapes of its
-    tensors differ from the file's (another class count), they keep the model's fresh initialisation and a one-line
-    message says so; every other key and shape must match.
-
-    Returns:
-        The dropped keys (empty when everything fit).
+    ``fresh_head`` (fine-tuning, ``train.init_from``): when only tensors of the classifier head (the module of the
+    model's last parameter: ``fc``, ``classifier.1``, ...) differ in shape from the file's (another class count),
+    they keep the model's fresh initialisation and a one-line message says so.
 
     Raises:
-        CheckpointError: unreadable file, another model, or mismatches outside the head.
+        CheckpointError: unreadable file, another model, or keys and shapes that do not fit.
     """
-    ckpt = source if isinstance(source, LoadedCheckpoint) else read_weights(source, allow_pickle=allow_pickle)
+    ckpt = checkpoint
+    if not isinstance(ckpt, LoadedCheckpoint):
+        ckpt = read_checkpoint(ckpt, allow_pickle=allow_pickle)
     name = getattr(model, "model_name", None)
     if ckpt.model_name is not None and name is not None and ckpt.model_name != name:
-        raise CheckpointError(f"init_from={ckpt.path!r} holds model {ckpt.model_name!r}, not {name!r}")
+        raise CheckpointError(f"checkpoint {ckpt.path!r} holds model {ckpt.model_name!r}, not {name!r}")
     expected, state = model.state_dict(), dict(ckpt.state_dict)
     head = ([n for n, _ in model.named_parameters()] or [""])[-1].rpartition(".")[0] + "."  # e.g. "fc."
     mismatched = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    dropped: list[str] = []
-    if mismatched and head != "." and all(k.startswith(head) for k in mismatched):
-        dropped = [k for k in state if k.startswith(head)]
+    if fresh_head and mismatched and head != "." and all(k.startswith(head) for k in mismatched):
         shapes = ", ".join(f"{k} {list(state[k].shape)} -> {list(expected[k].shape)}" for k in mismatched)
-        state.update({k: expected[k] for k in dropped})
+        state.update({k: expected[k] for k in mismatched})
         _log.warning(f"init_from {ckpt.path}: classifier head {head[:-1]} does not fit ({shapes}); it starts fresh")
-    load_state_dict_checked(model, state, source=f"init_from {ckpt.path} ({ckpt.kind})")
-    return dropped
+    load_state_dict_checked(model, state, source=f"checkpoint {ckpt.path} ({ckpt.kind})")
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- writing

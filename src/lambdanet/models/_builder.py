@@ -19,7 +19,7 @@ INFERENCE_KEYS = ("classes", "mean", "std", "input_size", "crop_pct")
 
 
 def _read(checkpoint: Any, pretrained: Any, weights: str, allow_pickle: bool) -> Any:
-    from lambdanet.checkpoint import LoadedCheckpoint, read_pretrained, read_weights
+    from lambdanet.checkpoint import LoadedCheckpoint, read_checkpoint, read_pretrained
 
     if checkpoint is not None and pretrained is not None:
         raise ValueError("pass checkpoint= or pretrained=, not both")
@@ -34,7 +34,7 @@ def _read(checkpoint: Any, pretrained: Any, weights: str, allow_pickle: bool) ->
         return read_pretrained(pretrained)
     if isinstance(checkpoint, LoadedCheckpoint):
         return checkpoint
-    return read_weights(checkpoint, weights=weights, allow_pickle=allow_pickle)
+    return read_checkpoint(checkpoint, weights=weights, allow_pickle=allow_pickle)
 
 
 def _inference_cfg(ckpt: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary,
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from lambdanet.checkpoint import atomic_save, load_checkpoint, non_finite_keys, remove_stray_temp_files
+from lambdanet.checkpoint import _listing, atomic_save, load_checkpoint, non_finite_keys
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -48,14 +48,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class FiniteModelCheckpoint(ModelCheckpoint):
     """A ``ModelCheckpoint`` that never writes a checkpoint with NaN or Inf in any floating tensor of the module's
     state dict (parameters, BatchNorm statistics and the EMA copy), so ``last.ckpt`` stays the last good one.
-
-    When the run starts it deletes the temp files that interrupted writes left in its folder.
     """
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if trainer.is_global_zero and self.dirpath:
-            remove_stray_temp_files(self.dirpath)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         # the module's state dict and that of every averaged copy a callback holds (Lightning's EMA)
@@ -64,8 +57,7 @@ class FiniteModelCheckpoint(ModelCheckpoint):
         states += [{f"average.{k}": v for k, v in a.state_dict().items()} for a in averages if isinstance(a, nn.Module)]
         bad = [key for state in states for key in non_finite_keys(state)]
         if bad:
-            shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
-            warnings.warn(f"not saving {filepath}: NaN or Inf in {shown}", stacklevel=2)
+            warnings.warn(f"not saving {filepath}: NaN or Inf in {_listing(bad)}", stacklevel=2)
             return
         super()._save_checkpoint(trainer, filepath)
 
@@ -79,20 +71,9 @@ class ModelSummaryWithMacs(ModelSummary):
         super().__init__(max_depth=max_depth)
         self.flops_per_sample = flops_per_sample
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        summary = self._summary(trainer, pl_module)
-        data = [column for column in summary._get_summary_data() if column[0] != "FLOPs"]
-        self.summarize(
-            data,
-            summary.total_parameters,
-            summary.trainable_parameters,
-            summary.model_size,
-            summary.total_training_modes,
-            total_flops=self.flops_per_sample,
-            **self._summarize_kwargs,
-        )
+    def summarize(self, summary_data: list[tuple[str, list[str]]], *args: Any, **kwargs: Any) -> None:
+        kwargs["total_flops"] = self.flops_per_sample
+        super().summarize([column for column in summary_data if column[0] != "FLOPs"], *args, **kwargs)
 
 
 class StartStepMarker(Callback):

@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from lambdanet.data.loader import DataConfig, DataSplits, EpochSampler, build_splits, prepare
+from lambdanet.data.loader import DataConfig, DataSplits, EpochSampler, build_splits
 
 __all__ = ["LambdaDataModule"]
 
@@ -29,9 +29,6 @@ class LambdaDataModule(pl.LightningDataModule):
     def __init__(self, cfg: DataConfig, seed: int = 0, splits: DataSplits | None = None) -> None:
         super().__init__()
         self.cfg, self.seed, self.splits = cfg, seed, splits
-
-    def prepare_data(self) -> None:
-        prepare(self.cfg)
 
     def setup(self, stage: str | None = None) -> None:
         self.splits = self.splits or build_splits(self.cfg, self.seed)

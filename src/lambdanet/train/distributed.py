@@ -28,9 +28,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         count = total[-1]
         mean = total[:c] / count
         var = (total[c : 2 * c] / count - mean * mean).clamp_min(0)
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
-            with torch.no_grad():
-                assert self.num_batches_tracked is not None
+        if self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None:
+            with torch.no_grad():  # None unless track_running_stats
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 unbiased = var.detach() * count / (count - 1).clamp_min(1)

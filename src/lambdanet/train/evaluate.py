@@ -39,9 +39,7 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     device = torch.device(device)
-    model = model.eval().to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.eval().to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     correct1 = correct5 = images = 0

@@ -1,12 +1,8 @@
 """``LambdaModule``: the one LightningModule that trains any registered model on any registered dataset.
 
-Two tasks share it, picked by the data (:class:`lambdanet.data.loader.DataInfo`): ``classification`` (an image
-batch ``(b, c, h, w)`` -> ``(b, classes)`` logits, one label per image) and ``language_model`` (token ids ``(b, n)``
--> ``(b, n, vocab)`` logits, the next token at every position). Both use cross-entropy with label smoothing, top-1 /
-top-5 accuracy and, for text, bits per character (``loss / ln 2``); warm-up plus cosine / step / exponential
-schedules stepped per optimizer step, channels_last and torch.compile. The EMA of the weights is Lightning's
-``EMAWeightAveraging`` callback (:func:`ema_callback`). Every checkpoint carries ``lambdanet`` metadata: model name
-and overrides, task, class names or vocabulary, resolved config and RNG state (:data:`CHECKPOINT_KEY`).
+The data picks the task (:class:`lambdanet.data.loader.DataInfo`): ``classification`` (images ``(b, c, h, w)`` ->
+``(b, classes)`` logits) or ``language_model`` (token ids ``(b, n)`` -> ``(b, n, vocab)`` logits, the next token at
+every position, also scored in bits per character, ``loss / ln 2``).
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import lambdanet
-from lambdanet.checkpoint import CHECKPOINT_KEY, seal
+from lambdanet.checkpoint import CHECKPOINT_KEY, load_checkpoint_into, seal
 from lambdanet.data.loader import CLASSIFICATION, LANGUAGE_MODEL, DataInfo
 from lambdanet.inference import inference_metadata
 from lambdanet.train.callbacks import NonFiniteLossError
@@ -29,9 +25,7 @@ from lambdanet.train.config import RunConfig, to_dict
 from lambdanet.train.distributed import convert_global_batchnorm
 from lambdanet.train.optim import build_optimizer, lr_lambda
 
-__all__ = ["CHECKPOINT_KEY", "LambdaModule", "build_model", "ema_callback", "model_overrides"]
-
-_LN2 = math.log(2.0)
+__all__ = ["LambdaModule", "build_model", "ema_callback", "model_overrides"]
 
 
 def model_overrides(cfg: RunConfig, info: DataInfo) -> dict[str, Any]:
@@ -93,9 +87,7 @@ def build_model(cfg: RunConfig, info: DataInfo) -> nn.Module:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = cfg.train.bn_momentum
     if cfg.train.init_from:
-        from lambdanet.checkpoint import init_from
-
-        init_from(model, cfg.train.init_from)
+        load_checkpoint_into(model, cfg.train.init_from, fresh_head=True)
     return model
 
 
@@ -103,9 +95,8 @@ def ema_callback(cfg: RunConfig) -> Any:
     """Lightning's ``EMAWeightAveraging`` for ``train.ema_decay`` (None when off): ``e <- decay e + (1 - decay) p``
     after every optimizer step, over parameters and buffers; the first update copies the weights.
 
-    Validation (hence ``best.ckpt``), the final test and checkpoints' ``state_dict`` hold the averaged weights; the
-    trained weights are in ``checkpoint["current_model_state"]`` and the average's update count in
-    ``checkpoint["averaging_state"]``. Resuming restores both, bit for bit (``tests/test_train_resume.py``).
+    Validation, the final test and checkpoints' ``state_dict`` hold the average; the trained weights are in
+    ``checkpoint["current_model_state"]`` (docs/training.md, "EMA checkpoints").
     """
     if not cfg.train.ema_decay:
         return None
@@ -126,10 +117,7 @@ class LambdaModule(pl.LightningModule):
 
     def __init__(self, cfg: RunConfig, info: DataInfo, classes: list[str] | None = None, global_gbn: bool = False):
         super().__init__()
-        self.cfg = cfg
-        self.info = info
-        self.task = info.task
-        self.num_classes = info.num_classes
+        self.cfg, self.info, self.task, self.num_classes = cfg, info, info.task, info.num_classes
         self.classes = list(classes or [])
         self.model = build_model(cfg, info)
         if global_gbn:
@@ -188,7 +176,7 @@ class LambdaModule(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         self.log(f"{split}/loss", loss, batch_size=len(y), sync_dist=True, prog_bar=split == "val")
         if self.task == LANGUAGE_MODEL:  # bits per character
-            self.log(f"{split}/bpc", loss / _LN2, batch_size=len(y), sync_dist=True, prog_bar=split == "val")
+            self.log(f"{split}/bpc", loss / math.log(2.0), batch_size=len(y), sync_dist=True, prog_bar=split == "val")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -199,9 +187,8 @@ class LambdaModule(pl.LightningModule):
     # -------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         trainer, accumulate = self.trainer, self.cfg.train.accumulate
-        optimizer = build_optimizer(
-            self.model, self.cfg.optim, self.cfg.data.batch_size * trainer.world_size * accumulate
-        )
+        global_batch = self.cfg.data.batch_size * trainer.world_size * accumulate
+        optimizer = build_optimizer(self.model, self.cfg.optim, global_batch)
         estimated = trainer.estimated_stepping_batches  # min(max_steps, epochs x steps per epoch)
         total = max(1, int(estimated)) if math.isfinite(estimated) else 1
         batches = trainer.num_training_batches  # per epoch, after limit_train_batches (set by the estimate above)

@@ -20,10 +20,7 @@ def plot_curves(rows: Iterable[Mapping[str, str]], png_path: str | Path, title: 
     Raises:
         ValueError: when the rows hold no epoch-level loss or accuracy.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
     from matplotlib.ticker import MaxNLocator
 
     metrics: dict[str, dict[int, float]] = {}  # {metric: {epoch: value}}
@@ -37,7 +34,8 @@ def plot_curves(rows: Iterable[Mapping[str, str]], png_path: str | Path, title: 
                 metrics.setdefault(key, {})[epoch] = value
     if not metrics:
         raise ValueError("the metrics hold no epoch-level loss or accuracy to plot")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, (ylabel, series) in zip(axes, _PANELS, strict=True):
         for key, label in series:
             if key in metrics:
@@ -47,9 +45,7 @@ def plot_curves(rows: Iterable[Mapping[str, str]], png_path: str | Path, title: 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 2.5
         ax.grid(alpha=0.3)
         ax.legend()
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
     return Path(png_path)

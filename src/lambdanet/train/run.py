@@ -1,13 +1,13 @@
 """Assemble and run a training job on Lightning: checks, run directory, Trainer, fit, test, plot and summary.
 
-One path for every task: the data (:data:`lambdanet.data.loader.DATASETS`) decides whether the run classifies images
-or models text, and the same :class:`~lambdanet.train.module.LambdaModule`, data module, callbacks, loggers and run
-directory serve both.
+One path for every task: images and text share the module, data module, callbacks, loggers and run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib.util
 import json
 import logging
 import os
@@ -21,10 +21,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+import lambdanet
+from lambdanet.checkpoint import remove_stray_temp_files
 from lambdanet.data.loader import LANGUAGE_MODEL, build_splits, data_info, prepare
+from lambdanet.stats import model_stats
+from lambdanet.train import callbacks as cb
 from lambdanet.train.config import RunConfig, to_dict, to_yaml
+from lambdanet.train.datamodules import LambdaDataModule
+from lambdanet.train.module import LambdaModule, ema_callback
 from lambdanet.train.plots import plot_curves
 
 __all__ = ["RUN_DIR_ENV", "RunInterrupted", "fit", "resolve_resume", "run_dir_for"]
@@ -47,11 +58,9 @@ def run_dir_for(cfg: RunConfig) -> Path:
         return Path(cfg.system.out_dir) / cfg.system.run_name
     if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":  # a process the launcher started
         return Path(os.environ[RUN_DIR_ENV])
-    stem = f"{cfg.recipe}-{cfg.model.name}"
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
-    if job and job != "none":
-        return Path(cfg.system.out_dir) / f"{stem}-job{job}"
-    return Path(cfg.system.out_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    suffix = f"job{job}" if job and job != "none" else time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.system.out_dir) / f"{cfg.recipe}-{cfg.model.name}-{suffix}"
 
 
 def resolve_resume(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -66,36 +75,26 @@ def resolve_resume(path: str | os.PathLike[str]) -> tuple[Path, Path]:
         return ckpt, p
     if not p.is_file():
         raise ValueError(f"--resume {p}: no such checkpoint file or run directory")
-    run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
-    return p, run_dir
+    return p, p.parent.parent if p.parent.name == "checkpoints" else p.parent
 
 
 def _env_info() -> dict[str, Any]:
-    import lightning
-
-    import lambdanet
-
     try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-        sha = git.stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
-    cuda = torch.cuda.is_available()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "lambdanet": lambdanet.__version__,
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cuda": torch.version.cuda if cuda else None,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "cuda": torch.version.cuda if gpus else None,
+        "gpus": gpus,
         "cpu_threads": torch.get_num_threads(),
         "git_sha": sha or None,
     }
-
-
-def _uses_cuda(cfg: RunConfig) -> bool:
-    return cfg.system.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 _NOISE = (  # Lightning's advertisements and the lines that only say what is not used
@@ -111,9 +110,8 @@ _HARMLESS = (  # framework warnings known to be harmless here
     r".*WeightAveraging callback with a model that overrides the configure_model.*",  # not sharded here
     r".*callbacks used to create the checkpoint need to be provided.*",  # the final test leaves out the EMA
     r".*LeafSpec.*",
-    r".*is smaller than the logging interval.*",
     r".*does not have many workers which may be a bottleneck.*",
-    r".*The number of training batches .* is smaller than.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*could not find the monitored key in the returned metrics.*",  # stopped before validation: our note says so
 )
@@ -131,23 +129,18 @@ def _console(quiet: bool) -> None:
     emitters = [f"{n}.utilities.rank_zero" for n in names] + ["lightning.pytorch.trainer.connectors.signal_connector"]
     handlers = [h for name in names for h in logging.getLogger(name).handlers]
     for target in [*map(logging.getLogger, emitters), *handlers]:  # logger filters act where a record is emitted
-        if _not_noise not in target.filters:
-            target.addFilter(_not_noise)
+        target.addFilter(_not_noise)  # once: addFilter skips a filter it holds
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _loggers(cfg: RunConfig, run_dir: Path) -> list[Any]:
     """The loggers of ``system.loggers``; a missing optional package is a one-line error."""
-    import importlib.util
-
-    from lightning.pytorch import loggers
-
     makers = {  # csv: logs/version_<n>/metrics.csv, one per (resumed) attempt
-        "csv": lambda: loggers.CSVLogger(run_dir, name="logs", flush_logs_every_n_steps=cfg.train.log_every_steps),
-        "tensorboard": lambda: loggers.TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False),
-        "wandb": lambda: loggers.WandbLogger(name=run_dir.name, save_dir=str(run_dir), project="lambdanet"),
-        "mlflow": lambda: loggers.MLFlowLogger(experiment_name="lambdanet", run_name=run_dir.name),
+        "csv": lambda: CSVLogger(run_dir, name="logs", flush_logs_every_n_steps=cfg.train.log_every_steps),
+        "tensorboard": lambda: TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False),
+        "wandb": lambda: WandbLogger(name=run_dir.name, save_dir=str(run_dir), project="lambdanet"),
+        "mlflow": lambda: MLFlowLogger(experiment_name="lambdanet", run_name=run_dir.name),
     }
     for name in cfg.system.loggers:
         if name not in makers:
@@ -171,10 +164,7 @@ def fit(
     """Train ``cfg`` (optionally resuming a checkpoint), test the best checkpoint and write the run directory.
 
     Model and data are checked against each other before anything is written; a run that fails before its first
-    checkpoint removes the directory it created. Run directory: ``config.yaml``, ``argv.txt``, ``env.json``,
-    ``metrics.csv`` (merged from ``logs/version_*``, one per attempt, without the rows a killed attempt logged after
-    its last checkpoint), ``tb/`` (TensorBoard), ``checkpoints/{best,last}.ckpt``, ``curves.png`` and
-    ``results.json``.
+    checkpoint removes the directory it created. The run directory's files are listed in docs/training.md.
 
     Returns:
         The results written to ``results.json`` (final metrics, model, data, times, paths).
@@ -184,16 +174,8 @@ def fit(
         NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint stays in place).
         RunInterrupted: SIGTERM (exit status 143) or SIGINT (130); no ``results.json`` is written.
     """
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ThroughputMonitor
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    from lambdanet.stats import model_stats
-    from lambdanet.train import callbacks as cb
-    from lambdanet.train.datamodules import LambdaDataModule
-    from lambdanet.train.module import LambdaModule, ema_callback
-
     ckpt_path, run_dir = resolve_resume(resume) if resume is not None else (None, run_dir_for(cfg))
+    ckpts = run_dir / "checkpoints"
     _console(cfg.quiet)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.system.matmul_precision)
@@ -201,11 +183,12 @@ def fit(
     # ---- checks: nothing is written until data, model and Trainer settings are known to fit
     info = data_info(cfg.data)
     splits = None
-    if os.environ.get("LOCAL_RANK", "0") == "0":  # other ranks build their splits after rank 0's prepare_data
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # other ranks build theirs in setup, after the process group starts
         prepare(cfg.data)
         splits = build_splits(cfg.data, cfg.seed)
-    # CPU processes share batch statistics through GlobalBatchNorm2d (plain BatchNorm2d in a single process)
-    global_bn = cfg.system.sync_batchnorm and not _uses_cuda(cfg)
+    # synchronised batch norm: torch's SyncBatchNorm on CUDA, GlobalBatchNorm2d for CPU processes
+    cuda = cfg.system.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    global_bn = cfg.system.sync_batchnorm and not cuda
     module = LambdaModule(cfg, info, splits.classes if splits else None, global_gbn=global_bn)
     datamodule = LambdaDataModule(cfg.data, cfg.seed, splits)
     try:  # forward FLOPs of one sample, 0 when they cannot be counted
@@ -214,7 +197,7 @@ def fit(
         flops = 0
     module.flops_per_batch = 3 * flops * cfg.data.batch_size  # forward + backward, read by ThroughputMonitor
     lm = info.task == LANGUAGE_MODEL
-    common = {"dirpath": run_dir / "checkpoints", "auto_insert_metric_name": False, "enable_version_counter": False}
+    common = {"dirpath": ckpts, "auto_insert_metric_name": False, "enable_version_counter": False}
     checkpoint = cb.FiniteModelCheckpoint(  # first: Trainer.checkpoint_callback, whose best_model_path is "best"
         filename="best", monitor="val/loss" if lm else "val/acc1", mode="min" if lm else "max", **common
     )
@@ -239,7 +222,7 @@ def fit(
             devices=cfg.system.devices,
             num_nodes=cfg.system.num_nodes,
             strategy=cfg.system.strategy,
-            sync_batchnorm=cfg.system.sync_batchnorm and _uses_cuda(cfg),
+            sync_batchnorm=cfg.system.sync_batchnorm and cuda,
             precision=cfg.train.precision,
             gradient_clip_val=cfg.train.grad_clip,
             accumulate_grad_batches=cfg.train.accumulate,
@@ -264,6 +247,7 @@ def fit(
     created = not run_dir.exists()
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stray_temp_files(ckpts)  # left by writes that a killed attempt interrupted
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         with open(run_dir / "argv.txt", "a") as f:
             f.write(" ".join(["lambdanet", "train", *argv]) + "\n")
@@ -278,18 +262,14 @@ def fit(
     def run(phase: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         """``call``; a signal during it (Lightning exits on SIGTERM, and on SIGINT after its graceful shutdown) prints
         where it stopped the run and how to resume it, and raises :class:`RunInterrupted`."""
-        try:
+        with contextlib.suppress(SystemExit):
             out = call(*args, **kwargs)
-        except SystemExit:
-            signal_name = "SIGTERM" if trainer.received_sigterm else "SIGINT"
-        else:
             if not trainer.received_sigterm:
                 return out
-            signal_name = "SIGTERM"
-        last = run_dir / "checkpoints" / "last.ckpt"
+        signal_name = "SIGTERM" if trainer.received_sigterm else "SIGINT"
         line = f"{signal_name} stopped {phase} at epoch {trainer.current_epoch} step {trainer.global_step}"
-        if last.is_file():
-            line += f"; last good checkpoint {last}; resume with: lambdanet train --resume {run_dir}"
+        if (ckpts / "last.ckpt").is_file():
+            line += f"; last good checkpoint {ckpts / 'last.ckpt'}; resume with: lambdanet train --resume {run_dir}"
         else:
             line += ", before the first checkpoint; nothing to resume"
         if trainer.is_global_zero:
@@ -301,13 +281,12 @@ def fit(
     try:
         run("training", trainer.fit, module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except BaseException as e:
-        empty = not any((run_dir / "checkpoints").glob("*.ckpt"))
-        if created and empty and trainer.is_global_zero and not isinstance(e, RunInterrupted):
+        if created and not any(ckpts.glob("*.ckpt")) and trainer.is_global_zero and not isinstance(e, RunInterrupted):
             shutil.rmtree(run_dir, ignore_errors=True)  # failed during set-up: leave nothing behind
         raise
     results: dict[str, Any] = {"recipe": cfg.recipe, "model": cfg.model.name, "data": cfg.data.name, "task": info.task}
     results["fit_seconds"] = round(time.perf_counter() - start, 2)
-    best = str(run_dir / "checkpoints" / Path(checkpoint.best_model_path).name) if checkpoint.best_model_path else ""
+    best = str(ckpts / Path(checkpoint.best_model_path).name) if checkpoint.best_model_path else None
     say = print if trainer.is_global_zero else lambda *args, **kwargs: None
     if cfg.train.test_after_fit:
         use = best if best and Path(best).is_file() else None
@@ -322,17 +301,10 @@ def fit(
         tested = run(
             f"the final {split} evaluation", evaluate, module, datamodule=datamodule, ckpt_path=use, verbose=False
         )
-        results.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
-        results.update({"final_split": split, "tested_checkpoint": use or "final weights"})
-    results.update(
-        {
-            "global_step": int(trainer.global_step),
-            "epochs": int(trainer.current_epoch),
-            "best_checkpoint": best or None,
-            "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-            "total_seconds": round(time.perf_counter() - start, 2),
-        }
-    )
+        results.update({k: float(v) for k, v in (tested[0] if tested else {}).items()}, final_split=split)
+        results["tested_checkpoint"] = use or "final weights"
+    results.update(global_step=int(trainer.global_step), epochs=int(trainer.current_epoch), best_checkpoint=best)
+    results.update(last_checkpoint=str(ckpts / "last.ckpt"), total_seconds=round(time.perf_counter() - start, 2))
     if trainer.is_global_zero:
         rows = _merge_csv(sorted((run_dir / "logs").glob("version_*/metrics.csv")), run_dir / "metrics.csv")
         if rows:
