@@ -69,81 +69,62 @@ class MemoryOptions:
     Attributes:
         batch: batch of the Table 4 model (paper: 128).
         check: check the model against measured memory at small sizes (``--no-check`` skips it).
-        peak: also measure peak live bytes in the check.
+        measure_peak: also measure peak live bytes in the check.
     """
 
     batch: Annotated[int, "must be >= 1"] = 128
     check: bool = True
-    peak: bool = False
+    measure_peak: bool = False
 
 
-# Earlier option names of the benchmark dataclasses' fields.
 _ALIASES = {"--peak": "--measure_peak", "--no-peak": "--measure_peak=false", "--no_peak": "--measure_peak=false"}
+_COMMANDS = {
+    "layer": "one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks",
+    "model": "models: training/inference images per second, memory, params, MACs",
+    "memory": "the paper's Table 4 from the memory model, checked against measurement",
+}
 _print = functools.partial(print, flush=True)
 
 
-def _commands() -> dict[str, tuple[str, type]]:
+def _parser(command: str) -> tuple[type, ArgumentParser]:
     from lambdanet.bench.layer import LayerBenchConfig
     from lambdanet.bench.model import ModelBenchConfig
 
-    return {
-        "layer": ("one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks", LayerBenchConfig),
-        "model": ("models: training/inference images per second, memory, params, MACs", ModelBenchConfig),
-        "memory": ("the paper's Table 4 from the memory model, checked against measurement", MemoryOptions),
-    }
-
-
-def _parser(command: str | None = None) -> ArgumentParser:
-    """The parser of ``bench <command>``; without a command, the parser of ``bench`` with the three subcommands."""
-    if command is None:
-        top = ArgumentParser(
-            prog="lambdanet bench", description=__doc__.split("\n\n")[0].replace("``", "`"), exit_on_error=False
-        )
-        sub = top.add_subcommands(dest="command")
-        for name, (text, _) in _commands().items():
-            sub.add_subcommand(name, _parser(name), help=text)
-        return top
-    text, cls = _commands()[command]
-    return config_parser(
+    cls = {"layer": LayerBenchConfig, "model": ModelBenchConfig, "memory": MemoryOptions}[command]
+    return cls, config_parser(
         cls,
         Output,
         prog=f"lambdanet bench {command}",
-        description=f"{text}. Options are the fields below (``--dim-k`` = ``--dim_k``; a boolean alone is true, "
-        "``--no-X`` false; a list takes several words, ``--sides 8 16``).",
+        description=f"{_COMMANDS[command]}. Options are the fields below (``--dim-k`` = ``--dim_k``; a boolean alone "
+        "is true, ``--no-X`` false; a list takes several words, ``--sides 8 16``).",
         usage=f"lambdanet bench {command} [--config FILE] [--KEY VALUE ...]",
     )
 
 
 def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
     """The options of ``bench <command>``: the --config file, then the command line."""
-    parser = _parser(command)
-    keys = parser.lambdanet_keys  # type: ignore[attr-defined]
-    argv = [_ALIASES.get(a, a) if "measure_peak" in keys else a for a in argv]
+    from lambdanet.bench.layer import contender_names
+
+    cls, parser = _parser(command)
+    argv = [_ALIASES.get(a, a) for a in argv]
     path = parse(parser, [], argv).config
     layers = []
     if path:
         data = {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path, "--config").items()}
-        wanted = data.pop("command", command)
-        if wanted != command:
-            raise ConfigError(f"--config {path} is for 'bench {wanted}', not '{command}'")
-        valid = set(keys) - {"config"}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise ConfigError(f"--config {path} has unknown options {unknown}; valid: {sorted(valid)}")
-        layers.append((f"--config {path}", data))
-    values = {k: v for k, v in parse(parser, layers, argv).items() if k in keys}
+        if data.setdefault("command", command) != command:
+            raise ConfigError(f"--config {path} has command={data['command']!r}; expected {command!r}")
+        layers.append((f"--config {path}", {k: v for k, v in data.items() if k != "command"}))
+    values = dict(parse(parser, layers, argv).items())
     output = Output(**{f.name: values.pop(f.name) for f in dataclasses.fields(Output)})
-    check_domains(output)
     output.out = output.out or f"bench-results/{command}"
     if command == "layer":
-        from lambdanet.bench.layer import contender_names
-
         values["contenders"] = [CONTENDER_ALIASES.get(a, a) for a in values["contenders"]]
         bad = [a for a in values["contenders"] if a not in contender_names()]
         if bad:
             short = [a for a, n in CONTENDER_ALIASES.items() if n in contender_names()]
             raise ConfigError(f"--contenders {bad[0]!r} is not available; expected some of {short}")
-    cfg = _commands()[command][1](**values)
+    cfg = cls(**values)
+    check_domains(output)
     check_domains(cfg)
     return output, cfg
 
@@ -243,9 +224,10 @@ def _run_memory(output: Output, args: MemoryOptions) -> int:
     result: dict[str, Any] = {"table4": rows4, "resnet50": ours, "appendix_d2": d2, "batch": args.batch}
     files = []
     if args.check:
-        check = check_model(measure_peak=args.peak)
-        keys = ("shape", "scope", "kind", "model_mib", "saved_mib", "ratio", *(("peak_mib",) if args.peak else ()))
-        heads = ("layer", "model MiB", "saved MiB", "saved / model", *(("peak MiB",) if args.peak else ()))
+        peak = args.measure_peak
+        check = check_model(measure_peak=peak)
+        keys = ("shape", "scope", "kind", "model_mib", "saved_mib", "ratio", *(("peak_mib",) if peak else ()))
+        heads = ("layer", "model MiB", "saved MiB", "saved / model", *(("peak MiB",) if peak else ()))
         _print("\nModel against measurement (memory saved for backward, one layer):")
         table(check, [*zip(keys, ("shape", "scope", *heads)), ("dominant term", "dominant term")])
         worst = max(check, key=lambda r: abs(float(r["ratio"]) - 1))  # type: ignore[arg-type]
@@ -285,33 +267,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lambdanet bench``; returns the exit status (2 with a one-line message for bad options)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        _parser().print_help()
+        _print(f"usage: lambdanet bench {{layer,model,memory}} [--help] [--KEY VALUE ...]\n\n{__doc__.strip()}")
         return 0
-    command, rest = argv[0], argv[1:]
-    prog = f"lambdanet bench {command}"
-    if command not in _commands():
-        raise _exit("lambdanet bench", f"unknown command {command!r}; expected one of {list(_commands())}")
-    if any(a in ("-h", "--help") for a in rest):
-        _parser(command).print_help()
+    command, prog = argv[0], f"lambdanet bench {argv[0]}"
+    if command not in _COMMANDS:
+        return fail("lambdanet bench", f"unknown command {command!r}; expected one of {list(_COMMANDS)}")
+    if "-h" in argv or "--help" in argv:
+        _parser(command)[1].print_help()
         return 0
     try:
-        output, cfg = _parse(command, rest)
-    except ValueError as err:  # ConfigError, or a benchmark dataclass refusing a value
-        raise _exit(prog, err) from err
-    if output.threads is not None:
-        torch.set_num_threads(output.threads)
-    torch.manual_seed(0)
-    try:
+        output, cfg = _parse(command, argv[1:])  # ConfigError, or a benchmark dataclass refusing a value
+        if output.threads is not None:
+            torch.set_num_threads(output.threads)
+        torch.manual_seed(0)
         return {"layer": _run_layer, "model": _run_model, "memory": _run_memory}[command](output, cfg)
     except ValueError as err:
         return fail(prog, err)
-
-
-def _exit(prog: str, error: BaseException | str) -> SystemExit:
-    """A one-line usage error, printed on stderr now; raise it to exit with status 2 (callers see the message)."""
-    exc = SystemExit(f"{prog}: {' '.join(str(error).split())}")
-    exc.code = fail(prog, error)
-    return exc
 
 
 if __name__ == "__main__":
