@@ -157,7 +157,7 @@ def type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
 
 
-_WORDED = re.compile(r"must be (null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])])|(>=?) ([-\d.]+))")
+_WORDED = re.compile(r"must be (?:null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])])|(>=?) ([-\d.]+))")
 
 
 def within(rule: str, v: Any) -> bool:
@@ -165,9 +165,7 @@ def within(rule: str, v: Any) -> bool:
     m = _WORDED.match(rule)
     if m is None:  # a programming error: the domain cannot be read from the rule's words
         raise RuntimeError(f"rule {rule!r} is not worded 'must be [null or ](> x | >= x | in [lo, hi] | in (lo, hi))'")
-    null, lo_side, lo, hi, hi_side, op, bound = m.groups()
-    if v is None:
-        return bool(null)
+    lo_side, lo, hi, hi_side, op, bound = m.groups()
     try:
         if op:
             return v > float(bound) or (op == ">=" and v == float(bound))
@@ -178,14 +176,16 @@ def within(rule: str, v: Any) -> bool:
 
 
 def check_domains(obj: Any) -> None:
-    """``ConfigError`` (``key=value rule``) for a field of dataclass ``obj`` (or a nested one) outside the domain its
-    annotation words: ``batch: Annotated[int | None, "must be >= 1"]`` (:func:`within`; ``None`` passes if typed)."""
+    """``ConfigError`` (``key=value rule``) for a field of dataclass ``obj`` (or a nested one) outside its domain: a
+    ``Literal`` type's values, or the rule worded in its annotation, ``batch: Annotated[int | None, "must be >= 1"]``
+    (:func:`within`; ``None`` passes where the type allows it)."""
     for key, tp in field_types(type(obj), extras=True).items():
-        if hasattr(tp, "__metadata__"):
-            value, rule = functools.reduce(getattr, key.split("."), obj), tp.__metadata__[0]
-            nullable = type(None) in typing.get_args(typing.get_args(tp)[0])
-            if not (value is None and nullable) and not within(rule, value):
-                raise ConfigError(f"{key}={value!r} {rule}")
+        value = functools.reduce(getattr, key.split("."), obj)
+        if typing.get_origin(tp) is typing.Literal and value not in typing.get_args(tp):
+            raise ConfigError(f"{key}={value!r}: expected {type_name(tp)}")
+        rule = getattr(tp, "__metadata__", [None])[0]
+        if rule and not (value is None and type(None) in typing.get_args(tp.__origin__)) and not within(rule, value):
+            raise ConfigError(f"{key}={value!r} {rule}")
 
 
 # ---------------------------------------------------------------------------------------------------- parsers
