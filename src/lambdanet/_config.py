@@ -223,18 +223,6 @@ def config_parser(
     return parser
 
 
-def split_section(argv: list[str], section: str) -> tuple[list[str], list[str]]:
-    """``argv`` as (the ``--section.*`` options with their values, the rest); such an option takes one value."""
-    mine: list[str] = []
-    rest: list[str] = []
-    take = False
-    for arg in argv:
-        ours = arg.startswith(f"--{section}.") or (take and not arg.startswith("--"))
-        (mine if ours else rest).append(arg)
-        take = ours and arg.startswith("--") and "=" not in arg
-    return mine, rest
-
-
 def normalize_argv(keys: Mapping[str, Any], argv: list[str]) -> list[str]:
     """Shell habits to jsonargparse syntax, from the field types alone.
 
@@ -307,12 +295,9 @@ def parse(
             ns = _parse_step(keys, lambda: parser.parse_object(data, namespace=ns))  # noqa: B023
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}" if source else str(e)) from e
-    if argv:
+    if argv is not None:  # also reports a missing positional
         args = normalize_argv(keys, argv)
         ns = _parse_step(keys, lambda: parser.parse_args(args, namespace=ns))
-    missing = [a.dest for a in parser._actions if not a.option_strings and ns.get(a.dest) is None]  # positionals
-    if missing:
-        raise ConfigError(f"{missing[0]} is required ({parser.prog} --help)")
     return ns
 
 
@@ -373,11 +358,9 @@ def command(options: type, *sections: tuple[str, type], prog: str, description: 
                 parser.print_help()
                 return 0
             try:
-                section_argvs = []
-                for key, _ in sections:
-                    mine, argv = split_section(argv, key)
-                    section_argvs.append(mine)
+                argv = normalize_argv(parser.lambdanet_keys, argv)  # type: ignore[attr-defined]  # one word an option
                 ns = parse(parser, [], argv)
+                section_argvs = [[a for a in argv if a.startswith(f"--{key}.")] for key, _ in sections]
                 opts = options(**{f.name: ns.get(f.name) for f in dataclasses.fields(options)})
                 check_domains(opts)
                 return body(opts, *section_argvs)

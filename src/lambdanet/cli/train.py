@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
             from lambdanet.train.run import resolve_resume
 
             ckpt_path, _ = resolve_resume(args.resume)
-            layers = [config.to_dict(config.config_from_dict(load_checkpoint(ckpt_path)["lambdanet"]["config"]))]
+            layers = [load_checkpoint(ckpt_path)["lambdanet"]["config"]]
         else:
             layers = [config.recipe_layer(name) for name in args.config or [DEFAULT_RECIPE]]
         cfg = config.resolve(layers, rest)
