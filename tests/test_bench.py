@@ -304,7 +304,7 @@ def test_cli_layer_config_file_and_bad_contender(tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     assert main(["layer", "--contenders", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--contenders 'nope' is not available" in err
+    assert err.count("\n") == 1 and "contenders ['nope'] unknown; expected names from" in err
     config.write_text("unknown_option: 1\n")
     assert main(["layer", "--config", str(config), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
