@@ -201,9 +201,10 @@ def config_parser(
     parser = ArgumentParser(
         prog=prog, description=description, usage=usage, exit_on_error=False, allow_abbrev=False, parser_mode=_MODE
     )
-    for flags, kwargs in extra:
-        parser.add_argument(*flags, **kwargs)
     parser.lambdanet_keys = {}  # type: ignore[attr-defined]
+    for flags, kwargs in extra:  # typed like a field (``"type": bool``: a bare ``--flag`` is true)
+        parser.add_argument(*flags, **kwargs)
+        parser.lambdanet_keys.update({f[2:]: kwargs.get("type", str) for f in flags if f.startswith("--")})  # type: ignore
     shared = {}
     for group in groups:
         key, cls = group if isinstance(group, tuple) else (None, group)

@@ -321,10 +321,11 @@ def _run_parser() -> Any:
     return config_parser(RunConfig, prog="lambdanet train", description="Run configuration.")
 
 
-def resolve(layers: list[Any], argv: list[str] | None = None, *, check: bool = True) -> RunConfig:
+def resolve(layers: list[Any], argv: list[str] | None = None, *, check: bool = True, parser: Any = None) -> RunConfig:
     """Defaults <- each layer (a mapping or ``(source, mapping)``) <- the command line ``argv`` (``--section.key
-    value`` words). Raises ``ConfigError``: unknown key, ill-typed value or (``check``) a value outside its domain."""
-    parser = _run_parser()
+    value`` words; ``parser``: one of :class:`RunConfig` with further options, as ``lambdanet train`` has). Raises
+    ``ConfigError``: unknown key, ill-typed value or (``check``) a value outside its domain."""
+    parser = parser or _run_parser()
     ns = parse(parser, layers, argv)
     try:
         init = parser.instantiate(ns)
