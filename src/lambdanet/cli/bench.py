@@ -193,15 +193,15 @@ def _run_memory(output: Output, args: MemoryOptions) -> Report:
         rows4.append({"layer": name, "paper GB": paper, "model GiB": gib, "model / paper": gib / paper})
     _print(f"Table 4 (ResNet-50, 224 px, batch {args.batch}, float32): position-interaction tensors only")
     _table(output, rows4)
-    ours = []
+    ours, gib = [], functools.partial(bm.resnet50_model_gib, batch=args.batch)
     for kind in bm.CONTENDERS:
         heads = 8 if kind.startswith("attention") else 4  # the paper's h = 8 for attention
-        local = None if kind.startswith("attention") else bm.resnet50_model_gib(kind, batch=args.batch)
-        glob = None if kind == "conv3x3" else bm.resnet50_model_gib(kind, batch=args.batch, scope=None, heads=heads)
+        local = None if kind.startswith("attention") else gib(kind)
+        glob = None if kind == "conv3x3" else gib(kind, scope=None, heads=heads)
         ours.append({"layer": kind, "heads": None if kind == "conv3x3" else heads, "local 23x23 GiB": local})
         ours[-1]["global GiB"] = glob
-    auto = {"layer": "lambda, auto rule", "heads": 4, "local 23x23 GiB": _auto_gib(args.batch, 23)}
-    ours.insert(5, {**auto, "global GiB": _auto_gib(args.batch, None)})
+    auto = {"layer": "lambda, auto rule", "heads": 4, "local 23x23 GiB": gib("lambda auto")}
+    ours.insert(5, {**auto, "global GiB": gib("lambda auto", scope=None)})
     _print(
         f"\nModelled memory saved for backward by the 16 replaced layers of ResNet-50 (batch {args.batch}, "
         "float32, whole layers):"
@@ -234,20 +234,6 @@ def _run_memory(output: Output, args: MemoryOptions) -> Report:
         title = "memory model: b=128, d=256, global context"
         plots.append(plot_sweep(curve, Path(output.out) / "memory_model.png", metrics=metrics, title=title))
     return result, csvs, plots
-
-
-def _auto_gib(batch: int, scope: int | None) -> float:
-    """Modelled GiB of the ResNet-50 lambda layers with the algorithm the layer's rule picks for each shape."""
-    from lambdanet.bench.memory import layer_saved_bytes, resnet50_layers
-    from lambdanet.layers import choose_algorithm
-
-    total = 0
-    for s in resnet50_layers(batch=batch, scope=scope):
-        kernel = (s.kernel_side, s.kernel_side) if scope is not None else (2 * s.side - 1,) * 2
-        shape = {"spatial": (s.side, s.side), "dim_k": s.dim_k, "dim_v": s.dim_v, "dim_u": s.dim_u, "heads": s.heads}
-        name = choose_algorithm(batch=batch, kernel=kernel, **shape)
-        total += sum(layer_saved_bytes(f"lambda {name}", s).values())
-    return total / 2**30
 
 
 def main(argv: list[str] | None = None) -> int:
