@@ -57,10 +57,8 @@ class ConvertOptions:
     usage=f"{PROG} SRC DST [--model NAME] [--recipe NAME] [--data-root DIR] [--force] [--unsafe-load]",
 )
 def main(args: ConvertOptions) -> int:
-    import torch
-
     import lambdanet
-    from lambdanet.checkpoint import read_checkpoint, seal
+    from lambdanet.checkpoint import atomic_save, read_checkpoint, seal
     from lambdanet.train.config import load_config, to_dict
 
     dst = Path(args.dst)
@@ -79,8 +77,7 @@ def main(args: ConvertOptions) -> int:
     names = {"model_name": args.model, "model_overrides": overrides}  # also at the top level, for other readers
     source = {"path": str(args.src), "kind": ckpt.kind, **ckpt.extra}
     meta = {**names, "num_classes": num_classes, "config": config, "source": source}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(seal({"lambdanet": meta, **names, "state_dict": state}), dst)
+    atomic_save(seal({"lambdanet": meta, **names, "state_dict": state}), dst)  # folders created
     params = sum(p.numel() for p in model.parameters())
     print(
         f"converted {args.src} ({ckpt.kind}, {len(ckpt.state_dict)} tensors) -> {dst}: {args.model} "

@@ -207,10 +207,8 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (a ``ValueError``; one line: key, value, rule) before anything runs for a non-finite
-        number anywhere, a value outside the domain annotated on its field or a rule of :data:`RULES` (learning rates
-        and schedules that go negative, zero or rise; nothing to train; Lightning precision, strategy and device names;
-        a run name that leaves the output folder), or the data section's own rules. Hardware: :func:`check_hardware`.
-        """
+        number anywhere, a value outside its field's type or annotated domain, a rule of :data:`RULES` or of the data
+        section. Hardware: :func:`check_hardware`."""
         _check_finite(to_dict(self))
         check_domains(self)
         for key, check, rule in RULES:
