@@ -215,12 +215,8 @@ def config_parser(
             shared.update({f"{key}.{n}" if key else n: doc.description for n in names})
     for action in parser._actions:  # fields documented together (``batch, dim: shape.``) share the sentence
         action.help = action.help or shared.get(action.dest)
-    groups = list((getattr(parser, "groups", None) or {}).values())  # jsonargparse's groups of class arguments
-    for item in [parser, *parser._actions, *parser._action_groups, *groups]:  # reST ``x``, :func:`x` -> `x`
-        for attr in ("help", "description", "title"):
-            text = getattr(item, attr, None)
-            if isinstance(text, str) and "`" in text:
-                setattr(item, attr, re.sub(r":[a-z]+:`", "`", text.replace("``", "`")))
+    plain = parser.format_help
+    parser.format_help = lambda: re.sub(r":[a-z]+:`", "`", plain().replace("``", "`"))  # reST ``x``, :func:`x` -> `x`
     return parser
 
 
