@@ -324,11 +324,7 @@ def resolve(layers: list[Any], argv: list[str] | None = None, *, check: bool = T
     value`` words; ``parser``: one of :class:`RunConfig` with further options, as ``lambdanet train`` has). Raises
     ``ConfigError``: unknown key, ill-typed value or (``check``) a value outside its domain."""
     parser = parser or _run_parser()
-    ns = parse(parser, layers, argv)
-    try:
-        init = parser.instantiate(ns)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(" ".join(str(e).split())) from e
+    init = parser.instantiate(parse(parser, layers, argv))  # the sections' dataclasses have no checks of their own
     cfg = RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
     if check:
         cfg.validate()
