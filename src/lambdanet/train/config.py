@@ -290,18 +290,14 @@ def _check_finite(value: Any, key: str = "") -> None:
 def check_hardware(cfg: RunConfig) -> None:
     """Raise ``ConfigError`` when ``system.accelerator`` names hardware this machine does not have."""
     import torch
+    from lightning.pytorch.accelerators import AcceleratorRegistry
 
-    acc, cuda, mps = cfg.system.accelerator, torch.cuda.is_available(), torch.backends.mps.is_available()
-    available = {"cuda": cuda, "gpu": cuda or mps, "mps": mps}
-    if acc == "tpu":
-        from lightning.pytorch.accelerators import XLAAccelerator
-
-        available["tpu"] = XLAAccelerator.is_available()
-    if not available.get(acc, True):
+    acc, devices, count = cfg.system.accelerator, cfg.system.devices, torch.cuda.device_count()
+    have = {name: AcceleratorRegistry[name]["accelerator"].is_available() for name in ("cuda", "mps", "tpu")}
+    if not {**have, "gpu": have["cuda"] or have["mps"]}.get(acc, True):
         raise ConfigError(f"system.accelerator={acc!r} but this machine has no such device; use 'cpu' or 'auto'")
-    devices = cfg.system.devices
-    if acc in ("cuda", "gpu") and cuda and isinstance(devices, int) and devices > torch.cuda.device_count():
-        raise ConfigError(f"system.devices={devices} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if acc in ("cuda", "gpu") and count and isinstance(devices, int) and devices > count:
+        raise ConfigError(f"system.devices={devices} but this machine has {count} CUDA device(s)")
 
 
 # ---------------------------------------------------------------------------------------------------- conversion
