@@ -1,10 +1,7 @@
-r"""Run configuration: typed dataclasses, YAML recipes and dotted command-line overrides.
+"""Run configuration: typed dataclasses, YAML recipes and dotted command-line overrides.
 
 A run's configuration is resolved in three layers: the dataclass defaults, a YAML recipe (a shipped recipe name
-or a path), and ``--section.key value`` overrides. The parser is built from the dataclasses on jsonargparse
-(:mod:`lambdanet._config`): a field added to a dataclass is a recipe key, an option and a ``--help`` line. Unknown
-keys, ill-typed values and values outside their domain are one-line ``ValueError``\ s naming the key, the value
-and the rule, before anything runs.
+or a path), and ``--section.key value`` overrides, parsed and checked by :mod:`lambdanet._config`.
 """
 
 from __future__ import annotations
@@ -258,9 +255,7 @@ _BATCHES = "a batch count >= 1 or a fraction in (0, 1]"
 RULES: list[tuple[str, Any, str]] = [
     ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
     ("sched.milestones", lambda v: all(m >= 0 for m in v), "must be epochs >= 0"),
-    ("train.max_steps", lambda v: v != 0, "leaves nothing to train; use -1 (no limit) or a positive step count"),
-    ("train.max_steps", lambda v: v >= -1, "must be -1 (no limit) or a positive step count"),
-    ("train.limit_train_batches", lambda v: v != 0, f"leaves nothing to train; use {_BATCHES}"),
+    ("train.max_steps", lambda v: v == -1 or v > 0, "must be -1 (no limit) or a positive step count"),
     ("train.limit_train_batches", lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1, f"must be {_BATCHES}"),
     ("train.precision", _precisions, "is not a Lightning precision; expected e.g. {choices}"),
     ("data.eval_batch_size", lambda v: v is None or v >= 1, "must be null or >= 1"),
