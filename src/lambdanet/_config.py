@@ -211,8 +211,7 @@ def config_parser(
         parser.add_class_arguments(cls, nested_key=key, fail_untyped=True, instantiate=False, as_positional=True)
         parser.lambdanet_keys.update(field_types(cls, f"{key}." if key else ""))  # type: ignore[attr-defined]
         for doc in docstring_parser.parse(cls.__doc__ or "").params:
-            names = [n.strip() for n in doc.arg_name.split(",")] if "," in doc.arg_name else []
-            shared.update({f"{key}.{n}" if key else n: doc.description for n in names})
+            shared.update({(f"{key}." if key else "") + n.strip(): doc.description for n in doc.arg_name.split(",")})
     for action in parser._actions:  # fields documented together (``batch, dim: shape.``) share the sentence
         action.help = action.help or shared.get(action.dest)
     plain = parser.format_help
