@@ -27,6 +27,9 @@ import torch
 from jsonargparse import ArgumentParser
 
 from lambdanet._config import ConfigError, check_domains, config_parser, fail, parse, read_yaml_mapping
+from lambdanet.bench import memory as bm
+from lambdanet.bench.layer import LayerBenchConfig, check_model, growth_exponent, run_layer_bench
+from lambdanet.bench.model import ModelBenchConfig, run_model_bench
 from lambdanet.bench.report import format_table, plot_sweep, write_csv, write_json
 from lambdanet.layers.algorithms import ALGORITHMS
 
@@ -80,23 +83,20 @@ class MemoryOptions:
 
 _ALIASES = {"--peak": "--measure_peak", "--no-peak": "--measure_peak=false", "--no_peak": "--measure_peak=false"}
 _COMMANDS = {
-    "layer": "one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks",
-    "model": "models: training/inference images per second, memory, params, MACs",
-    "memory": "the paper's Table 4 from the memory model, checked against measurement",
+    "layer": (LayerBenchConfig, "one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks"),
+    "model": (ModelBenchConfig, "models: training/inference images per second, memory, params, MACs"),
+    "memory": (MemoryOptions, "the paper's Table 4 from the memory model, checked against measurement"),
 }
 _print = functools.partial(print, flush=True)
 
 
 def _parser(command: str) -> tuple[type, ArgumentParser]:
-    from lambdanet.bench.layer import LayerBenchConfig
-    from lambdanet.bench.model import ModelBenchConfig
-
-    cls = {"layer": LayerBenchConfig, "model": ModelBenchConfig, "memory": MemoryOptions}[command]
+    cls, text = _COMMANDS[command]
     return cls, config_parser(
         cls,
         Output,
         prog=f"lambdanet bench {command}",
-        description=f"{_COMMANDS[command]}. Options are the fields below (``--dim-k`` = ``--dim_k``; a boolean alone "
+        description=f"{text}. Options are the fields below (``--dim-k`` = ``--dim_k``; a boolean alone "
         "is true, ``--no-X`` false; a list takes several words, ``--sides 8 16``).",
         usage=f"lambdanet bench {command} [--config FILE] [--KEY VALUE ...]",
     )
@@ -133,8 +133,6 @@ Report = tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[Any]]  # re
 
 
 def _run_layer(output: Output, cfg: Any) -> Report:
-    from lambdanet.bench.layer import growth_exponent, run_layer_bench
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.meshgrid")  # raised inside lambda-networks
         result = run_layer_bench(cfg, progress=not output.quiet)
@@ -167,8 +165,6 @@ def _run_layer(output: Output, cfg: Any) -> Report:
 
 
 def _run_model(output: Output, cfg: Any) -> Report:
-    from lambdanet.bench.model import run_model_bench
-
     result = run_model_bench(cfg, progress=not output.quiet)
     rows = result["rows"]
     keys = ("model", "input", "params_m", "gmacs", "infer_img_s", "train_img_s", "saved_mib", "peak_mib", "paper_ex_s")
@@ -184,9 +180,6 @@ def _run_model(output: Output, cfg: Any) -> Report:
 
 
 def _run_memory(output: Output, args: MemoryOptions) -> Report:
-    from lambdanet.bench import memory as bm
-    from lambdanet.bench.layer import check_model
-
     rows4 = []
     for name, gib in bm.paper_table4(batch=args.batch).items():
         paper = bm.PAPER_TABLE4_GB[name]

@@ -85,8 +85,7 @@ def main(args: ExportOptions) -> int:
             "image and video models only"
         )
     model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
-    stored = getattr(model, "pretrained_cfg", {}).get("input_size")  # the checkpoint's channels and size
-    size = tuple(args.input_size or stored or native)
+    size = tuple(args.input_size or getattr(model, "pretrained_cfg", {}).get("input_size") or native)
     with torch.no_grad():
         try:
             model(torch.zeros(1, *size))
