@@ -128,6 +128,8 @@ def test_cli_dotted_overrides_and_print_config_round_trip(capsys: pytest.Capture
     saved.write_text(out)
     code, again, _ = _train(["-c", str(saved), "--print-config"], capsys)
     assert code == 0 and again == out  # the printed YAML is a recipe that resolves to itself
+    code, out, err = _train(["--print-config", "-c", "synthetic_smoke", "--list-recipes", "false"], capsys)
+    assert code == 0 and yaml.safe_load(out)["recipe"] == "synthetic_smoke", err  # a bare flag takes no value
 
 
 def test_cli_unknown_key_is_one_line_with_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
