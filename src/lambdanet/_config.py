@@ -157,7 +157,7 @@ def type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
 
 
-_WORDED = re.compile(r"must be (null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])])|(>=?) ([-\d.]+))")
+_WORDED = re.compile(r"must be (?:null or )?(?:in ([\[(])([-\d.]+), ([-\d.]+)([\])])|(>=?) ([-\d.]+))")
 
 
 def within(rule: str, v: Any) -> bool:
@@ -165,9 +165,7 @@ def within(rule: str, v: Any) -> bool:
     m = _WORDED.match(rule)
     if m is None:  # a programming error: the domain cannot be read from the rule's words
         raise RuntimeError(f"rule {rule!r} is not worded 'must be [null or ](> x | >= x | in [lo, hi] | in (lo, hi))'")
-    null, lo_side, lo, hi, hi_side, op, bound = m.groups()
-    if v is None:
-        return bool(null)
+    lo_side, lo, hi, hi_side, op, bound = m.groups()
     try:
         if op:
             return v > float(bound) or (op == ">=" and v == float(bound))
@@ -178,14 +176,16 @@ def within(rule: str, v: Any) -> bool:
 
 
 def check_domains(obj: Any) -> None:
-    """``ConfigError`` (``key=value rule``) for a field of dataclass ``obj`` (or a nested one) outside the domain its
-    annotation words: ``batch: Annotated[int | None, "must be >= 1"]`` (:func:`within`; ``None`` passes if typed)."""
+    """``ConfigError`` (``key=value rule``) for a field of dataclass ``obj`` (or a nested one) outside its domain: a
+    ``Literal`` type's values, or the rule worded in its annotation, ``batch: Annotated[int | None, "must be >= 1"]``
+    (:func:`within`; ``None`` passes where the type allows it)."""
     for key, tp in field_types(type(obj), extras=True).items():
-        if hasattr(tp, "__metadata__"):
-            value, rule = functools.reduce(getattr, key.split("."), obj), tp.__metadata__[0]
-            nullable = type(None) in typing.get_args(typing.get_args(tp)[0])
-            if not (value is None and nullable) and not within(rule, value):
-                raise ConfigError(f"{key}={value!r} {rule}")
+        value = functools.reduce(getattr, key.split("."), obj)
+        if typing.get_origin(tp) is typing.Literal and value not in typing.get_args(tp):
+            raise ConfigError(f"{key}={value!r}: expected {type_name(tp)}")
+        rule = getattr(tp, "__metadata__", [None])[0]
+        if rule and not (value is None and type(None) in typing.get_args(tp.__origin__)) and not within(rule, value):
+            raise ConfigError(f"{key}={value!r} {rule}")
 
 
 # ---------------------------------------------------------------------------------------------------- parsers
@@ -201,38 +201,22 @@ def config_parser(
     parser = ArgumentParser(
         prog=prog, description=description, usage=usage, exit_on_error=False, allow_abbrev=False, parser_mode=_MODE
     )
-    for flags, kwargs in extra:
-        parser.add_argument(*flags, **kwargs)
     parser.lambdanet_keys = {}  # type: ignore[attr-defined]
+    for flags, kwargs in extra:  # typed like a field (``"type": bool``: a bare ``--flag`` is true)
+        parser.add_argument(*flags, **kwargs)
+        parser.lambdanet_keys.update({f[2:]: kwargs.get("type", str) for f in flags if f.startswith("--")})  # type: ignore
     shared = {}
     for group in groups:
         key, cls = group if isinstance(group, tuple) else (None, group)
         parser.add_class_arguments(cls, nested_key=key, fail_untyped=True, instantiate=False, as_positional=True)
         parser.lambdanet_keys.update(field_types(cls, f"{key}." if key else ""))  # type: ignore[attr-defined]
         for doc in docstring_parser.parse(cls.__doc__ or "").params:
-            names = [n.strip() for n in doc.arg_name.split(",")] if "," in doc.arg_name else []
-            shared.update({f"{key}.{n}" if key else n: doc.description for n in names})
+            shared.update({(f"{key}." if key else "") + n.strip(): doc.description for n in doc.arg_name.split(",")})
     for action in parser._actions:  # fields documented together (``batch, dim: shape.``) share the sentence
         action.help = action.help or shared.get(action.dest)
-    groups = list((getattr(parser, "groups", None) or {}).values())  # jsonargparse's groups of class arguments
-    for item in [parser, *parser._actions, *parser._action_groups, *groups]:  # reST ``x``, :func:`x` -> `x`
-        for attr in ("help", "description", "title"):
-            text = getattr(item, attr, None)
-            if isinstance(text, str) and "`" in text:
-                setattr(item, attr, re.sub(r":[a-z]+:`", "`", text.replace("``", "`")))
+    plain = parser.format_help
+    parser.format_help = lambda: re.sub(r":[a-z]+:`", "`", plain().replace("``", "`"))  # reST ``x``, :func:`x` -> `x`
     return parser
-
-
-def split_section(argv: list[str], section: str) -> tuple[list[str], list[str]]:
-    """``argv`` as (the ``--section.*`` options with their values, the rest); such an option takes one value."""
-    mine: list[str] = []
-    rest: list[str] = []
-    take = False
-    for arg in argv:
-        ours = arg.startswith(f"--{section}.") or (take and not arg.startswith("--"))
-        (mine if ours else rest).append(arg)
-        take = ours and arg.startswith("--") and "=" not in arg
-    return mine, rest
 
 
 def normalize_argv(keys: Mapping[str, Any], argv: list[str]) -> list[str]:
@@ -307,12 +291,9 @@ def parse(
             ns = _parse_step(keys, lambda: parser.parse_object(data, namespace=ns))  # noqa: B023
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}" if source else str(e)) from e
-    if argv:
+    if argv is not None:  # also reports a missing positional
         args = normalize_argv(keys, argv)
         ns = _parse_step(keys, lambda: parser.parse_args(args, namespace=ns))
-    missing = [a.dest for a in parser._actions if not a.option_strings and ns.get(a.dest) is None]  # positionals
-    if missing:
-        raise ConfigError(f"{missing[0]} is required ({parser.prog} --help)")
     return ns
 
 
@@ -373,11 +354,9 @@ def command(options: type, *sections: tuple[str, type], prog: str, description: 
                 parser.print_help()
                 return 0
             try:
-                section_argvs = []
-                for key, _ in sections:
-                    mine, argv = split_section(argv, key)
-                    section_argvs.append(mine)
+                argv = normalize_argv(parser.lambdanet_keys, argv)  # type: ignore[attr-defined]  # one word an option
                 ns = parse(parser, [], argv)
+                section_argvs = [[a for a in argv if a.startswith(f"--{key}.")] for key, _ in sections]
                 opts = options(**{f.name: ns.get(f.name) for f in dataclasses.fields(options)})
                 check_domains(opts)
                 return body(opts, *section_argvs)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY, Problem
+from lambdanet.layers.algorithms import ALGORITHMS, REGISTRY, Problem, choose_algorithm
 
 __all__ = ["CONTENDERS", "PAPER_TABLE4_GB", "RESNET50_MAPS", "LayerShape", "lambda_saved_floats", "layer_saved_bytes"]
 __all__ += ["paper_appendix_d2", "paper_table4", "resnet50_layers", "resnet50_model_gib", "total_mib"]
@@ -191,6 +191,8 @@ def resnet50_layers(*, batch: int = 128, scope: int | None = 23, heads: int = 4,
 
 
 def resnet50_model_gib(kind: str, *, batch: int = 128, scope: int | None = 23, heads: int = 4) -> float:
-    """Modelled saved-for-backward GiB of ``kind`` in all 16 bottleneck 3x3 slots of ResNet-50 (224 px)."""
+    """Modelled saved-for-backward GiB of ``kind`` in all 16 bottleneck 3x3 slots of ResNet-50 (224 px); ``kind``
+    ``"lambda auto"``: in each slot the algorithm :func:`lambdanet.layers.choose_algorithm` picks for its shape."""
     layers = resnet50_layers(batch=batch, scope=scope, heads=heads)
-    return sum(sum(layer_saved_bytes(kind, s).values()) for s in layers) / 2**30
+    kinds = [f"lambda {choose_algorithm(**vars(s.problem))}" if kind == "lambda auto" else kind for s in layers]
+    return sum(sum(layer_saved_bytes(k, s).values()) for k, s in zip(kinds, layers)) / 2**30

@@ -27,6 +27,10 @@ import torch
 from jsonargparse import ArgumentParser
 
 from lambdanet._config import ConfigError, check_domains, config_parser, fail, parse, read_yaml_mapping
+from lambdanet.bench import memory as bm
+from lambdanet.bench.layer import LayerBenchConfig, check_model, growth_exponent, run_layer_bench
+from lambdanet.bench.model import ModelBenchConfig, run_model_bench
+from lambdanet.bench.report import format_table, plot_sweep, write_csv, write_json
 from lambdanet.layers.algorithms import ALGORITHMS
 
 __all__ = ["CONTENDER_ALIASES", "MemoryOptions", "Output", "main"]
@@ -69,96 +73,73 @@ class MemoryOptions:
     Attributes:
         batch: batch of the Table 4 model (paper: 128).
         check: check the model against measured memory at small sizes (``--no-check`` skips it).
-        peak: also measure peak live bytes in the check.
+        measure_peak: also measure peak live bytes in the check.
     """
 
     batch: Annotated[int, "must be >= 1"] = 128
     check: bool = True
-    peak: bool = False
+    measure_peak: bool = False
 
 
-# Earlier option names of the benchmark dataclasses' fields.
 _ALIASES = {"--peak": "--measure_peak", "--no-peak": "--measure_peak=false", "--no_peak": "--measure_peak=false"}
+_COMMANDS = {
+    "layer": (LayerBenchConfig, "one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks"),
+    "model": (ModelBenchConfig, "models: training/inference images per second, memory, params, MACs"),
+    "memory": (MemoryOptions, "the paper's Table 4 from the memory model, checked against measurement"),
+}
 _print = functools.partial(print, flush=True)
 
 
-def _commands() -> dict[str, tuple[str, type]]:
-    from lambdanet.bench.layer import LayerBenchConfig
-    from lambdanet.bench.model import ModelBenchConfig
-
-    return {
-        "layer": ("one layer: lambda (each algorithm) vs attention, conv3x3, lambda-networks", LayerBenchConfig),
-        "model": ("models: training/inference images per second, memory, params, MACs", ModelBenchConfig),
-        "memory": ("the paper's Table 4 from the memory model, checked against measurement", MemoryOptions),
-    }
-
-
-def _parser(command: str | None = None) -> ArgumentParser:
-    """The parser of ``bench <command>``; without a command, the parser of ``bench`` with the three subcommands."""
-    if command is None:
-        top = ArgumentParser(
-            prog="lambdanet bench", description=__doc__.split("\n\n")[0].replace("``", "`"), exit_on_error=False
-        )
-        sub = top.add_subcommands(dest="command")
-        for name, (text, _) in _commands().items():
-            sub.add_subcommand(name, _parser(name), help=text)
-        return top
-    text, cls = _commands()[command]
-    return config_parser(
+def _parser(command: str) -> tuple[type, ArgumentParser]:
+    cls, text = _COMMANDS[command]
+    return cls, config_parser(
         cls,
         Output,
         prog=f"lambdanet bench {command}",
-        description=f"{text}. Options are the fields below (``--dim-k`` = ``--dim_k``; a boolean alone is true, "
-        "``--no-X`` false; a list takes several words, ``--sides 8 16``).",
+        description=f"{text}. Options are the fields below (``--dim-k`` = ``--dim_k``; a boolean alone "
+        "is true, ``--no-X`` false; a list takes several words, ``--sides 8 16``).",
         usage=f"lambdanet bench {command} [--config FILE] [--KEY VALUE ...]",
     )
 
 
 def _parse(command: str, argv: list[str]) -> tuple[Output, Any]:
     """The options of ``bench <command>``: the --config file, then the command line."""
-    parser = _parser(command)
-    keys = parser.lambdanet_keys  # type: ignore[attr-defined]
-    argv = [_ALIASES.get(a, a) if "measure_peak" in keys else a for a in argv]
+    cls, parser = _parser(command)
+    argv = [_ALIASES.get(a, a) for a in argv]
     path = parse(parser, [], argv).config
     layers = []
     if path:
         data = {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path, "--config").items()}
-        wanted = data.pop("command", command)
-        if wanted != command:
-            raise ConfigError(f"--config {path} is for 'bench {wanted}', not '{command}'")
-        valid = set(keys) - {"config"}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise ConfigError(f"--config {path} has unknown options {unknown}; valid: {sorted(valid)}")
-        layers.append((f"--config {path}", data))
-    values = {k: v for k, v in parse(parser, layers, argv).items() if k in keys}
+        if data.setdefault("command", command) != command:
+            raise ConfigError(f"--config {path} has command={data['command']!r}; expected {command!r}")
+        layers.append((f"--config {path}", {k: v for k, v in data.items() if k != "command"}))
+    values = dict(parse(parser, layers, argv).items())
     output = Output(**{f.name: values.pop(f.name) for f in dataclasses.fields(Output)})
-    check_domains(output)
     output.out = output.out or f"bench-results/{command}"
-    if command == "layer":
-        from lambdanet.bench.layer import contender_names
-
+    if command == "layer":  # LayerBenchConfig refuses a name that is neither a contender nor a short name of one
         values["contenders"] = [CONTENDER_ALIASES.get(a, a) for a in values["contenders"]]
-        bad = [a for a in values["contenders"] if a not in contender_names()]
-        if bad:
-            short = [a for a, n in CONTENDER_ALIASES.items() if n in contender_names()]
-            raise ConfigError(f"--contenders {bad[0]!r} is not available; expected some of {short}")
-    cfg = _commands()[command][1](**values)
+    cfg = cls(**values)
+    check_domains(output)
     check_domains(cfg)
     return output, cfg
 
 
-def _run_layer(output: Output, cfg: Any) -> int:
-    from lambdanet.bench.layer import growth_exponent, run_layer_bench
-    from lambdanet.bench.report import format_table, plot_sweep, write_csv, write_json
+def _table(output: Output, rows: list[dict[str, Any]], keys: Any = None, heads: Any = None) -> None:
+    keys = keys or list(rows[0])
+    _print(format_table(rows, list(zip(keys, heads or keys)), markdown=output.markdown))
 
+
+Report = tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[Any]]  # result, CSV name -> rows, plot files
+
+
+def _run_layer(output: Output, cfg: Any) -> Report:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.meshgrid")  # raised inside lambda-networks
         result = run_layer_bench(cfg, progress=not output.quiet)
     rows = result["rows"]
     keys = ("context", "name", "side", "fwd_ms", "fwd_bwd_ms", "saved_mib", "peak_mib", "model_mib")
     heads = ("context", "implementation", "S", "fwd ms", "fwd+bwd ms", "saved MiB", "peak MiB", "model MiB")
-    _print(format_table(rows, list(zip(keys, heads)), markdown=output.markdown))
+    _table(output, rows, keys, heads)
     growth = []
     for context, name in itertools.product(cfg.contexts, cfg.contenders):
         row = {"context": context, "name": name}
@@ -168,91 +149,73 @@ def _run_layer(output: Output, cfg: Any) -> int:
     if growth:
         _print("\nGrowth exponent in n (log-log slope over the sweep; 1 = linear, 2 = quadratic):")
         keys = ("context", "name", "fwd_bwd_ms", "saved_mib", "sizes")
-        heads = ("context", "implementation", "time", "memory", "sizes")
-        _print(format_table(growth, list(zip(keys, heads)), markdown=output.markdown))
+        _table(output, growth, keys, ("context", "implementation", "time", "memory", "sizes"))
     if any(g["sizes"] < 3 for g in growth):
         _print("note: exponents fitted over 2 sizes are rough (a single noisy timing moves them); sweep more --sides")
-    for note in result["notes"]:
-        _print(f"note: {note}")
     result["growth"] = growth
-    files = [write_json(Path(output.out) / "layer.json", result), write_csv(Path(output.out) / "layer.csv", rows)]
+    plots = []
     for context in cfg.contexts if output.plot else ():
         title = f"{context} context, b={cfg.batch}, d={cfg.dim}, {cfg.device} {cfg.dtype}"
         title += f", scope {cfg.scope}" if context == "local" else ""
         metrics = [("fwd_bwd_ms", "forward + backward (ms)"), ("saved_mib", "saved for backward (MiB)")]
         metrics += [("peak_mib", "peak, CUDA allocator or live tensors (MiB)")] if cfg.measure_peak else []
         path = Path(output.out) / f"layer_{context}.png"
-        files.append(plot_sweep(rows, path, metrics=metrics, context=context, title=title))
-    _print("wrote " + ", ".join(str(f) for f in files if f is not None))
-    return 0
+        plots.append(plot_sweep(rows, path, metrics=metrics, context=context, title=title))
+    return result, {"layer": rows}, plots
 
 
-def _run_model(output: Output, cfg: Any) -> int:
-    from lambdanet.bench.model import run_model_bench
-    from lambdanet.bench.report import format_table, write_csv, write_json
-
+def _run_model(output: Output, cfg: Any) -> Report:
     result = run_model_bench(cfg, progress=not output.quiet)
     rows = result["rows"]
     keys = ("model", "input", "params_m", "gmacs", "infer_img_s", "train_img_s", "saved_mib", "peak_mib", "paper_ex_s")
     heads = ("params (M)", "GMACs", "infer img/s", "train img/s", "saved MiB", "peak MiB", "paper ex/s")
-    _print(format_table(rows, list(zip(keys, ("model", "input", *heads))), markdown=output.markdown))
+    _table(output, rows, keys, ("model", "input", *heads))
     for key, label in (("infer_img_s", "inference"), ("train_img_s", "training"), ("paper_ex_s", "paper Table 13")):
         ratios = ", ".join(
             f"{r['model']} {rows[0][key] / r[key]:.2f}x" for r in rows[1:] if rows[0].get(key) and r.get(key)
         )
         if ratios:
             _print(f"{label} slowdown against {rows[0]['model']}: {ratios}")
-    for note in result["notes"]:
-        _print(f"note: {note}")
-    files = [write_json(Path(output.out) / "model.json", result), write_csv(Path(output.out) / "model.csv", rows)]
-    _print("wrote " + ", ".join(str(f) for f in files))
-    return 0
+    return result, {"model": rows}, []
 
 
-def _run_memory(output: Output, args: MemoryOptions) -> int:
-    from lambdanet.bench import memory as bm
-    from lambdanet.bench.layer import check_model
-    from lambdanet.bench.report import format_table, plot_sweep, write_csv, write_json
-
-    def table(rows: list[dict[str, Any]], columns: Any = None) -> None:
-        _print(format_table(rows, columns or [(k, k) for k in rows[0]], markdown=output.markdown))
-
+def _run_memory(output: Output, args: MemoryOptions) -> Report:
     rows4 = []
     for name, gib in bm.paper_table4(batch=args.batch).items():
         paper = bm.PAPER_TABLE4_GB[name]
         rows4.append({"layer": name, "paper GB": paper, "model GiB": gib, "model / paper": gib / paper})
     _print(f"Table 4 (ResNet-50, 224 px, batch {args.batch}, float32): position-interaction tensors only")
-    table(rows4)
-    ours = []
+    _table(output, rows4)
+    ours, gib = [], functools.partial(bm.resnet50_model_gib, batch=args.batch)
     for kind in bm.CONTENDERS:
         heads = 8 if kind.startswith("attention") else 4  # the paper's h = 8 for attention
-        local = None if kind.startswith("attention") else bm.resnet50_model_gib(kind, batch=args.batch)
-        glob = None if kind == "conv3x3" else bm.resnet50_model_gib(kind, batch=args.batch, scope=None, heads=heads)
+        local = None if kind.startswith("attention") else gib(kind)
+        glob = None if kind == "conv3x3" else gib(kind, scope=None, heads=heads)
         ours.append({"layer": kind, "heads": None if kind == "conv3x3" else heads, "local 23x23 GiB": local})
         ours[-1]["global GiB"] = glob
-    auto = {"layer": "lambda, auto rule", "heads": 4, "local 23x23 GiB": _auto_gib(args.batch, 23)}
-    ours.insert(5, {**auto, "global GiB": _auto_gib(args.batch, None)})
+    auto = {"layer": "lambda, auto rule", "heads": 4, "local 23x23 GiB": gib("lambda auto")}
+    ours.insert(5, {**auto, "global GiB": gib("lambda auto", scope=None)})
     _print(
         f"\nModelled memory saved for backward by the 16 replaced layers of ResNet-50 (batch {args.batch}, "
         "float32, whole layers):"
     )
-    table(ours)
+    _table(output, ours)
     d2 = [{"App. D.2 (LambdaResNet-420 c4, 20x20, b=32, bf16)": k, "MiB": v} for k, v in bm.paper_appendix_d2().items()]
     _print("\npaper: lambda layers 38.4 MB (4.8 MB shared), attention layers 0.625 GB")
-    table(d2)
+    _table(output, d2)
     result: dict[str, Any] = {"table4": rows4, "resnet50": ours, "appendix_d2": d2, "batch": args.batch}
-    files = []
+    csvs = {"table4": rows4}
     if args.check:
-        check = check_model(measure_peak=args.peak)
-        keys = ("shape", "scope", "kind", "model_mib", "saved_mib", "ratio", *(("peak_mib",) if args.peak else ()))
-        heads = ("layer", "model MiB", "saved MiB", "saved / model", *(("peak MiB",) if args.peak else ()))
+        peak = args.measure_peak
+        check = check_model(measure_peak=peak)
+        keys = ("shape", "scope", "kind", "model_mib", "saved_mib", "ratio", *(("peak_mib",) if peak else ()))
+        heads = ("layer", "model MiB", "saved MiB", "saved / model", *(("peak MiB",) if peak else ()))
         _print("\nModel against measurement (memory saved for backward, one layer):")
-        table(check, [*zip(keys, ("shape", "scope", *heads)), ("dominant term", "dominant term")])
+        _table(output, check, (*keys, "dominant term"), ("shape", "scope", *heads, "dominant term"))
         worst = max(check, key=lambda r: abs(float(r["ratio"]) - 1))  # type: ignore[arg-type]
         _print(f"largest deviation: {worst['kind']} at {worst['shape']}: measured / model = {worst['ratio']:.2f}")
-        result["check"] = check
-        files.append(write_csv(Path(output.out) / "memory_check.csv", check))
-    files += [write_json(Path(output.out) / "memory.json", result), write_csv(Path(output.out) / "table4.csv", rows4)]
+        result["check"] = csvs["memory_check"] = check
+    plots = []
     if output.plot:
         curve = []
         global_kinds = [k for k in bm.CONTENDERS if k != "lambda blocked"]  # blocked is a local-scope algorithm
@@ -262,56 +225,36 @@ def _run_memory(output: Output, args: MemoryOptions) -> int:
             curve.append({"context": "global", "name": kind, "n": side * side, "model_mib": mib})
         metrics = (("model_mib", "modelled saved MiB (one layer)"),)
         title = "memory model: b=128, d=256, global context"
-        files.append(plot_sweep(curve, Path(output.out) / "memory_model.png", metrics=metrics, title=title))
-    _print("wrote " + ", ".join(str(f) for f in files if f is not None))
-    return 0
-
-
-def _auto_gib(batch: int, scope: int | None) -> float:
-    """Modelled GiB of the ResNet-50 lambda layers with the algorithm the layer's rule picks for each shape."""
-    from lambdanet.bench.memory import layer_saved_bytes, resnet50_layers
-    from lambdanet.layers import choose_algorithm
-
-    total = 0
-    for s in resnet50_layers(batch=batch, scope=scope):
-        kernel = (s.kernel_side, s.kernel_side) if scope is not None else (2 * s.side - 1,) * 2
-        shape = {"spatial": (s.side, s.side), "dim_k": s.dim_k, "dim_v": s.dim_v, "dim_u": s.dim_u, "heads": s.heads}
-        name = choose_algorithm(batch=batch, kernel=kernel, **shape)
-        total += sum(layer_saved_bytes(f"lambda {name}", s).values())
-    return total / 2**30
+        plots.append(plot_sweep(curve, Path(output.out) / "memory_model.png", metrics=metrics, title=title))
+    return result, csvs, plots
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lambdanet bench``; returns the exit status (2 with a one-line message for bad options)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        _parser().print_help()
+        _print(f"usage: lambdanet bench {{layer,model,memory}} [--help] [--KEY VALUE ...]\n\n{__doc__.strip()}")
         return 0
-    command, rest = argv[0], argv[1:]
-    prog = f"lambdanet bench {command}"
-    if command not in _commands():
-        raise _exit("lambdanet bench", f"unknown command {command!r}; expected one of {list(_commands())}")
-    if any(a in ("-h", "--help") for a in rest):
-        _parser(command).print_help()
+    command, prog = argv[0], f"lambdanet bench {argv[0]}"
+    if command not in _COMMANDS:
+        return fail("lambdanet bench", f"unknown command {command!r}; expected one of {list(_COMMANDS)}")
+    if "-h" in argv or "--help" in argv:
+        _parser(command)[1].print_help()
         return 0
     try:
-        output, cfg = _parse(command, rest)
-    except ValueError as err:  # ConfigError, or a benchmark dataclass refusing a value
-        raise _exit(prog, err) from err
-    if output.threads is not None:
-        torch.set_num_threads(output.threads)
-    torch.manual_seed(0)
-    try:
-        return {"layer": _run_layer, "model": _run_model, "memory": _run_memory}[command](output, cfg)
+        output, cfg = _parse(command, argv[1:])  # ConfigError, or a benchmark dataclass refusing a value
+        if output.threads is not None:
+            torch.set_num_threads(output.threads)
+        torch.manual_seed(0)
+        result, csvs, plots = {"layer": _run_layer, "model": _run_model, "memory": _run_memory}[command](output, cfg)
     except ValueError as err:
         return fail(prog, err)
-
-
-def _exit(prog: str, error: BaseException | str) -> SystemExit:
-    """A one-line usage error, printed on stderr now; raise it to exit with status 2 (callers see the message)."""
-    exc = SystemExit(f"{prog}: {' '.join(str(error).split())}")
-    exc.code = fail(prog, error)
-    return exc
+    for note in result.get("notes", ()):
+        _print(f"note: {note}")
+    files = [write_json(Path(output.out) / f"{command}.json", result)]
+    files += [write_csv(Path(output.out) / f"{name}.csv", rows) for name, rows in csvs.items()]
+    _print("wrote " + ", ".join(str(f) for f in [*files, *plots] if f is not None))
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,10 +3,7 @@
 Reads the published Lambda-ResNet-50 ImageNet checkpoint of d-li14/lambda.pytorch (Bello, "LambdaNetworks", ICLR 2021,
 arXiv:2102.08602) or any file :func:`lambdanet.interop.read_checkpoint` understands, builds the model with
 ``create_model(MODEL, checkpoint=SRC)`` (every key and shape checked) and writes the layout of ``lambdanet train``
-checkpoints: ``state_dict`` with ``model.``-prefixed keys and a ``lambdanet`` entry holding ``model_name``,
-``model_overrides``, ``num_classes`` and the run ``config`` of a recipe (for ``lambdanet eval``: the ImageNet
-recipe's evaluation transform, resize to 256 and centre crop 224 with ImageNet mean and std). ``model_name`` and
-``model_overrides`` are also stored at the top level.
+checkpoints with the run ``config`` of a recipe (docs/interop.md lists the entries).
 
 Examples::
 
@@ -18,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lambdanet._config import command
 
@@ -57,10 +53,8 @@ class ConvertOptions:
     usage=f"{PROG} SRC DST [--model NAME] [--recipe NAME] [--data-root DIR] [--force] [--unsafe-load]",
 )
 def main(args: ConvertOptions) -> int:
-    import torch
-
     import lambdanet
-    from lambdanet.checkpoint import read_checkpoint, seal
+    from lambdanet.checkpoint import atomic_save, read_checkpoint, seal
     from lambdanet.train.config import load_config, to_dict
 
     dst = Path(args.dst)
@@ -71,16 +65,14 @@ def main(args: ConvertOptions) -> int:
     ckpt = read_checkpoint(args.src, allow_pickle=args.unsafe_load)
     model = lambdanet.create_model(args.model, checkpoint=ckpt)
     overrides = dict(model.model_overrides)
-    update: dict[str, Any] = {"model": {"name": args.model, "overrides": overrides}}
-    update.update({"data": {"root": args.data_root}} if args.data_root else {})
-    config = to_dict(load_config(args.recipe, update))
+    data = {"root": args.data_root} if args.data_root else {}
+    config = to_dict(load_config(args.recipe, {"model": {"name": args.model, "overrides": overrides}, "data": data}))
     state = {"model." + k: v for k, v in model.state_dict().items()}
     num_classes = int(getattr(model, "num_classes", config["model"]["overrides"].get("num_classes", 0)) or 0)
     names = {"model_name": args.model, "model_overrides": overrides}  # also at the top level, for other readers
     source = {"path": str(args.src), "kind": ckpt.kind, **ckpt.extra}
     meta = {**names, "num_classes": num_classes, "config": config, "source": source}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(seal({"lambdanet": meta, **names, "state_dict": state}), dst)
+    atomic_save(seal({"lambdanet": meta, **names, "state_dict": state}), dst)  # folders created
     params = sum(p.numel() for p in model.parameters())
     print(
         f"converted {args.src} ({ckpt.kind}, {len(ckpt.state_dict)} tensors) -> {dst}: {args.model} "

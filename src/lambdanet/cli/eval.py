@@ -68,7 +68,7 @@ def main(opts: EvalOptions, data_argv: list[str]) -> int:
     from lambdanet.checkpoint import CHECKPOINT_KEY, CheckpointError, read_checkpoint
     from lambdanet.data.loader import build_splits, data_info, prepare
     from lambdanet.inference import resolve_device
-    from lambdanet.train.config import config_from_dict, resolve, to_dict
+    from lambdanet.train.config import resolve
     from lambdanet.train.evaluate import evaluate
 
     if opts.json is not None and Path(opts.json).is_dir():
@@ -78,7 +78,7 @@ def main(opts: EvalOptions, data_argv: list[str]) -> int:
     if ckpt.kind != CHECKPOINT_KEY or "config" not in ckpt.meta:
         raise CheckpointError(f"{opts.checkpoint} is not a lambdanet training checkpoint (it holds no run config)")
     meta = ckpt.meta
-    cfg = resolve([to_dict(config_from_dict(meta["config"]))], data_argv)
+    cfg = resolve([meta["config"]], data_argv)
     model = lambdanet.create_model(str(ckpt.model_name), checkpoint=ckpt)
     info = data_info(cfg.data)
     trained = int(meta.get("num_classes", info.num_classes))

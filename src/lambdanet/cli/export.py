@@ -78,14 +78,14 @@ def main(args: ExportOptions) -> int:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)  # torch's own deprecation
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
 
-    model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
-    stored = getattr(model, "pretrained_cfg", {}).get("input_size")  # the checkpoint's channels and size
-    size = tuple(args.input_size or stored or lambdanet.model_info(args.model).input_size)
-    if len(lambdanet.model_info(args.model).input_size) == 1:
+    native = lambdanet.model_info(args.model).input_size
+    if len(native) == 1:
         raise ValueError(
             f"model={args.model!r} is a language model (token ids in, not images); lambdanet export supports "
             "image and video models only"
         )
+    model = lambdanet.create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.unsafe_load).eval()
+    size = tuple(args.input_size or getattr(model, "pretrained_cfg", {}).get("input_size") or native)
     with torch.no_grad():
         try:
             model(torch.zeros(1, *size))

@@ -10,21 +10,21 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from lambdanet._config import config_parser, fail
+from lambdanet._config import config_parser, fail, parse
 from lambdanet.train import config
 from lambdanet.train.config import DEFAULT_RECIPE
 
 __all__ = ["main"]
 
 PROG = "lambdanet train"
+_FLAG = {"type": bool, "default": False}  # a bare --flag is true
 _OPTIONS = [
-    (("-c", "--config"), {"default": DEFAULT_RECIPE, "help": "recipe name (--list-recipes) or YAML path; repeatable"}),
-    (("--print-config",), {"action": "store_true", "help": "print the resolved, validated config as YAML and exit"}),
-    (("--list-recipes",), {"action": "store_true", "help": "list the shipped recipes and exit"}),
+    (("-c", "--config"), {"action": "append", "help": f"recipe name or YAML path (default {DEFAULT_RECIPE}); repeat"}),
+    (("--print-config",), {**_FLAG, "help": "print the resolved, validated config as YAML and exit"}),
+    (("--list-recipes",), {**_FLAG, "help": "list the shipped recipes and exit"}),
     (("--resume",), {"help": "continue a run: its directory or a checkpoint (last.ckpt)"}),
     (("--init-from",), {"help": "fine-tune from these weights (checkpoint or pretrained folder; new head if needed)"}),
 ]
@@ -48,37 +48,31 @@ def _recipe_table() -> str:
 
 
 def main(argv: list[str]) -> int:
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    pre.add_argument("-h", "--help", action="store_true")
-    for flags, kwargs in _OPTIONS:
-        pre.add_argument(*flags, **({**kwargs, "action": "append", "default": None} if flags[0] == "-c" else kwargs))
-    try:
-        args, rest = pre.parse_known_args(argv)  # the options that are not config keys
-    except argparse.ArgumentError as e:
-        return fail(PROG, e)
-    if args.help:
-        config_parser(
-            config.RunConfig,
-            prog=PROG,
-            description="Train a lambda network (default: lambda_net_tiny on the bundled 8x8 digits). Every key "
-            "below can be set in a recipe (section: key) or as --section.key VALUE (VALUE is YAML).",
-            usage=f"{PROG} [-c RECIPE] [--print-config] [--resume RUN] [--init-from CKPT] [--section.key VALUE ...]",
-            extra=_OPTIONS,
-        ).print_help()
-        return 0
-    if args.list_recipes:
-        print(_recipe_table())
+    parser = config_parser(
+        config.RunConfig,
+        prog=PROG,
+        description="Train a lambda network (default: lambda_net_tiny on the bundled 8x8 digits). Every key "
+        "below can be set in a recipe (section: key) or as --section.key VALUE (VALUE is YAML).",
+        usage=f"{PROG} [-c RECIPE] [--print-config] [--resume RUN] [--init-from CKPT] [--section.key VALUE ...]",
+        extra=_OPTIONS,
+    )
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
         return 0
     try:
+        args = parse(parser, [], argv)  # for the options that are not config keys
+        if args.list_recipes:
+            print(_recipe_table())
+            return 0
         if args.resume and not args.config:
             from lambdanet.checkpoint import load_checkpoint
             from lambdanet.train.run import resolve_resume
 
             ckpt_path, _ = resolve_resume(args.resume)
-            layers = [config.to_dict(config.config_from_dict(load_checkpoint(ckpt_path)["lambdanet"]["config"]))]
+            layers = [load_checkpoint(ckpt_path)["lambdanet"]["config"]]
         else:
             layers = [config.recipe_layer(name) for name in args.config or [DEFAULT_RECIPE]]
-        cfg = config.resolve(layers, rest)
+        cfg = config.resolve(layers, argv, parser=parser)
         if args.init_from:
             cfg.train.init_from = args.init_from
         if args.resume:
