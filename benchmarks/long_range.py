@@ -63,12 +63,7 @@ def _overrides(recipe: str, extra: dict[str, Any], image_size: int) -> dict[str,
 
 
 def _best_val(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return None
-    with open(path) as f:
-        vals = [float(r["val/acc1"]) for r in csv.DictReader(f) if r.get("val/acc1")]
-    return max(vals) if vals else None
+    return max(_val_curve(run_dir), default=None) if (run_dir / "metrics.csv").is_file() else None
 
 
 def _config(args: argparse.Namespace, recipe: str, over: dict[str, Any], difficulty: str, samples: int, **extra: Any):
@@ -235,6 +230,31 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _val_curve(run_dir: Path) -> list[float]:
+    with open(run_dir / "metrics.csv") as f:
+        return [float(r["val/acc1"]) for r in csv.DictReader(f) if r.get("val/acc1")]
+
+
+def plot_curves(run_dirs: list[Path], path: Path) -> None:
+    """Validation accuracy per epoch of finished ``lambdanet train`` runs (their ``metrics.csv``), one line each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for run_dir in run_dirs:
+        curve = _val_curve(run_dir)
+        ax.plot(range(1, len(curve) + 1), curve, marker=".", label=run_dir.name)
+    ax.axhline(0.5, color="grey", linestyle=":", label="chance")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -250,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data")
     p.add_argument("--out", default="runs/long_range")
     p.add_argument("--minimal", action="store_true", help="1 epoch, 512 images, one lr and seed, 64 test images")
+    p.add_argument("--curves", nargs="+", type=Path, help="only plot these run directories' validation curves")
     args = p.parse_args(argv)
+    if args.curves:
+        plot_curves(args.curves, Path(args.out) / "validation_curves.png")
+        return 0
     if args.minimal:
         args.epochs, args.samples, args.lrs, args.seeds, args.eval_samples = 1, 512, [2e-3], [0], 64
         args.difficulties = [args.sweep_difficulty]

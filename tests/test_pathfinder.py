@@ -237,6 +237,10 @@ def test_long_range_runner_minimal_rows_merge_and_resume(tmp_path: Path, monkeyp
         assert set(row["test_acc1"]) == {"medium"} and set(row["trained_on_medium"]) == set(L.DIFFICULTIES)
         assert 0.0 <= row["test_acc1"]["medium"]["mean"] <= 1.0
     assert (tmp_path / "out" / "accuracy_vs_difficulty.png").stat().st_size > 1000
+    run_dirs = sorted((tmp_path / "out" / "runs").iterdir())
+    assert len(run_dirs) == 2 and L._best_val(run_dirs[0]) == max(L._val_curve(run_dirs[0]))
+    assert L.main(["--curves", *map(str, run_dirs), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "validation_curves.png").stat().st_size > 1000
     # The same command again trains nothing: every run is on record.
     monkeypatch.setattr(L, "fit", lambda cfg: pytest.fail("trained a run that was on record"))
     L.main([*common, *out, "--rows", "lambda_scope3", "conv_matched"])
