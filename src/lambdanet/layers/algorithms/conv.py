@@ -9,8 +9,6 @@ The value depth is folded into the batch: ``conv(v as (b v, u, S..), weight)`` g
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -31,15 +29,10 @@ def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) ->
     return lambdas_output(q, lam_c, lambda vc: lambda_p(vc, weight, tuple(q.shape[1:-2])), v)
 
 
-#: In 3-D the lambda convolution (Conv3d) beats ``fft`` up to this many kernel taps (3x7x7) on CPU.
-MAX_TAPS_3D = 160
-SMALL_3D = 1024
-
-
 def cost(p: Problem, device: str) -> float | None:
-    """Never picked in 1-D and 2-D (it never won a measured shape there); in 3-D for scopes up to 3x7x7 (above
-    3x3x3, where ``blocked`` wins) and on small volumes (up to SMALL_3D positions) whatever the scope."""
-    return 2.5 if len(p.spatial) == 3 and (math.prod(p.kernel) <= MAX_TAPS_3D or p.n <= SMALL_3D) else None
+    """Never picked: on CPU every measured shape has a faster algorithm (1-D and 2-D: ``logits``, ``blocked``,
+    ``fft``; 3-D: ``blocked``, ``unfold``, and ``fft`` with global context even on small volumes)."""
+    return None
 
 
 ALGORITHM = PositionAlgorithm("conv", output, cost=cost, saved_floats=lambdas_saved_floats)
