@@ -220,7 +220,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         transfer = cell[f"trained_on_{sweep}"]
         ax.plot(list(transfer), [c["mean"] for c in transfer.values()], linestyle="--", color=f"C{i}", alpha=0.5)
     ax.axhline(0.5, color="grey", linestyle=":", label="chance")
-    ax.set_xlabel(f"difficulty, trained and tested (dashed: trained on {sweep}); curves 10 / 16 / 22 px at 32x32")
+    ax.set_xlabel(f"difficulty (curves 10 / 16 / 22 px at 32x32); dashed: trained on {sweep}")
     ax.set_ylabel(f"test accuracy (mean, std over {len(args['seeds'])} seeds)")
     ax.set_title(f"Pathfinder-style {args['image_size']}px, {args['samples']} training images, {args['epochs']} epochs")
     ax.set_ylim(0.4, 1.02)
