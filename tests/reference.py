@@ -96,6 +96,19 @@ def reference_forward(layer: LambdaLayer | LambdaLayer3d, x: Tensor) -> Tensor:
     return _avg_pool_3_s2(y, strides) if max(strides) == 2 else y
 
 
+def randomise_state(layer: LambdaLayer | LambdaLayer3d) -> None:
+    """Non-trivial batch-norm affine parameters, running statistics and position bias, so the reference tests see
+    every term (fresh norms are the identity in eval mode)."""
+    with torch.no_grad():
+        for bn in (layer.norm_q, layer.norm_v):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_()
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+        if layer.pos is not None and layer.pos.bias is not None:
+            layer.pos.bias.normal_()
+
+
 def relative_error(actual: Tensor, expected: Tensor) -> float:
     actual, expected = actual.detach(), expected.detach()
     return float((actual - expected).norm() / expected.norm().clamp_min(1e-300))

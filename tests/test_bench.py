@@ -7,7 +7,6 @@ a time.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -38,6 +37,7 @@ from lambdanet.bench.report import format_table, write_csv
 from lambdanet.bench.timing import LiveBytes, forward_backward, median_ms, peak_mib, saved_for_backward_mib
 from lambdanet.cli.bench import main
 from lambdanet.layers.algorithms import usable
+from tests.scripts import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,9 +131,7 @@ def test_median_ms_checks_arguments() -> None:
 
 
 def test_benchmark_scripts_reexport_the_package_helpers() -> None:
-    spec = importlib.util.spec_from_file_location("_timing", ROOT / "benchmarks" / "_timing.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark("_timing")
     assert module.median_ms is median_ms
     assert module.saved_for_backward_mib is saved_for_backward_mib
 

@@ -15,7 +15,7 @@ from lambdanet import LambdaLayer, LambdaLayer1d, LambdaLayer3d, RelativePositio
 from lambdanet.layers import ALGORITHMS
 from lambdanet.layers.algorithms import usable
 from lambdanet.layers.algorithms.fft import fft_size
-from tests.reference import DEVICES, reference_forward, relative_error
+from tests.reference import DEVICES, randomise_state, reference_forward, relative_error
 
 TOL = 1e-10
 #: The algorithms that run in this process on CPU (``triton`` only under its interpreter: tests/test_triton.py).
@@ -46,14 +46,7 @@ def _ids(cfg: tuple[dict, tuple[int, ...]]) -> str:
 
 def _make(kwargs: dict, algorithm: str, train: bool) -> LambdaLayer:
     layer = LambdaLayer(**kwargs, algorithm=algorithm).double()
-    with torch.no_grad():  # non-trivial batch-norm affine parameters, running statistics and bias
-        for bn in (layer.norm_q, layer.norm_v):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.normal_()
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2.0)
-        if layer.pos is not None and layer.pos.bias is not None:
-            layer.pos.bias.normal_()
+    randomise_state(layer)
     return layer.train(train)
 
 

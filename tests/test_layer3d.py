@@ -10,7 +10,7 @@ import torch
 from lambdanet import LambdaLayer3d, RelativePositionEmbedding
 from lambdanet.layers import ALGORITHMS, choose_algorithm
 from lambdanet.layers.algorithms import usable
-from tests.reference import DEVICES, reference_forward, relative_error
+from tests.reference import DEVICES, randomise_state, reference_forward, relative_error
 
 TOL = 1e-10
 
@@ -29,14 +29,7 @@ _REFERENCE: dict[tuple[int, bool], tuple] = {}
 def _make(kwargs: dict, algorithm: str, train: bool, device: str) -> LambdaLayer3d:
     torch.manual_seed(0)
     layer = LambdaLayer3d(**kwargs, algorithm=algorithm).double()
-    with torch.no_grad():  # non-trivial batch-norm affine parameters, running statistics and bias
-        for bn in (layer.norm_q, layer.norm_v):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.normal_()
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2.0)
-        if layer.pos is not None and layer.pos.bias is not None:
-            layer.pos.bias.normal_()
+    randomise_state(layer)
     return layer.train(train).to(device)
 
 

@@ -3,27 +3,17 @@ benchmark (no accuracy asserted: the CPU configuration that learns takes minutes
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from lambdanet.data.mqar import IGNORE, MQARConfig, mqar
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import benchmark
 
 
 def _bench():
-    """benchmarks/mqar.py as a module (registered first: its dataclasses need sys.modules)."""
-    if "mqar_bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("mqar_bench", ROOT / "benchmarks" / "mqar.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["mqar_bench"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["mqar_bench"]
+    return benchmark("mqar")
 
 
 def test_every_query_asks_for_the_value_of_its_context_key() -> None:

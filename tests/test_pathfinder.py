@@ -14,6 +14,7 @@ from scipy.sparse.csgraph import connected_components
 
 from lambdanet.data import pathfinder as P
 from lambdanet.data.loader import DataConfig, build_splits, data_info
+from tests.scripts import benchmark
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -182,15 +183,7 @@ def test_one_epoch_through_the_training_path(tmp_path: Path) -> None:
 
 
 def _long_range_module():
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "long_range.py"
-    spec = importlib.util.spec_from_file_location("long_range_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("long_range")
 
 
 def test_long_range_summary_picks_the_rate_on_validation_and_averages_seeds() -> None:

@@ -235,13 +235,10 @@ def test_interpreter_switched_on_too_late_is_a_clear_error():
 def test_gpu_suite_reads_targets_off_results(tmp_path):
     """The GPU suite's target table: speed-ups and time ratios computed the right way round from its rows."""
     import argparse
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_suite.py"
-    spec = importlib.util.spec_from_file_location("gpu_suite", path)
-    gpu_suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_suite)
+    from tests.scripts import benchmark
+
+    gpu_suite = benchmark("gpu_suite")
     suite = gpu_suite.Suite(argparse.Namespace(budget_s=60.0, quick=True, device="cpu", verbose=False))
     layer = suite.rows("layer")
     for name, ms in (("lambdanet auto", 2.0), ("lambda-networks", 12.0), ("conv3x3", 1.0)):
