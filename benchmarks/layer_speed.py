@@ -108,6 +108,17 @@ def run_case3d(shape: tuple[int, ...], scope: tuple[int, int, int], algorithms: 
     if algorithms:
         for name in (a for a in ALGORITHMS if usable(a, 3) and a not in ("einsum", "logits")):  # quadratic: minutes
             fns[name] = forward_backward(LambdaLayer3d(c, dim_k=16, heads=4, scope=scope, algorithm=name), x)
+        # Where the time goes: the layer without its position term, and the bare convolution of ``unfold`` (same
+        # multiply-adds as every exact position term; 16 = |v| images per sample, |k| = 16 outputs, r = 7 inputs).
+        fns["no position term"] = forward_backward(LambdaLayer3d(c, dim_k=16, heads=4, position=False), x)
+        *lead, r = scope
+        unfolded = torch.randn(b * 16, r, *spatial).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+        fns["unfold's Conv3d alone"] = forward_backward(
+            nn.Conv3d(r, 16, (*lead, 1), padding=(*(s // 2 for s in lead), 0), bias=False).to(
+                memory_format=torch.channels_last_3d
+            ),
+            unfolded,
+        )
     row["ms"] = interleaved_ms(fns, reps)
     row["ms"]["lambda-networks"] = row["ms"].pop("lambda-conv3d")  # the column of the Conv3d-style reference
     row["saved_mib"] = {"lambdanet": saved_for_backward_mib(lambda: ours(x))}

@@ -54,6 +54,19 @@ def test_unfold_matches_explicit_sums_forward_and_gradients(spatial, kernel, dim
         assert relative_error(a, e) < 1e-10, f"gradient of {name}"
 
 
+def test_unfold_backward_is_itself_differentiable() -> None:
+    """The hand-written backward of the per-position product keeps second derivatives (gradient penalties, double
+    backward) exact: finite differences of the output and of its gradient, float64."""
+    g = torch.Generator().manual_seed(1)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True)
+
+    inputs = rand(2, 2, 3, 4, 3, 4), rand(2, 2, 3, 4, 1, 5), rand(4, 1, 3, 3, 3), rand(2, 4, 5)
+    assert torch.autograd.gradcheck(unfold.output, inputs)
+    assert torch.autograd.gradgradcheck(unfold.output, inputs)
+
+
 def test_unfolded_values_reach_the_convolution_as_a_dense_channels_last_copy(monkeypatch) -> None:
     """An overlapping unfold view (channel and last-axis strides both 1) gives the same numbers but runs ~3x slower
     in oneDNN: the convolution must get a dense channels-last input."""
