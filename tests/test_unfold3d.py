@@ -30,6 +30,10 @@ def _explicit(q, v, weight, lam_c):
     return torch.einsum("bxyzhk,bxyzkv->bxyzhv", q, lam)
 
 
+def _float64(generator, *shape):
+    return torch.randn(*shape, dtype=torch.float64, generator=generator, requires_grad=True)
+
+
 @pytest.mark.parametrize(
     ("spatial", "kernel", "dim_u"),
     [((3, 4, 6), (3, 5, 7), 1), ((2, 5, 3), (3, 3, 1), 3), ((4, 3, 2), (1, 5, 3), 2), ((1, 1, 5), (1, 1, 9), 1)],
@@ -38,11 +42,8 @@ def test_unfold_matches_explicit_sums_forward_and_gradients(spatial, kernel, dim
     """Even and odd sides, last kernel side 1 and longer than the map, u > 1: output and every gradient to 1e-10."""
     g = torch.Generator().manual_seed(0)
     b, h, k, dv = 2, 3, 4, 5
-
-    def rand(*shape):
-        return torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True)
-
-    inputs = rand(b, *spatial, h, k), rand(b, *spatial, dim_u, dv), rand(k, dim_u, *kernel), rand(b, k, dv)
+    shapes = (b, *spatial, h, k), (b, *spatial, dim_u, dv), (k, dim_u, *kernel), (b, k, dv)
+    inputs = tuple(_float64(g, *shape) for shape in shapes)
     got, want = unfold.output(*inputs), _explicit(*inputs)
     assert relative_error(got, want) < 1e-10
     grad_out = torch.randn(want.shape, dtype=torch.float64, generator=g)
@@ -58,11 +59,8 @@ def test_unfold_backward_is_itself_differentiable() -> None:
     """The hand-written backward of the per-position product keeps second derivatives (gradient penalties, double
     backward) exact: finite differences of the output and of its gradient, float64."""
     g = torch.Generator().manual_seed(1)
-
-    def rand(*shape):
-        return torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True)
-
-    inputs = rand(2, 2, 3, 4, 3, 4), rand(2, 2, 3, 4, 1, 5), rand(4, 1, 3, 3, 3), rand(2, 4, 5)
+    shapes = (2, 2, 3, 4, 3, 4), (2, 2, 3, 4, 1, 5), (4, 1, 3, 3, 3), (2, 4, 5)
+    inputs = tuple(_float64(g, *shape) for shape in shapes)
     assert torch.autograd.gradcheck(unfold.output, inputs)
     assert torch.autograd.gradgradcheck(unfold.output, inputs)
 

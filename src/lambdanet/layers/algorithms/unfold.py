@@ -37,7 +37,7 @@ def position_lambdas(v: Tensor, weight: Tensor) -> Tensor:
     return out.movedim(1, -1).reshape(dv, -1, k)
 
 
-class _ApplyLambdas(torch.autograd.Function):
+class _PerPositionProduct(torch.autograd.Function):
     """``y[p, h, v] = sum_k q[p, h, k] lam[v, p, k]`` over the b n positions p: one batched (h, k) @ (k, v) product
     that reads the lambdas where the convolution wrote them.
 
@@ -70,7 +70,7 @@ def output(q: Tensor, v: Tensor, weight: Tensor, lam_c: Tensor | None = None) ->
     if torch.compiler.is_compiling() or torch.jit.is_scripting():
         y = torch.bmm(rows, lam.permute(1, 2, 0))
     else:
-        y = _ApplyLambdas.apply(rows, lam)
+        y = _PerPositionProduct.apply(rows, lam)
     return add_content(y.reshape(b, *spatial, h, -1), q, lam_c)
 
 
