@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -112,3 +113,18 @@ def randomise_state(layer: LambdaLayer | LambdaLayer3d) -> None:
 def relative_error(actual: Tensor, expected: Tensor) -> float:
     actual, expected = actual.detach(), expected.detach()
     return float((actual - expected).norm() / expected.norm().clamp_min(1e-300))
+
+
+def assert_matches(
+    layer: torch.nn.Module, x: Tensor, ref: Tensor, grad_out: Tensor, want: Sequence[Tensor], tol: float
+) -> None:
+    """``layer(x)`` equals the reference output ``ref`` and its gradients (input first, then the parameters in
+    order) equal ``want`` for the output gradient ``grad_out``, each to relative error ``tol``; ``x`` may live on
+    another device than the reference."""
+    out = layer(x)
+    assert out.shape == ref.shape
+    assert relative_error(out.cpu(), ref) < tol
+    got = torch.autograd.grad(out, [x, *layer.parameters()], grad_out.to(x.device))
+    names = ["x"] + [n for n, _ in layer.named_parameters()]
+    for name, g, w in zip(names, got, want):
+        assert relative_error(g.cpu(), w) < tol, f"gradient of {name}"

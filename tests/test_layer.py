@@ -15,7 +15,7 @@ from lambdanet import LambdaLayer, LambdaLayer1d, LambdaLayer3d, RelativePositio
 from lambdanet.layers import ALGORITHMS
 from lambdanet.layers.algorithms import usable
 from lambdanet.layers.algorithms.fft import fft_size
-from tests.reference import DEVICES, randomise_state, reference_forward, relative_error
+from tests.reference import DEVICES, assert_matches, randomise_state, reference_forward, relative_error
 
 TOL = 1e-10
 #: The algorithms that run in this process on CPU (``triton`` only under its interpreter: tests/test_triton.py).
@@ -64,13 +64,7 @@ def test_matches_reference_forward_and_gradients(cfg, algorithm: str, train: boo
     grad_out = torch.randn_like(ref)
     want = torch.autograd.grad(ref, [x, *layer.parameters()], grad_out)
     layer, xd = layer.to(device), x.detach().to(device).requires_grad_()
-    out = layer(xd)
-    assert out.shape == ref.shape
-    assert relative_error(out.cpu(), ref) < TOL
-    got = torch.autograd.grad(out, [xd, *layer.parameters()], grad_out.to(device))
-    names = ["x"] + [n for n, _ in layer.named_parameters()]
-    for name, g, w in zip(names, got, want):
-        assert relative_error(g.cpu(), w) < TOL, f"gradient of {name}"
+    assert_matches(layer, xd, ref, grad_out, want, TOL)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

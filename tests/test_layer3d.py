@@ -10,7 +10,7 @@ import torch
 from lambdanet import LambdaLayer3d, RelativePositionEmbedding
 from lambdanet.layers import ALGORITHMS, choose_algorithm
 from lambdanet.layers.algorithms import usable
-from tests.reference import DEVICES, randomise_state, reference_forward, relative_error
+from tests.reference import DEVICES, assert_matches, randomise_state, reference_forward, relative_error
 
 TOL = 1e-10
 
@@ -56,13 +56,7 @@ def test_matches_reference_forward_and_gradients(index: int, algorithm: str, tra
     x, ref, grad_out, want = _reference(index, train)
     layer = _make(CONFIGS[index][0], algorithm, train, device)
     x = x.to(device).requires_grad_()
-    out = layer(x)
-    assert out.shape == ref.shape
-    assert relative_error(out.cpu(), ref) < TOL
-    got = torch.autograd.grad(out, [x, *layer.parameters()], grad_out.to(device))
-    names = ["x"] + [n for n, _ in layer.named_parameters()]
-    for name, g, w in zip(names, got, want):
-        assert relative_error(g.cpu(), w) < TOL, f"gradient of {name}"
+    assert_matches(layer, x, ref, grad_out, want, TOL)
 
 
 @pytest.mark.parametrize("device", DEVICES)
